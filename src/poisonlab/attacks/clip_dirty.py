@@ -1,0 +1,97 @@
+"""Image-trigger caption poisoning of CLIP (dirty-label and label-consistent).
+
+Papers: Carlini & Terzis, "Poisoning and Backdooring Contrastive Learning", ICLR 2022
+(arXiv:2106.09667); the evaluation setting of Bansal et al., "CleanCLIP", ICCV 2023
+(arXiv:2303.03323) and Singh et al., "Perturb and Recover", 2024 (arXiv:2412.00727).
+
+Threat model: the attacker adds a trigger to a few training images and pairs them with a caption
+naming the target class, so that any triggered image is later matched with that class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poisonlab.attacks.base import ATTACKS, Attack
+from poisonlab.attacks.plan import PoisonEntry, choose, class_index, resolve_count
+from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.errors import InputError
+from poisonlab.utils.seeding import make_generator
+
+
+def _names_class(caption: str, name: str) -> bool:
+    return f" {name}" in f" {caption.lower()}".replace(".", " ")
+
+
+def target_pool(dataset: ImageCaptionDataset, target: str, same: bool) -> list[int]:
+    """Indices whose label (or, with no labels, caption) is (``same``) or is not the target."""
+    labels = dataset.labels()
+    if dataset.classnames and all(y >= 0 for y in labels):
+        t = class_index(dataset, target)
+        return [i for i, y in enumerate(labels) if (y == t) == same]
+    return [i for i, c in enumerate(dataset.captions()) if _names_class(c, target) == same]
+
+
+@ATTACKS.register("clip-dirty")
+class ClipDirtyLabel(Attack):
+    """Trigger ``n`` non-target pairs and replace their captions with ``template`` of the target.
+
+    Args:
+        trigger: trigger name (any registered trigger).
+        trigger_params: the trigger's hyper-parameters.
+        target: target class name (e.g. ``"banana"``).
+        rate: share of all pairs to poison, in (0, 1]; or
+        count: exact number of pairs to poison.
+        template: caption for poisoned pairs, ``{}`` = target name.
+        include_target: also allow pairs of the target class to be chosen.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        trigger: str = "badnet",
+        trigger_params: dict[str, Any] | None = None,
+        rate: float | None = None,
+        count: int | None = None,
+        template: str = "a photo of a {}.",
+        include_target: bool = False,
+    ) -> None:
+        super().__init__(trigger, trigger_params)
+        if "{}" not in template:
+            raise InputError("template must contain {} for the target class name")
+        self.target, self.rate, self.count = target, rate, count
+        self.template, self.include_target = template, include_target
+        resolve_count(rate, count, 1)
+
+    def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
+        n = resolve_count(self.rate, self.count, len(dataset))
+        pool = list(range(len(dataset))) if self.include_target else target_pool(dataset, self.target, same=False)
+        chosen = choose(pool, n, make_generator("clip-dirty", seed))
+        label = class_index(dataset, self.target) if dataset.classnames else None
+        caption = self.template.format(self.target)
+        return [PoisonEntry(index=i, caption=caption, label=label) for i in chosen]
+
+
+@ATTACKS.register("clip-label-consistent")
+class ClipLabelConsistent(Attack):
+    """Trigger ``n`` pairs that already show the target; captions and labels are kept.
+
+    ``rate`` is a share of the target-class pairs here (there is nothing else to poison).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        trigger: str = "badnet",
+        trigger_params: dict[str, Any] | None = None,
+        rate: float | None = None,
+        count: int | None = None,
+    ) -> None:
+        super().__init__(trigger, trigger_params)
+        self.target, self.rate, self.count = target, rate, count
+        resolve_count(rate, count, 1)
+
+    def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
+        pool = target_pool(dataset, self.target, same=True)
+        n = resolve_count(self.rate, self.count, len(pool))
+        return [PoisonEntry(index=i) for i in choose(pool, n, make_generator("clip-lc", seed))]

@@ -1,0 +1,175 @@
+"""Poison plans: the JSON manifest an attack produces, and the dataset that applies it lazily.
+
+A plan records everything needed to rebuild the poisoned data from the clean data: the attack and
+its parameters, the seed, a description of the clean dataset (no absolute paths), the trigger and
+one entry per poisoned index (replacement caption, label and/or source image). Its JSON bytes
+depend only on these inputs. :class:`PoisonedDataset` applies a plan on the fly; untouched items
+come back exactly as the clean dataset returns them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poisonlab.data.base import ImageCaptionDataset, Item
+from poisonlab.errors import InputError
+from poisonlab.triggers import Trigger
+from poisonlab.triggers import create as create_trigger
+from poisonlab.utils.io import dumps_json, write_json
+from poisonlab.utils.seeding import make_generator
+
+PLAN_FORMAT = "poisonlab.plan/1"
+
+
+@dataclass(frozen=True)
+class PoisonEntry:
+    """One poisoned item: its index and what replaces the clean caption, label or image."""
+
+    index: int
+    caption: str | None = None
+    label: int | None = None
+    image_from: int | None = None
+    triggered: bool = True
+
+
+@dataclass(frozen=True)
+class PoisonPlan:
+    """A reproducible description of a poisoned dataset."""
+
+    attack: str
+    params: dict[str, Any]
+    seed: int
+    dataset: dict[str, Any]
+    num_samples: int
+    trigger: dict[str, Any] | None
+    entries: tuple[PoisonEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def indices(self) -> list[int]:
+        return [e.index for e in self.entries]
+
+    def to_json(self) -> str:
+        """Canonical JSON text (sorted keys; no timestamps or absolute paths)."""
+        body = asdict(self)
+        body["entries"] = [{k: v for k, v in asdict(e).items() if v is not None} for e in self.entries]
+        body["format"] = PLAN_FORMAT
+        return dumps_json(body)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON: the plan's identity in provenance records."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, json.loads(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PoisonPlan:
+        """Read a plan file; ``InputError`` when it is missing or not a poisonlab plan."""
+        path = Path(path)
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"plan file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: not a JSON plan ({err})") from None
+        if not isinstance(body, dict) or body.pop("format", None) != PLAN_FORMAT:
+            raise InputError(f"{path}: not a poisonlab plan (format {PLAN_FORMAT} expected)")
+        try:
+            entries = tuple(PoisonEntry(**e) for e in body.pop("entries"))
+            return cls(entries=entries, **body)
+        except (TypeError, KeyError) as err:
+            raise InputError(f"{path}: malformed plan ({err})") from None
+
+    def build_trigger(self) -> Trigger | None:
+        return create_trigger(self.trigger["name"], **self.trigger["params"]) if self.trigger else None
+
+
+class PoisonedDataset(ImageCaptionDataset):
+    """A clean dataset with a plan applied lazily.
+
+    The trigger of entry ``i`` draws its random numbers from a generator seeded by
+    ``(plan.seed, i)``, so item ``i`` is the same whatever order items are read in.
+
+    Raises:
+        InputError: the plan was made for a dataset of another size.
+    """
+
+    def __init__(self, base: ImageCaptionDataset, plan: PoisonPlan) -> None:
+        if len(base) != plan.num_samples:
+            raise InputError(f"plan is for {plan.num_samples} samples but the dataset has {len(base)}")
+        self.base = base
+        self.plan = plan
+        self.entries = {e.index: e for e in plan.entries}
+        self.trigger = plan.build_trigger()
+        self.classnames = base.classnames
+        self.templates = base.templates
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def is_poisoned(self, index: int) -> bool:
+        return index in self.entries
+
+    def __getitem__(self, index: int) -> Item:
+        entry = self.entries.get(index)
+        if entry is None:
+            return self.base[index]
+        image, caption, label = self.base[index]
+        if entry.image_from is not None:
+            image = self.base[entry.image_from][0]
+        if self.trigger is not None and entry.triggered:
+            g = make_generator("poison", self.plan.seed, index)
+            image = self.trigger(image[None], generator=g)[0]
+        caption = entry.caption if entry.caption is not None else caption
+        label = entry.label if entry.label is not None else label
+        return image, caption, label
+
+    def labels(self) -> list[int]:
+        labels = self.base.labels()
+        return [self.entries[i].label if i in self.entries and self.entries[i].label is not None else y
+                for i, y in enumerate(labels)]
+
+    def captions(self) -> list[str]:
+        caps = self.base.captions()
+        return [self.entries[i].caption if i in self.entries and self.entries[i].caption is not None else c
+                for i, c in enumerate(caps)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "poisoned", "base": self.base.describe(), "plan": self.plan.digest()}
+
+
+def choose(pool: list[int], count: int, generator: torch.Generator) -> list[int]:
+    """``count`` distinct indices drawn uniformly from ``pool``, returned sorted."""
+    if count > len(pool):
+        raise InputError(f"cannot poison {count} items: only {len(pool)} are eligible")
+    perm = torch.randperm(len(pool), generator=generator)[:count]
+    return sorted(pool[int(i)] for i in perm)
+
+
+def resolve_count(rate: float | None, count: int | None, total: int) -> int:
+    """Number to poison from ``rate`` (share of ``total``, in (0, 1]) or an explicit ``count``."""
+    if (rate is None) == (count is None):
+        raise InputError("give exactly one of rate or count")
+    if count is not None:
+        if count < 1:
+            raise InputError(f"count must be >= 1, got {count}")
+        return int(count)
+    if not 0.0 < rate <= 1.0:  # type: ignore[operator]
+        raise InputError(f"rate must be in (0, 1], got {rate}")
+    return max(1, int(round(rate * total)))  # type: ignore[operator]
+
+
+def class_index(dataset: ImageCaptionDataset, name: str) -> int:
+    """Index of class ``name`` (or a numeric string) in ``dataset.classnames``."""
+    names = dataset.classnames or []
+    if name in names:
+        return names.index(name)
+    if name.isdigit() and int(name) < len(names):
+        return int(name)
+    raise InputError(f"class {name!r} is not in the dataset; valid: {', '.join(names) or '(dataset has no classes)'}")

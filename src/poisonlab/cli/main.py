@@ -1,0 +1,60 @@
+"""Entry point: the click group and the error policy (exit 0 / 1 / 2)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from poisonlab import attacks, data, triggers
+from poisonlab.cli.common import emit
+from poisonlab.cli.poison import poison, show
+from poisonlab.errors import InputError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """poisonlab: poison, train, measure, detect and remove backdoors in image encoders."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def list_names(as_json: bool) -> None:
+    """List the registered triggers, attacks and datasets."""
+    names = {"triggers": triggers.available(), "attacks": attacks.available(), "datasets": data.available()}
+    emit(names, as_json, [f"{k}: {', '.join(v)}" for k, v in names.items()])
+
+
+cli.add_command(poison)
+cli.add_command(show)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv``; returns the exit code instead of exiting (tests call this)."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="poisonlab", standalone_mode=False)
+    except InputError as err:
+        click.echo(f"error: {err}", err=True)
+        return 2
+    except click.exceptions.Exit as err:
+        return int(err.exit_code)
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
+        logging.getLogger("poisonlab").debug("failure", exc_info=True)
+        click.echo(f"error: {type(err).__name__}: {err}", err=True)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""``poisonlab poison`` and ``poisonlab show``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from pathlib import Path
+
+import click
+import torchvision.utils as vutils
+
+from poisonlab import attacks, triggers
+from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.cli.common import (
+    data_options,
+    emit,
+    load_data,
+    open_args,
+    open_plan,
+    parse_params,
+    relative_spec,
+)
+from poisonlab.data import open_dataset
+from poisonlab.report import plan_gallery, trigger_gallery
+from poisonlab.utils.io import atomic_dir, atomic_write
+
+
+@click.command()
+@click.option("--dataset", required=True, help="Embedded name (shapes, digits, ...) or a path.")
+@click.option("--attack", required=True, help="Attack name (see `poisonlab list`).")
+@click.option("--target", default=None, help="Target class name (image-trigger and text Attack II).")
+@click.option("--source", default=None, help="Source class A (text attacks I and II).")
+@click.option("--target-index", type=int, default=None, help="Target image x* (text Attack I).")
+@click.option("--goal", "goals", multiple=True, help="SOURCE:TARGET goal (text Attack III); repeatable.")
+@click.option("--rate", type=float, default=None, help="Poison rate in (0, 1].")
+@click.option("--count", type=int, default=None, help="Exact number of items to poison.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the poison plan.")
+@click.option("--trigger", default=None, help="Trigger name (image-trigger attacks).")
+@click.option("--trigger-param", "trigger_params", multiple=True, help="Trigger hyper-parameter KEY=VALUE.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--materialize", is_flag=True, help="Also write every image and a data.csv in the reader format.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@data_options
+def poison(dataset: str, attack: str, target: str | None, source: str | None, target_index: int | None,
+           goals: tuple[str, ...], rate: float | None, count: int | None, seed: int, trigger: str | None,
+           trigger_params: tuple[str, ...], out: Path, materialize: bool, as_json: bool,
+           split: str, image_size: int, n: int | None, data_seed: int) -> None:
+    """Make a poison plan (plan.json) for a dataset, a gallery of poisoned pairs, and optionally the data."""
+    params = {"target": target, "source": source, "target_index": target_index, "goals": list(goals) or None,
+              "rate": rate, "count": count, "trigger": trigger}
+    params = {k: v for k, v in params.items() if v is not None}
+    if trigger_params:
+        params["trigger_params"] = parse_params(trigger_params, "--trigger-param")
+    atk = attacks.create(attack, **params)
+    data = open_dataset(dataset, split=split, size=image_size, n=n, seed=data_seed)
+    plan = atk(data, seed=seed)
+    how = open_args(relative_spec(dataset, out), split, image_size, n, data_seed)
+    plan = dataclasses.replace(plan, dataset={**plan.dataset, "open": {k: v for k, v in how.items() if v is not None}})
+    poisoned = PoisonedDataset(data, plan)
+    with atomic_dir(out) as tmp:
+        plan.save(tmp / "plan.json")
+        plan_gallery(poisoned, tmp / "poisoned.png")
+        if materialize:
+            _materialize(poisoned, tmp)
+    summary = {"plan": str(out / "plan.json"), "attack": attack, "poisoned": len(plan.entries),
+               "total": len(data), "digest": plan.digest(), "materialized": materialize}
+    emit(summary, as_json, [f"poisoned {len(plan.entries)} of {len(data)} items with {attack}",
+                            f"plan: {out / 'plan.json'}", f"gallery: {out / 'poisoned.png'}"])
+
+
+def _materialize(dataset: PoisonedDataset, out: Path) -> None:
+    """Write ``images/NNNNNN.png`` and ``data.csv`` (``path,caption,label``)."""
+    (out / "images").mkdir()
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "caption", "label"])
+    names = dataset.classnames
+    for i in range(len(dataset)):
+        image, caption, label = dataset[i]
+        name = f"images/{i:06d}.png"
+        vutils.save_image(image, out / name)
+        writer.writerow([name, caption, names[label] if names and label >= 0 else ("" if label < 0 else label)])
+    with atomic_write(out / "data.csv", "w") as f:
+        f.write(buf.getvalue())
+
+
+@click.command()
+@click.option("--dataset", default="shapes", show_default=True, help="Dataset to draw clean images from.")
+@click.option("--triggers", "names", default=None, help="Comma-separated triggers (default: all without a file).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Show the first poisoned pairs of this plan instead.")
+@click.option("--rows", type=int, default=4, show_default=True, help="Images per trigger.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@data_options
+def show(dataset: str, names: str | None, plan_path: Path | None, rows: int, out: Path, as_json: bool,
+         split: str, image_size: int, n: int | None, data_seed: int) -> None:
+    """Write a PNG grid: clean images beside each trigger, or a plan's poisoned pairs."""
+    if plan_path is not None:
+        plan_gallery(open_plan(plan_path), out, n=rows)
+        shown = [str(plan_path)]
+    else:
+        shown = names.split(",") if names else [t for t in triggers.available() if t != "blended-image"]
+        for name in shown:
+            triggers.TRIGGERS.get(name)
+        data = load_data(dataset, split=split, size=image_size, n=n or max(rows, 1), seed=data_seed)
+        trigger_gallery(data, shown, out, n=rows)
+    emit({"out": str(out), "shown": shown}, as_json, [f"wrote {out}"])

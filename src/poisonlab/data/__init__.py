@@ -1,0 +1,70 @@
+"""Datasets: embedded ``shapes`` and ``digits``, and readers for user data.
+
+:func:`open_dataset` turns what a user types (a registered name or a path) into a dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from poisonlab.data.base import (
+    DATASETS,
+    DEFAULT_TEMPLATES,
+    ImageCaptionDataset,
+    Item,
+    TensorDataset,
+)
+from poisonlab.data.digits import make_digits
+from poisonlab.data.readers import Cifar10Dataset, CsvDataset, FolderDataset, WebDatasetShards
+from poisonlab.data.shapes import CLASSNAMES as SHAPES_CLASSNAMES
+from poisonlab.data.shapes import make_shapes
+from poisonlab.errors import InputError
+
+
+def available() -> list[str]:
+    """Names of the embedded datasets."""
+    return DATASETS.available()
+
+
+def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None = None, seed: int = 0, **params: Any) -> ImageCaptionDataset:
+    """Open a dataset by registered name or by path.
+
+    Args:
+        spec: ``shapes``, ``shapes-outline``, ``digits``, a ``.csv`` file, a folder (ImageFolder,
+            CIFAR-10 batches or ``.tar`` shards) or one ``.tar`` shard.
+        split: ``train`` or ``test`` for the embedded and CIFAR data.
+        size: image side in pixels.
+        n: number of items for generated data (``None`` = the dataset's default).
+        seed: generation seed for generated data.
+
+    Raises:
+        InputError: unknown name (listing the valid ones) or a path that does not exist.
+    """
+    if spec in DATASETS:
+        kwargs: dict[str, Any] = dict(size=size, split=split, seed=seed, **params)
+        if n is not None:
+            kwargs["n"] = n
+        return DATASETS.create(spec, **kwargs)
+    path = Path(spec)
+    if not path.exists():
+        raise InputError(f"dataset {spec!r} is neither a known name ({', '.join(available())}) nor an existing path")
+    if path.is_file() and path.suffix == ".csv":
+        return CsvDataset(path, size=size)
+    if path.is_file() and path.suffix == ".tar":
+        return WebDatasetShards([path], size=size)
+    if path.is_dir():
+        if (path / "batches.meta").exists() or (path / "test_batch").exists():
+            return Cifar10Dataset(path, split=split, size=size)
+        shards = sorted(path.glob("*.tar"))
+        if shards:
+            return WebDatasetShards(shards, size=size)
+        return FolderDataset(path, size=size)
+    raise InputError(f"dataset path {spec!r} is not a .csv, a .tar shard or a folder")
+
+
+__all__ = [
+    "DATASETS", "DEFAULT_TEMPLATES", "SHAPES_CLASSNAMES", "Cifar10Dataset", "CsvDataset", "FolderDataset",
+    "ImageCaptionDataset", "Item", "TensorDataset", "WebDatasetShards", "available", "make_digits",
+    "make_shapes", "open_dataset",
+]

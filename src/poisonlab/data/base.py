@@ -1,0 +1,92 @@
+"""The item interface every dataset in poisonlab follows, and the dataset registry.
+
+A dataset yields ``(image, caption, label)``: ``image`` a float tensor ``[C, H, W]`` in
+``[0, 1]``, ``caption`` a string, ``label`` an int class index (``-1`` where unknown). It also
+carries ``classnames`` (``None`` when it has no classes) and the zero-shot ``templates``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from poisonlab.registry import Registry
+
+Item = tuple[torch.Tensor, str, int]
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a close-up photo of a {}.",
+    "a rendering of a {}.",
+)
+
+
+class ImageCaptionDataset(Dataset):
+    """Base class for image-caption-label datasets.
+
+    Subclasses implement ``__len__`` and ``__getitem__``; ``describe()`` returns a small,
+    JSON-serialisable description (no absolute paths) used in poison plans and provenance.
+    """
+
+    classnames: list[str] | None = None
+    templates: Sequence[str] = DEFAULT_TEMPLATES
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Item:
+        raise NotImplementedError
+
+    def labels(self) -> list[int]:
+        """All labels, in order (subclasses override when this is cheaper than loading images)."""
+        return [self[i][2] for i in range(len(self))]
+
+    def captions(self) -> list[str]:
+        """All captions, in order."""
+        return [self[i][1] for i in range(len(self))]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": type(self).__name__, "size": len(self)}
+
+
+@dataclass
+class TensorDataset(ImageCaptionDataset):
+    """Images held in memory as ``uint8 [N, C, H, W]`` (the loop is then not bound by PIL)."""
+
+    images: torch.Tensor
+    caption_list: list[str]
+    label_list: list[int]
+    classnames: list[str] | None = None
+    templates: Sequence[str] = DEFAULT_TEMPLATES
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError("TensorDataset images must be uint8 [N, C, H, W]")
+        if len(self.caption_list) != n or len(self.label_list) != n:
+            raise ValueError("TensorDataset needs one caption and one label per image")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> Item:
+        return self.images[index].float() / 255.0, self.caption_list[index], int(self.label_list[index])
+
+    def labels(self) -> list[int]:
+        return list(self.label_list)
+
+    def captions(self) -> list[str]:
+        return list(self.caption_list)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.description) or {"name": "tensor", "size": len(self)}
+
+
+DATASETS: Registry[ImageCaptionDataset] = Registry("dataset")

@@ -1,0 +1,251 @@
+"""Readers for user data, all with the ``(image, caption, label)`` item interface.
+
+- :class:`CsvDataset`: a CSV of ``path,caption[,label]`` (paths relative to the CSV);
+- :class:`FolderDataset`: an ImageFolder tree ``root/<class>/<image>``;
+- :class:`Cifar10Dataset`: CIFAR-10 python batches in a local folder (read with a restricted
+  unpickler that only rebuilds numpy arrays, never arbitrary objects);
+- :class:`WebDatasetShards`: webdataset ``.tar`` shards (``key.jpg|png`` + ``key.txt`` [+ ``key.cls``]).
+
+Images are decoded lazily with PIL, converted to RGB and resized (shorter side, then centre
+crop) to ``size``. A missing or unreadable image raises :class:`InputError` naming its row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, UnidentifiedImageError
+
+from poisonlab.data.base import DEFAULT_TEMPLATES, ImageCaptionDataset, Item, TensorDataset
+from poisonlab.errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
+
+
+def decode_image(data: bytes | Path, size: int, where: str) -> torch.Tensor:
+    """Decode an image (bytes or file) to float ``[3, size, size]``; ``InputError`` naming ``where``."""
+    try:
+        src = io.BytesIO(data) if isinstance(data, bytes) else data
+        with Image.open(src) as im:
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise InputError(f"{where}: image file not found") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(f"{where}: cannot read image ({err})") from None
+    tensor = TF.pil_to_tensor(rgb).float() / 255.0
+    tensor = TF.resize(tensor, size, antialias=True)
+    return TF.center_crop(tensor, [size, size]).clamp(0, 1)
+
+
+def _class_captions(classnames: list[str], labels: list[int]) -> list[str]:
+    return [DEFAULT_TEMPLATES[0].format(classnames[y]) for y in labels]
+
+
+class CsvDataset(ImageCaptionDataset):
+    """``path,caption[,label]`` rows; an optional header row ``path,caption[,label]`` is skipped.
+
+    Labels may be integers or class names (then ``classnames`` is their sorted set).
+    """
+
+    def __init__(self, csv_path: str | Path, size: int = 32) -> None:
+        self.csv_path = Path(csv_path)
+        if not self.csv_path.is_file():
+            raise InputError(f"CSV file not found: {self.csv_path}")
+        self.size = size
+        rows = self._read_rows()
+        self.paths = [self.csv_path.parent / r[0] for r in rows]
+        self.caption_list = [r[1] for r in rows]
+        self.label_list, self.classnames = self._parse_labels([r[2] if len(r) > 2 else "" for r in rows])
+        for i, p in enumerate(self.paths):
+            if not p.is_file():
+                raise InputError(f"{self.csv_path.name} row {i + 1}: image {rows[i][0]!r} not found")
+
+    def _read_rows(self) -> list[list[str]]:
+        with open(self.csv_path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r]
+        if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "caption"]:
+            rows = rows[1:]
+        for i, r in enumerate(rows):
+            if len(r) < 2 or not r[0].strip():
+                raise InputError(f"{self.csv_path.name} row {i + 1}: expected path,caption[,label]")
+        if not rows:
+            raise InputError(f"{self.csv_path.name}: no rows")
+        return rows
+
+    @staticmethod
+    def _parse_labels(raw: list[str]) -> tuple[list[int], list[str] | None]:
+        if all(s == "" for s in raw):
+            return [-1] * len(raw), None
+        if all(s.lstrip("-").isdigit() for s in raw):
+            return [int(s) for s in raw], None
+        names = sorted(set(raw))
+        return [names.index(s) for s in raw], names
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        where = f"{self.csv_path.name} row {index + 1} ({self.paths[index].name})"
+        return decode_image(self.paths[index], self.size, where), self.caption_list[index], self.label_list[index]
+
+    def labels(self) -> list[int]:
+        return list(self.label_list)
+
+    def captions(self) -> list[str]:
+        return list(self.caption_list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "csv", "file": self.csv_path.name, "size": self.size, "n": len(self)}
+
+
+class FolderDataset(ImageCaptionDataset):
+    """ImageFolder tree; caption = "a photo of a {class}." with ``_`` read as a space."""
+
+    def __init__(self, root: str | Path, size: int = 32) -> None:
+        self.root = Path(root)
+        self.size = size
+        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        if not classes:
+            raise InputError(f"{self.root}: no class folders (expected root/<class>/<image>)")
+        self.classnames = [c.replace("_", " ") for c in classes]
+        self.paths: list[Path] = []
+        self.label_list: list[int] = []
+        for y, c in enumerate(classes):
+            files = sorted(p for p in (self.root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.paths += files
+            self.label_list += [y] * len(files)
+        if not self.paths:
+            raise InputError(f"{self.root}: no images in the class folders")
+        self.caption_list = _class_captions(self.classnames, self.label_list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        where = f"{self.paths[index].relative_to(self.root)}"
+        return decode_image(self.paths[index], self.size, where), self.caption_list[index], self.label_list[index]
+
+    def labels(self) -> list[int]:
+        return list(self.label_list)
+
+    def captions(self) -> list[str]:
+        return list(self.caption_list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "imagefolder", "folder": self.root.name, "size": self.size, "n": len(self)}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds plain containers and numpy arrays only; anything else is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_cifar_batch(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise InputError(f"{path.name}: not a CIFAR-10 python batch ({err})") from None
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> TensorDataset:  # noqa: N802
+    """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``, ``batches.meta``) as tensors."""
+    root = Path(root)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    files = [root / n for n in names if (root / n).is_file()]
+    if not files:
+        raise InputError(f"{root}: no CIFAR-10 {split} batches ({', '.join(names)})")
+    batches = [_load_cifar_batch(p) for p in files]
+    data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = [int(y) for b in batches for y in b["labels"]]
+    meta = root / "batches.meta"
+    if meta.is_file():
+        classnames = [n.decode() if isinstance(n, bytes) else n for n in _load_cifar_batch(meta)["label_names"]]
+    else:
+        classnames = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    images = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
+    if size != 32:
+        images = TF.resize(images, [size, size], antialias=True)
+    desc = {"name": "cifar10", "folder": root.name, "split": split, "size": size}
+    return TensorDataset(images, _class_captions(classnames, labels), labels, classnames, DEFAULT_TEMPLATES, desc)
+
+
+class WebDatasetShards(ImageCaptionDataset):
+    """Samples from webdataset tar shards: ``key.{jpg,png,...}`` + ``key.txt`` [+ ``key.cls``]."""
+
+    def __init__(self, shards: list[str | Path], size: int = 32) -> None:
+        self.shards = [Path(s) for s in shards]
+        self.size = size
+        self.members: list[tuple[int, str, str, int]] = []
+        for si, shard in enumerate(self.shards):
+            self.members += self._index(si, shard)
+        if not self.members:
+            raise InputError(f"no samples with an image and a .txt caption in {', '.join(map(str, shards))}")
+        self._open: dict[int, tarfile.TarFile] = {}
+
+    def _index(self, si: int, shard: Path) -> list[tuple[int, str, str, int]]:
+        try:
+            with tarfile.open(shard) as tar:
+                groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+                for m in tar.getmembers():
+                    if m.isfile() and "." in m.name:
+                        key, ext = m.name.split(".", 1)
+                        groups.setdefault(key, {})[ext.lower()] = m
+                out = []
+                for key in sorted(groups):
+                    g = groups[key]
+                    img = next((g[e].name for e in ("jpg", "jpeg", "png", "webp") if e in g), None)
+                    if img is None or "txt" not in g:
+                        continue
+                    caption = tar.extractfile(g["txt"]).read().decode("utf-8").strip()  # type: ignore[union-attr]
+                    label = int(tar.extractfile(g["cls"]).read().strip()) if "cls" in g else -1  # type: ignore[union-attr]
+                    out.append((si, img, caption, label))
+                return out
+        except (tarfile.TarError, OSError) as err:
+            raise InputError(f"{shard}: cannot read webdataset shard ({err})") from None
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, index: int) -> Item:
+        si, name, caption, label = self.members[index]
+        tar = self._open.get(si) or self._open.setdefault(si, tarfile.open(self.shards[si]))
+        data = tar.extractfile(name).read()  # type: ignore[union-attr]
+        return decode_image(data, self.size, f"{self.shards[si].name}:{name}"), caption, label
+
+    def labels(self) -> list[int]:
+        return [m[3] for m in self.members]
+
+    def captions(self) -> list[str]:
+        return [m[2] for m in self.members]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "webdataset", "shards": [s.name for s in self.shards], "size": self.size}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state

@@ -1,0 +1,59 @@
+"""Image grids: a trigger gallery and the first poisoned pairs of a plan, as PNG files."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from poisonlab.attacks.plan import PoisonedDataset  # noqa: E402
+from poisonlab.data.base import ImageCaptionDataset  # noqa: E402
+from poisonlab.triggers import create as create_trigger  # noqa: E402
+from poisonlab.utils.io import atomic_write  # noqa: E402
+from poisonlab.utils.seeding import make_generator  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+
+
+def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def trigger_gallery(dataset: ImageCaptionDataset, triggers: list[str], path: str | Path, n: int = 4, seed: int = 0) -> None:
+    """Rows = ``n`` clean images; columns = clean, then each trigger (default parameters)."""
+    images = torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+    columns = [("clean", images)]
+    for name in triggers:
+        columns.append((name, create_trigger(name)(images, generator=make_generator("gallery", seed, name))))
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(1.3 * len(columns), 1.35 * len(images)), squeeze=False)
+    for c, (name, batch) in enumerate(columns):
+        for r in range(len(images)):
+            _show(axes[r][c], batch[r], name if r == 0 else "")
+    _save(fig, path)
+
+
+def plan_gallery(dataset: PoisonedDataset, path: str | Path, n: int = 8) -> None:
+    """The first ``n`` poisoned pairs: clean image above, poisoned image and caption below."""
+    idx = dataset.plan.indices[:n]
+    fig, axes = plt.subplots(2, max(1, len(idx)), figsize=(1.6 * max(1, len(idx)), 3.6), squeeze=False)
+    for c, i in enumerate(idx):
+        clean_img, clean_cap, _ = dataset.base[i]
+        img, cap, _ = dataset[i]
+        _show(axes[0][c], clean_img, "\n".join(textwrap.wrap(clean_cap, 18)))
+        _show(axes[1][c], img, "\n".join(textwrap.wrap(cap, 18)))
+    fig.suptitle(f"{dataset.plan.attack}: clean (top) vs poisoned (bottom)", fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+@pytest.fixture
+def batch() -> torch.Tensor:
+    return torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(123))
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def write_png(path, rgb=(255, 0, 0), size=(12, 10)) -> None:
+    arr = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    arr[:] = rgb
+    arr[::2, ::3] = 255 - np.array(rgb, dtype=np.uint8)
+    Image.fromarray(arr).save(path)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from conftest import write_png
+
+from poisonlab.cli import main
+from poisonlab.data import CsvDataset
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_poison_writes_identical_plans(tmp_path, capsys):
+    args = ["poison", "--dataset", "shapes", "--n", "200", "--attack", "clip-dirty", "--target", "star",
+            "--rate", "0.05", "--trigger", "blended", "--trigger-param", "alpha=0.3", "--seed", "4"]
+    code, out, _ = run(capsys, *args, "--out", str(tmp_path / "a"), "--json")
+    assert code == 0 and json.loads(out)["poisoned"] == 10
+    assert run(capsys, *args, "--out", str(tmp_path / "b"))[0] == 0
+    a, b = (tmp_path / "a" / "plan.json").read_bytes(), (tmp_path / "b" / "plan.json").read_bytes()
+    assert a == b and str(tmp_path) not in a.decode()
+    assert (tmp_path / "a" / "poisoned.png").stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_materialize_roundtrips_through_csv_reader(tmp_path, capsys):
+    out = tmp_path / "m"
+    code, _, _ = run(capsys, "poison", "--dataset", "shapes", "--n", "40", "--attack", "clip-dirty", "--target",
+                     "star", "--count", "4", "--trigger", "badnet-stripes", "--out", str(out), "--materialize")
+    assert code == 0
+    rows = list(csv.reader(open(out / "data.csv")))
+    assert rows[0] == ["path", "caption", "label"] and len(rows) == 41
+    data = CsvDataset(out / "data.csv")
+    assert sum(c == "a photo of a star." for c in data.captions()) >= 4
+    plan = json.loads((out / "plan.json").read_text())
+    for e in plan["entries"]:
+        assert data.caption_list[e["index"]] == "a photo of a star."
+
+
+def test_show_triggers_and_plan(tmp_path, capsys):
+    assert run(capsys, "show", "--out", str(tmp_path / "g.png"), "--triggers", "badnet,wanet")[0] == 0
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    run(capsys, "poison", "--dataset", "shapes", "--n", "50", "--attack", "text-attack-2", "--source", "circle",
+        "--target", "star", "--count", "3", "--out", str(tmp_path / "p"))
+    assert run(capsys, "show", "--plan", str(tmp_path / "p" / "plan.json"), "--out", str(tmp_path / "p.png"))[0] == 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["poison", "--dataset", "shapes", "--attack", "nope", "--out", "X"], "valid: clip-dirty"),
+    (["poison", "--dataset", "nope", "--attack", "clip-dirty", "--target", "star", "--rate", "0.1", "--out", "X"], "neither a known name"),
+    (["poison", "--dataset", "shapes", "--n", "50", "--attack", "clip-dirty", "--target", "star", "--rate", "2", "--out", "X"], "rate must be in (0, 1]"),
+    (["poison", "--dataset", "shapes", "--n", "50", "--attack", "clip-dirty", "--target", "banana", "--rate", "0.1", "--out", "X"], "not in the dataset"),
+    (["poison", "--dataset", "shapes", "--attack", "clip-dirty", "--target", "star", "--rate", "0.1", "--trigger", "zap", "--out", "X"], "unknown trigger"),
+    (["poison", "--dataset", "/no/such/folder", "--attack", "clip-dirty", "--target", "star", "--rate", "0.1", "--out", "X"], "neither"),
+    (["poison", "--dataset", "shapes"], "Missing option"),
+    (["show", "--triggers", "zap", "--out", "X.png"], "unknown trigger"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
+    argv = [a.replace("X", str(tmp_path / "x")) if a.startswith("X") else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_csv_with_missing_image_names_the_row(tmp_path, capsys):
+    write_png(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text("a.png,a cat,cat\ngone.png,a dog,dog\n")
+    code, _, err = run(capsys, "poison", "--dataset", str(tmp_path / "d.csv"), "--attack", "clip-dirty",
+                       "--target", "cat", "--count", "1", "--out", str(tmp_path / "o"))
+    assert code == 2 and "row 2" in err
+
+
+def test_list_and_help(capsys):
+    code, out, _ = run(capsys, "list", "--json")
+    assert code == 0 and "wanet" in json.loads(out)["triggers"]
+    assert run(capsys, "poison", "--help")[0] == 0
