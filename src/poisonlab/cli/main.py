@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import click
 
 from poisonlab import attacks, data, triggers
+from poisonlab.cli.clip import eval_cmd, train_group
 from poisonlab.cli.common import emit
 from poisonlab.cli.poison import poison, show
 from poisonlab.errors import InputError
@@ -32,6 +33,8 @@ def list_names(as_json: bool) -> None:
 
 cli.add_command(poison)
 cli.add_command(show)
+cli.add_command(train_group)
+cli.add_command(eval_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

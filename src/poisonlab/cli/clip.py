@@ -1,0 +1,120 @@
+"""``poisonlab train clip`` and ``poisonlab eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import torch.nn.functional as F
+
+from poisonlab import triggers
+from poisonlab.cli.common import emit, load_data, parse_params
+from poisonlab.metrics import ClipEvaluator
+from poisonlab.models import DEFAULT_MODEL, create_clip, load_clip
+from poisonlab.models.checkpoint import read_sidecar
+from poisonlab.train import TrainConfig, init_from_env, train_clip
+from poisonlab.triggers.patch import load_image_tensor
+
+
+def open_model(path: str, arch: str | None = None) -> Any:
+    """A CLIP checkpoint: poisonlab's (architecture from the sidecar) or any file with ``--arch``."""
+    if arch is None and read_sidecar(path) is not None:
+        return load_clip(path)
+    return create_clip(arch or DEFAULT_MODEL, pretrained=path)
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train or fine-tune a model."""
+
+
+@train_group.command("clip")
+@click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
+@click.option("--model", "arch", default=DEFAULT_MODEL, show_default=True, help="open_clip architecture.")
+@click.option("--pretrained", default=None, help="Start from this checkpoint.")
+@click.option("--steps", type=int, default=None, help="Optimiser steps.")
+@click.option("--epochs", type=float, default=None, help="Epochs (instead of --steps).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--warmup", type=int, default=0, show_default=True, help="Warm-up steps.")
+@click.option("--weight-decay", type=float, default=0.1, show_default=True)
+@click.option("--schedule", default="cosine", show_default=True, help="cosine, constant or two-phase.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=int, default=0, help="Save a resumable checkpoint every N steps.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@click.option("--n", type=int, default=None, help="Items of generated data.")
+@click.option("--json", "as_json", is_flag=True)
+def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int | None, epochs: float | None,
+                   batch_size: int, lr: float, warmup: int, weight_decay: float, schedule: str, seed: int,
+                   checkpoint_every: int, out: Path, resume: bool, n: int | None, as_json: bool) -> None:
+    """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP)."""
+    config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
+                         weight_decay=weight_decay, schedule=schedule, seed=seed, checkpoint_every=checkpoint_every)
+    bundle = open_model(pretrained, None if arch == DEFAULT_MODEL else arch) if pretrained else create_clip(arch, seed=seed)
+    data = load_data(dataset, size=bundle.image_size, n=n)
+    dist = init_from_env()
+    result = train_clip(bundle, data, config, out, resume=resume, dist=dist)
+    summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
+               "seconds": round(result.seconds, 2), "samples_per_second": round(result.samples_per_second, 1)}
+    if dist.is_main:
+        emit(summary, as_json, [f"trained {result.steps} steps, loss {result.final_loss:.4f}, "
+                                f"{result.samples_per_second:.0f} samples/s", f"checkpoint: {summary['model']}"])
+
+
+@click.command("eval")
+@click.option("--model", "model_path", required=True, help="CLIP checkpoint.")
+@click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
+@click.option("--dataset", required=True, help="Test data: embedded name or path.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--n", type=int, default=None, help="Items of generated data.")
+@click.option("--trigger", "trigger_names", multiple=True, help="Trigger to measure ASR with; repeatable.")
+@click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger.")
+@click.option("--target", default=None, help="Target class (ASR, or text Attack II/III goal).")
+@click.option("--source", default=None, help="Source class A of a text-modality attack.")
+@click.option("--target-image", default=None, help="Target image x* of text Attack I.")
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int | None,
+             trigger_names: tuple[str, ...], trigger_params: tuple[str, ...], target: str | None, source: str | None,
+             target_image: str | None, as_json: bool) -> None:
+    """Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply."""
+    bundle = open_model(model_path, arch)
+    data = load_data(dataset, split=split, size=bundle.image_size, n=n)
+    ev = ClipEvaluator(bundle, data)
+    summary: dict[str, Any] = {"retrieval": ev.retrieval()}
+    if data.classnames:
+        summary["ca"] = ev.clean_accuracy()
+    params = parse_params(trigger_params, "--trigger-param")
+    built = [triggers.create(name, **params) for name in trigger_names]
+    if built and target is None:
+        raise click.UsageError("--trigger needs --target")
+    for name, trig in zip(trigger_names, built, strict=True):
+        summary.setdefault("backdoor", {})[name] = ev.backdoor(trig, target)  # type: ignore[arg-type]
+    if len(built) == 1:
+        summary.update(summary["backdoor"][trigger_names[0]])
+    if source is not None:
+        image = None
+        if target_image:
+            size = (bundle.image_size, bundle.image_size)
+            image = F.interpolate(load_image_tensor(target_image)[None], size=size, mode="bilinear")[0]
+        res = ev.text_attack(source, target=None if image is not None else target, target_image=image)
+        summary["hit_at_k"] = {k: v for k, v in res.items() if k.startswith("hit@")}
+        summary["min_rank"] = res["min_rank"]
+        summary["baseline"] = res["baseline"]
+    emit(summary, as_json, _table(summary))
+
+
+def _table(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    if "ca" in summary:
+        lines.append(f"CA        {100 * summary['ca']:6.2f}%")
+    for name, res in summary.get("backdoor", {}).items():
+        lines.append(f"ASR {name:<18} {100 * res['asr']:6.2f}%   (asr_all {100 * res['asr_all']:.2f}%)")
+    if "min_rank" in summary:
+        hits = "  ".join(f"{k} {v:.3f}" for k, v in summary["hit_at_k"].items())
+        lines.append(f"text attack: {hits}  MinRank {summary['min_rank']:.2f} "
+                     f"(baseline {summary['baseline']['min_rank']:.2f})")
+    r = summary["retrieval"]
+    lines.append("retrieval " + "  ".join(f"{k} {100 * v:.1f}" for k, v in r.items()))
+    return lines

@@ -1,0 +1,9 @@
+"""Metrics: CA, ASR/asr_all, R@K, Hit@K and MinRank (and, later, probes and detection AUC)."""
+
+from poisonlab.metrics.classification import accuracy, attack_success_rate
+from poisonlab.metrics.evaluator import ClipEvaluator
+from poisonlab.metrics.retrieval import best_target_rank, hit_and_min_rank, recall_at_k
+from poisonlab.metrics.zero_shot import zero_shot_predict, zero_shot_weights
+
+__all__ = ["ClipEvaluator", "accuracy", "attack_success_rate", "best_target_rank", "hit_and_min_rank",
+           "recall_at_k", "zero_shot_predict", "zero_shot_weights"]

@@ -1,0 +1,127 @@
+"""Evaluate a CLIP model on a test split with every backdoor metric, computing each embedding once.
+
+:class:`ClipEvaluator` caches, per model and test split: the zero-shot class weights, the clean
+image embeddings and the caption embeddings. A triggered evaluation then costs one pass over the
+triggered images only, so five triggers cost five passes, not ten.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.errors import InputError
+from poisonlab.metrics.classification import accuracy, attack_success_rate
+from poisonlab.metrics.retrieval import hit_and_min_rank, recall_at_k
+from poisonlab.metrics.zero_shot import zero_shot_predict, zero_shot_weights
+from poisonlab.models.clip import ClipBundle
+from poisonlab.train.data import dataset_images
+from poisonlab.triggers import Trigger
+from poisonlab.utils.seeding import make_generator
+
+log = logging.getLogger(__name__)
+
+
+class ClipEvaluator:
+    """All metrics of one model on one labelled, captioned test split.
+
+    Args:
+        bundle: the model.
+        dataset: the clean test split (needs ``classnames`` for CA/ASR).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, bundle: ClipBundle, dataset: ImageCaptionDataset, batch_size: int = 256) -> None:
+        self.bundle, self.dataset, self.batch_size = bundle, dataset, batch_size
+        self.images = dataset_images(dataset, bundle.image_size)
+        self.labels = torch.tensor(dataset.labels(), dtype=torch.long)
+        self._cache: dict[str, torch.Tensor] = {}
+        self.passes = 0
+
+    @torch.no_grad()
+    def _embed_images(self, trigger: Trigger | None, seed: int) -> torch.Tensor:
+        self.bundle.model.eval()
+        g = make_generator("eval-trigger", seed)
+        out = []
+        for start in range(0, len(self.images), self.batch_size):
+            x = self.images[start : start + self.batch_size].float() / 255.0
+            if trigger is not None:
+                x = trigger(x, generator=g)
+            out.append(self.bundle.encode_image(x).float().cpu())
+        self.passes += 1
+        return torch.cat(out)
+
+    def image_embeddings(self, trigger: Trigger | None = None, seed: int = 0) -> torch.Tensor:
+        key = "clean" if trigger is None else f"{trigger!r}/{seed}"
+        if key not in self._cache:
+            self._cache[key] = self._embed_images(trigger, seed)
+        return self._cache[key]
+
+    @torch.no_grad()
+    def text_embeddings(self) -> torch.Tensor:
+        if "captions" not in self._cache:
+            self.bundle.model.eval()
+            caps = self.dataset.captions()
+            embs = [self.bundle.encode_text(self.bundle.tokenize(caps[i : i + 512])).float().cpu()
+                    for i in range(0, len(caps), 512)]
+            self._cache["captions"] = torch.cat(embs)
+        return self._cache["captions"]
+
+    def class_weights(self) -> torch.Tensor:
+        if not self.dataset.classnames:
+            raise InputError("zero-shot accuracy needs a test set with class names")
+        if "classes" not in self._cache:
+            self._cache["classes"] = zero_shot_weights(self.bundle, self.dataset.classnames, self.dataset.templates)
+        return self._cache["classes"]
+
+    def target_index(self, target: str) -> int:
+        names = self.dataset.classnames or []
+        if target not in names:
+            raise InputError(f"target class {target!r} is not in the test set; valid: {', '.join(names)}")
+        return names.index(target)
+
+    # -- metrics -----------------------------------------------------------------------------
+    def clean_accuracy(self) -> float:
+        return accuracy(zero_shot_predict(self.image_embeddings(), self.class_weights()), self.labels)
+
+    def backdoor(self, trigger: Trigger, target: str, seed: int = 0) -> dict[str, float]:
+        """``asr`` (non-target images only) and ``asr_all`` of ``trigger`` toward ``target``."""
+        preds = zero_shot_predict(self.image_embeddings(trigger, seed), self.class_weights())
+        return attack_success_rate(preds, self.labels, self.target_index(target))
+
+    def retrieval(self) -> dict[str, float]:
+        return recall_at_k(self.image_embeddings(), self.text_embeddings())
+
+    def text_attack(self, source: str, target: str | None = None, target_image: torch.Tensor | None = None,
+                    seed: int = 0) -> dict[str, Any]:
+        """Hit@K / MinRank of source-class test captions toward a target class or one image.
+
+        The gallery is every test image (plus ``target_image`` for Attack I). The baseline runs
+        the same numbers for as many random captions of other classes.
+        """
+        if (target is None) == (target_image is None):
+            raise InputError("give a target class or a target image")
+        src = self.target_index(source)
+        gallery = self.image_embeddings()
+        if target_image is not None:
+            x = target_image[None].float().to(self.bundle.device)
+            with torch.no_grad():
+                extra = self.bundle.encode_image(x).float().cpu()
+            gallery = torch.cat([gallery, extra])
+            mask = torch.zeros(len(gallery), dtype=torch.bool)
+            mask[-1] = True
+        else:
+            mask = torch.cat([self.labels == self.target_index(target), torch.zeros(0, dtype=torch.bool)])
+        texts = self.text_embeddings()
+        queries = (self.labels == src).nonzero().flatten()
+        if len(queries) == 0:
+            raise InputError(f"no test captions of class {source!r}")
+        others = (self.labels != src).nonzero().flatten()
+        pick = torch.randperm(len(others), generator=make_generator("baseline", seed))[: len(queries)]
+        result = hit_and_min_rank(texts[queries] @ gallery.T, mask)
+        result["baseline"] = hit_and_min_rank(texts[others[pick]] @ gallery.T, mask)
+        result["queries"] = len(queries)
+        return result

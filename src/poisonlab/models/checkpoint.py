@@ -1,0 +1,123 @@
+"""Checkpoint I/O: safetensors weights plus a JSON sidecar, never an unrestricted pickle.
+
+A poisonlab CLIP checkpoint is ``NAME.safetensors`` (the open_clip state dict) next to
+``NAME.json``, laid out like open_clip's own hub/local-dir config: ``model_cfg`` (the full model
+config), ``preprocess_cfg`` (image size, mean, std) and ``poisonlab`` (architecture name,
+tokenizer, training provenance). It loads in plain open_clip once the config is registered::
+
+    cfg = json.load(open("NAME.json"))["model_cfg"]
+    json.dump(cfg, open("configs/my-arch.json", "w")); open_clip.add_model_config("configs")
+    open_clip.create_model_and_transforms("my-arch", pretrained="NAME.safetensors")
+
+or, with the sidecar copied to ``DIR/open_clip_config.json`` beside the weights,
+``open_clip.create_model_and_transforms("local-dir:DIR")``.
+
+Other files: ``.pt``/``.bin``/``.pth`` are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from poisonlab.errors import InputError
+from poisonlab.utils.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+SIDECAR_FORMAT = "poisonlab.clip/1"
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_clip(bundle: Any, path: str | Path) -> Path:
+    """Write ``bundle`` as safetensors + JSON sidecar (both atomically); returns the weights path."""
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
+    with atomic_write(path) as f:
+        f.write(save(state, metadata={"format": SIDECAR_FORMAT, "model": bundle.name}))
+    meta = {
+        "format": SIDECAR_FORMAT,
+        "model_name": bundle.name,
+        "tokenizer": {"context_length": bundle.config["text_cfg"].get("context_length", 77),
+                      "kind": bundle.config["text_cfg"].get("hf_tokenizer_name", "open_clip SimpleTokenizer")},
+        "provenance": bundle.provenance,
+    }
+    preprocess = {"size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
+    write_json(sidecar_path(path), {"model_cfg": bundle.config, "preprocess_cfg": preprocess, "poisonlab": meta})
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The sidecar next to a weights file, or ``None`` if there is none."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        body = json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{side}: unreadable checkpoint sidecar ({err})") from None
+    meta = body.get("poisonlab") if isinstance(body, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or "model_cfg" not in body:
+        raise InputError(f"{side}: not a poisonlab checkpoint sidecar")
+    pre = body.get("preprocess_cfg", {})
+    return {**meta, "model_config": body["model_cfg"], "mean": pre.get("mean"), "std": pre.get("std")}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a ``weights_only`` torch file; ``InputError`` if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {msg}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: no state dict of tensors inside")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(bundle: Any, path: str | Path) -> None:
+    """Load a checkpoint into ``bundle.model``; any missing/extra/mis-shaped key is an InputError."""
+    state = read_state_dict(path)
+    own = bundle.model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or shaped:
+        first = (shaped or missing or extra)[0]
+        why = "has another shape" if shaped else ("is missing" if missing else "is unexpected")
+        raise InputError(f"{path} does not fit architecture {bundle.name!r}: key {first!r} {why} "
+                         f"({len(shaped)} mis-shaped, {len(missing)} missing, {len(extra)} unexpected)")
+    bundle.model.load_state_dict(state)
+    side = read_sidecar(path)
+    bundle.provenance = dict(side["provenance"]) if side else {"init": "file", "file": Path(path).name}
+
+
+def load_clip(path: str | Path, device: str = "cpu") -> Any:
+    """Load a poisonlab checkpoint (architecture from its sidecar)."""
+    from poisonlab.models.clip import ClipBundle, create_clip, register_config
+
+    side = read_sidecar(path)
+    if side is None:
+        raise InputError(f"{path}: no sidecar {sidecar_path(path).name}; pass the architecture with --arch")
+    name = register_config(side["model_name"], side["model_config"])
+    bundle: ClipBundle = create_clip(name, device=device)
+    if side["mean"] and side["std"]:
+        bundle.mean, bundle.std = tuple(side["mean"]), tuple(side["std"])
+    load_weights(bundle, path)
+    return bundle

@@ -1,0 +1,60 @@
+"""Training data held as tensors: the loop indexes batches instead of decoding images.
+
+:func:`pair_tensors` reads an image-caption dataset once (applying a poison plan's triggers if the
+dataset is a :class:`~poisonlab.attacks.PoisonedDataset`), stores images as ``uint8`` like
+images on disk, and tokenizes every caption once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from poisonlab.data.base import ImageCaptionDataset, TensorDataset
+from poisonlab.errors import InputError
+
+
+@dataclass
+class PairTensors:
+    """Images ``uint8 [N, C, H, W]``, tokens ``long [N, L]``, labels ``long [N]``."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The items at ``index`` with images as float in ``[0, 1]``."""
+        return {"images": self.images[index].float().div_(255.0), "tokens": self.tokens[index],
+                "labels": self.labels[index], "index": index}
+
+
+def dataset_images(dataset: ImageCaptionDataset, size: int | None = None) -> torch.Tensor:
+    """All images of ``dataset`` as ``uint8 [N, C, H, W]`` (fast path for in-memory data)."""
+    if isinstance(dataset, TensorDataset) and (size is None or dataset.images.shape[-1] == size):
+        return dataset.images
+    images = [dataset[i][0] for i in range(len(dataset))]
+    stack = torch.stack(images)
+    if size is not None and stack.shape[-1] != size:
+        stack = torch.nn.functional.interpolate(stack, size=(size, size), mode="bilinear", antialias=True)
+    return (stack.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def pair_tensors(dataset: ImageCaptionDataset, tokenize: Callable[[list[str]], torch.Tensor],
+                 size: int | None = None, require_captions: bool = True) -> PairTensors:
+    """Read ``dataset`` once into :class:`PairTensors`.
+
+    Raises:
+        InputError: the dataset is empty, or has empty captions when ``require_captions``.
+    """
+    if len(dataset) == 0:
+        raise InputError("the dataset is empty")
+    captions = dataset.captions()
+    if require_captions and not all(c.strip() for c in captions):
+        raise InputError("the dataset has items without a caption; CLIP training needs image-caption pairs")
+    return PairTensors(dataset_images(dataset, size), tokenize(captions),
+                       torch.tensor(dataset.labels(), dtype=torch.long))

@@ -1,0 +1,255 @@
+"""One training loop for every model family: pre-training, fine-tuning and defenses.
+
+The loop knows nothing about CLIP, SSL or classifiers; an :class:`Objective` supplies the module
+to optimise and the loss of a batch. The loop handles:
+
+- AdamW with weight decay off for 1-d parameters (biases, norms, logit scale), fused when possible;
+- warm-up + a named schedule (``cosine``, ``constant``, PAR's ``two-phase``), set from the step
+  number alone, so there is no scheduler state to lose;
+- DDP under ``torchrun`` (the objective gathers features across ranks itself), AMP on CUDA,
+  gradient clipping;
+- data order from ``(seed, epoch)`` and per-step generators from ``(seed, step, rank)``, so a run
+  resumed from a checkpoint ends with exactly the weights of an uninterrupted run;
+- atomic checkpoints every N steps, a progress bar, and metrics as JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from poisonlab.errors import InputError
+from poisonlab.train.dist import DistInfo
+from poisonlab.train.schedule import SCHEDULES, multiplier
+from poisonlab.utils.io import atomic_write
+from poisonlab.utils.seeding import derive_seed, make_generator
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run. Give ``steps`` or ``epochs``."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup: int = 0
+    schedule: str = "cosine"
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise InputError("give exactly one of steps or epochs")
+        if (self.steps is not None and self.steps < 0) or (self.epochs is not None and self.epochs <= 0):
+            raise InputError("steps must be >= 0 and epochs > 0")
+        if self.batch_size < 1 or self.lr < 0:
+            raise InputError(f"batch size must be >= 1 and lr >= 0, got {self.batch_size}, {self.lr}")
+        SCHEDULES.get(self.schedule)
+
+    def total_steps(self, num_samples: int, world_size: int = 1) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, int(self.epochs * num_samples // (self.batch_size * world_size)))  # type: ignore[operator]
+
+
+class Objective:
+    """What the loop optimises. Subclasses set ``self.model`` and implement :meth:`loss`.
+
+    ``model`` is the trainable module; the loop may replace it by a DDP wrapper during training
+    and puts the original back afterwards, so subclasses call ``self.model(...)`` for the
+    trainable forward pass.
+    """
+
+    model: nn.Module
+
+    def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one batch and extra scalars to log; random choices come from ``generator``."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. to clamp a parameter)."""
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+    samples_per_second: float
+
+
+def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices and conv kernels only; none on biases, norms, scales (1-d)."""
+    decay = [p for n, p in named if p.ndim >= 2]
+    no_decay = [p for n, p in named if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(objective: Objective, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = param_groups(objective.trainable_parameters(), cfg.weight_decay)
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+
+
+class Trainer:
+    """Runs an :class:`Objective` over tensor data with a :class:`TrainConfig`.
+
+    Args:
+        objective: the loss and the trainable module.
+        data: anything with ``__len__`` and ``batch(index) -> dict`` (e.g. ``PairTensors``).
+        config: hyper-parameters.
+        out_dir: where checkpoints and ``metrics.jsonl`` go (``None``: nothing is written).
+        dist: rank, world size and device (defaults: one CPU process).
+        save_model: ``save_model(path)`` writes the model checkpoint (rank 0 only).
+    """
+
+    def __init__(self, objective: Objective, data: Any, config: TrainConfig, out_dir: str | Path | None = None,
+                 dist: DistInfo | None = None, save_model: Any = None, progress: bool = True) -> None:
+        self.objective, self.data, self.cfg = objective, data, config
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.dist = dist or DistInfo()
+        self.save_model = save_model
+        self.progress = progress
+        per_step = config.batch_size * self.dist.world_size
+        if len(data) < per_step:
+            raise InputError(f"{len(data)} training items are fewer than one global batch ({per_step})")
+        self.steps_per_epoch = len(data) // per_step
+        self.total = config.total_steps(len(data), self.dist.world_size)
+        self.optimizer = make_optimizer(objective, config, self.dist.device)
+        self.step = 0
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    # -- data order -------------------------------------------------------------------------
+    def indices(self, step: int) -> torch.Tensor:
+        """This rank's sample indices for ``step``: a slice of the epoch's seeded permutation."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(derive_seed("order", self.cfg.seed, epoch))
+            self._perm = (epoch, torch.randperm(len(self.data), generator=g))
+        b, w, r = self.cfg.batch_size, self.dist.world_size, self.dist.rank
+        start = (k * w + r) * b
+        return self._perm[1][start : start + b]
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        model = self.objective.model
+        model = model.module if hasattr(model, "module") else model
+        return {"step": self.step, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "config": json.dumps(asdict(self.cfg), sort_keys=True)}
+
+    def save_checkpoint(self) -> None:
+        if self.out is None or not self.dist.is_main:
+            return
+        with atomic_write(self.out / STATE_FILE) as f:
+            torch.save(self.state_dict(), f)
+        if self.save_model is not None:
+            self.save_model(self.out / "model.safetensors")
+
+    def resume(self) -> bool:
+        """Load ``out_dir/train_state.pt`` if present (``weights_only``); True if resumed."""
+        path = self.out / STATE_FILE if self.out is not None else None
+        if path is None or not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError) as err:
+            raise InputError(f"cannot resume from {path}: {err}") from None
+        model = self.objective.model
+        (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        lr = self.cfg.lr * multiplier(self.cfg.schedule, self.step, self.total, self.cfg.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_step(self, scaler: torch.amp.GradScaler | None) -> tuple[float, dict[str, float]]:
+        batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in self.data.batch(self.indices(self.step)).items()}
+        g = make_generator("step", self.cfg.seed, self.step, self.dist.rank)
+        use_amp = scaler is not None
+        with torch.autocast(device_type=self.dist.device.type, enabled=use_amp):
+            loss, extra = self.objective.loss(batch, g)
+        self.optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.objective.trainable_parameters()], self.cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.objective.after_step()
+        return float(loss.detach()), extra
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``total`` steps (continuing from a checkpoint when ``resume``)."""
+        if resume:
+            self.resume()
+        original = self.objective.model
+        if self.dist.world_size > 1:
+            self.objective.model = nn.parallel.DistributedDataParallel(original)
+        use_amp = self.cfg.amp and self.dist.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        self.objective.model.train()
+        if self.out is not None and self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        metrics = open(self.out / METRICS_FILE, "a") if self.out is not None and self.dist.is_main else None
+        show = self.progress and self.dist.is_main and sys.stderr.isatty()
+        bar = tqdm(total=self.total, initial=self.step, disable=not show,
+                   desc="train", leave=False, dynamic_ncols=True)
+        start, first, loss = time.perf_counter(), self.step, float("nan")
+        try:
+            while self.step < self.total:
+                lr = self._set_lr()
+                loss, extra = self._train_step(scaler)
+                self.step += 1
+                bar.update(1)
+                if metrics is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total):
+                    metrics.write(json.dumps({"step": self.step, "loss": round(loss, 6), "lr": lr, **extra}) + "\n")
+                    metrics.flush()
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+            self.objective.model = original
+        seconds = time.perf_counter() - start
+        done = (self.step - first) * self.cfg.batch_size * self.dist.world_size
+        if self.out is not None:
+            self.save_checkpoint()
+        return TrainResult(self.step, loss, seconds, done / seconds if seconds > 0 else 0.0)

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import json
+import os
+
+import open_clip
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from poisonlab import attacks
+from poisonlab.cli import main
+from poisonlab.data import make_shapes
+from poisonlab.errors import InputError
+from poisonlab.metrics import ClipEvaluator, zero_shot_weights
+from poisonlab.models import create_clip, load_clip, save_clip
+from poisonlab.train import ClipObjective, DistInfo, TrainConfig, Trainer, pair_tensors, train_clip
+from poisonlab.triggers import create as create_trigger
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return make_shapes(n=64, seed=11)
+
+
+def test_checkpoint_roundtrip_and_plain_open_clip(tmp_path):
+    bundle = create_clip("poisonlab-tiny-rn", seed=3)
+    path = save_clip(bundle, tmp_path / "m.safetensors")
+    again = load_clip(path)
+    for (k, a), (_, b) in zip(bundle.model.state_dict().items(), again.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    (tmp_path / "configs").mkdir()
+    side = json.loads((tmp_path / "m.json").read_text())
+    (tmp_path / "configs" / "plain-arch.json").write_text(json.dumps(side["model_cfg"]))
+    open_clip.add_model_config(tmp_path / "configs")
+    model, _, preprocess = open_clip.create_model_and_transforms("plain-arch", pretrained=str(path))
+    x = torch.rand(2, 3, 32, 32)
+    bundle.model.eval()
+    model.eval()
+    torch.testing.assert_close(model.encode_image(bundle.normalize(x)), bundle.model.encode_image(bundle.normalize(x)))
+
+
+def test_bad_checkpoints(tmp_path, capsys):
+    path = save_clip(create_clip("poisonlab-tiny-rn"), tmp_path / "m.safetensors")
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    (tmp_path / "t.json").write_bytes((tmp_path / "m.json").read_bytes())
+    with pytest.raises(InputError, match="truncated"):
+        load_clip(truncated)
+    with pytest.raises(InputError, match="does not fit"):
+        create_clip("poisonlab-tiny-vit", pretrained=str(path))
+    code = main(["eval", "--model", str(truncated), "--dataset", "shapes", "--n", "20"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code = main(["eval", "--model", str(path), "--arch", "poisonlab-tiny-vit", "--dataset", "shapes", "--n", "20"])
+    assert code == 2 and "does not fit" in capsys.readouterr().err
+
+
+def test_zero_shot_weights_template_ensemble():
+    bundle = create_clip("poisonlab-tiny-rn", seed=0)
+    w = zero_shot_weights(bundle, ["circle", "star"], ["a {}.", "the {} here."])
+    bundle.model.eval()
+    with torch.no_grad():
+        for row, name in zip(w, ["circle", "star"], strict=True):
+            embs = [F.normalize(bundle.model.encode_text(bundle.tokenize([t.format(name)])), dim=-1)[0]
+                    for t in ["a {}.", "the {} here."]]
+            torch.testing.assert_close(row, F.normalize((embs[0] + embs[1]) / 2, dim=0))
+
+
+def test_evaluator_asr_matches_bruteforce(tiny_data):
+    bundle = create_clip("poisonlab-tiny-rn", seed=0)
+    ev = ClipEvaluator(bundle, tiny_data, batch_size=16)
+    trig = create_trigger("badnet-stripes", size=5, location="bottom-right")
+    res = ev.backdoor(trig, "star")
+    weights = zero_shot_weights(bundle, tiny_data.classnames, tiny_data.templates)
+    star = tiny_data.classnames.index("star")
+    hits = total = 0
+    bundle.model.eval()
+    with torch.no_grad():
+        for i in range(len(tiny_data)):
+            image, _, label = tiny_data[i]
+            if label == star:
+                continue
+            emb = bundle.encode_image(trig(image[None]))
+            hits += int((emb @ weights.T).argmax() == star)
+            total += 1
+    assert res["asr"] == pytest.approx(hits / total)
+    ev.clean_accuracy()
+    ev.backdoor(trig, "star")
+    assert ev.passes == 2, "clean and triggered embeddings are each computed once"
+
+
+def _run_training(tiny_data, out, steps, crash_at=None):
+    bundle = create_clip("poisonlab-tiny-rn", seed=0)
+    data = pair_tensors(tiny_data, bundle.tokenize)
+    objective = ClipObjective(bundle)
+    if crash_at is not None:
+        original = objective.loss
+        calls = {"n": 0}
+
+        def loss(batch, g):
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise KeyboardInterrupt
+            return original(batch, g)
+
+        objective.loss = loss
+    cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup=2, checkpoint_every=3, seed=5)
+    trainer = Trainer(objective, data, cfg, out, save_model=lambda p: save_clip(bundle, p), progress=False)
+    return bundle, trainer
+
+
+def test_resume_is_exact(tiny_data, tmp_path):
+    full, trainer = _run_training(tiny_data, tmp_path / "full", 7)
+    trainer.fit()
+    _, crashing = _run_training(tiny_data, tmp_path / "cut", 7, crash_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit()
+    resumed, trainer = _run_training(tiny_data, tmp_path / "cut", 7)
+    trainer.fit(resume=True)
+    assert trainer.step == 7
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def _ddp_worker(rank, world, init_file, batch, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    bundle = create_clip("poisonlab-tiny-vit", seed=0)
+    objective = ClipObjective(bundle, rank=rank, world_size=world)
+    objective.model = torch.nn.parallel.DistributedDataParallel(bundle.model)
+    half = batch["images"].shape[0] // world
+    local = {k: v[rank * half : (rank + 1) * half] for k, v in batch.items()}
+    loss, _ = objective.loss(local, torch.Generator())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in bundle.model.named_parameters() if p.grad is not None}
+    torch.save({"loss": loss.detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_loss_and_grads_equal_single_process(tiny_data, tmp_path):
+    bundle = create_clip("poisonlab-tiny-vit", seed=0)
+    data = pair_tensors(tiny_data, bundle.tokenize)
+    batch = data.batch(torch.arange(16))
+    batch.pop("index")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), batch, str(tmp_path)), nprocs=2, join=True)
+    objective = ClipObjective(bundle)
+    loss, _ = objective.loss(batch, torch.Generator())
+    loss.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+        for n, p in bundle.model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(got["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_train_on_plan_records_provenance(tiny_data, tmp_path):
+    plan = attacks.create("clip-dirty", target="star", trigger="badnet", count=4)(tiny_data, seed=0)
+    poisoned = attacks.PoisonedDataset(tiny_data, plan)
+    bundle = create_clip("poisonlab-tiny-rn")
+    result = train_clip(bundle, poisoned, TrainConfig(steps=2, batch_size=16), tmp_path, progress=False,
+                        dist=DistInfo())
+    side = json.loads((tmp_path / "model.json").read_text())["poisonlab"]
+    assert result.steps == 2 and side["provenance"]["poison_plan"] == plan.digest()
+    assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [2]
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    code = main(["train", "clip", "--dataset", "shapes", "--n", "64", "--steps", "2", "--batch-size", "16",
+                 "--out", str(tmp_path / "run"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["steps"] == 2
+    code = main(["eval", "--model", str(tmp_path / "run" / "model.safetensors"), "--dataset", "shapes", "--n", "40",
+                 "--trigger", "badnet", "--target", "star", "--source", "circle", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"ca", "asr", "asr_all", "retrieval", "hit_at_k", "min_rank"} <= set(res)
+    code = main(["eval", "--model", str(tmp_path / "run" / "model.safetensors"), "--dataset", "shapes", "--n", "40",
+                 "--trigger", "zap", "--target", "star"])
+    assert code == 2 and "unknown trigger" in capsys.readouterr().err

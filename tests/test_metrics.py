@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from poisonlab.metrics import attack_success_rate, best_target_rank, hit_and_min_rank, recall_at_k
+
+
+def test_asr_excludes_target_class():
+    preds = torch.tensor([3, 3, 1, 3, 2, 3])
+    labels = torch.tensor([0, 3, 1, 2, 3, 3])
+    # brute force: non-target images are 0, 2, 3 -> predictions 3, 1, 3 -> 2 of 3 hit
+    res = attack_success_rate(preds, labels, target=3)
+    assert res["asr"] == 2 / 3
+    assert res["asr_all"] == 4 / 6
+
+
+def _rank_loop(scores, mask):
+    ranks = []
+    for q in range(scores.shape[0]):
+        order = sorted(range(scores.shape[1]), key=lambda g: -float(scores[q, g]))
+        ranks.append(next(r for r, g in enumerate(order) if mask[q, g]))
+    return ranks
+
+
+def test_min_rank_is_zero_based_and_matches_loop():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(7, 20, generator=g)
+    mask = torch.zeros(20, dtype=torch.bool)
+    mask[[3, 11, 17]] = True
+    ranks = _rank_loop(scores, mask.expand(7, 20))
+    assert best_target_rank(scores, mask).tolist() == ranks
+    res = hit_and_min_rank(scores, mask)
+    assert res["min_rank"] == sum(ranks) / 7
+    for k in (1, 5, 10):
+        assert res[f"hit@{k}"] == sum(r < k for r in ranks) / 7
+    top = torch.zeros(20)
+    top[3] = 1.0
+    assert hit_and_min_rank(top[None], mask)["min_rank"] == 0.0
+
+
+def test_recall_at_k_against_loop():
+    g = torch.Generator().manual_seed(1)
+    img = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    txt = F.normalize(img + 0.8 * torch.randn(12, 8, generator=g), dim=-1)
+    res = recall_at_k(img, txt)
+    sims = img @ txt.T
+    eye = torch.eye(12, dtype=torch.bool)
+    i2t = _rank_loop(sims, eye)
+    t2i = _rank_loop(sims.T, eye)
+    for k in (1, 5, 10):
+        assert res[f"i2t_r@{k}"] == sum(r < k for r in i2t) / 12
+        assert res[f"t2i_r@{k}"] == sum(r < k for r in t2i) / 12
