@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import click
 
-from poisonlab import attacks, data, triggers
+from poisonlab import attacks, data, defenses, triggers
 from poisonlab.cli.clip import eval_cmd, train_group
 from poisonlab.cli.common import emit
+from poisonlab.cli.defend import audit_cmd, clean_cmd
 from poisonlab.cli.poison import poison, show
 from poisonlab.errors import InputError
 
@@ -27,7 +28,8 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def list_names(as_json: bool) -> None:
     """List the registered triggers, attacks and datasets."""
-    names = {"triggers": triggers.available(), "attacks": attacks.available(), "datasets": data.available()}
+    names = {"triggers": triggers.available(), "attacks": attacks.available(), "datasets": data.available(),
+             "defenses": defenses.available()}
     emit(names, as_json, [f"{k}: {', '.join(v)}" for k, v in names.items()])
 
 
@@ -35,6 +37,8 @@ cli.add_command(poison)
 cli.add_command(show)
 cli.add_command(train_group)
 cli.add_command(eval_cmd)
+cli.add_command(clean_cmd)
+cli.add_command(audit_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

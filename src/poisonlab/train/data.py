@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,19 +19,23 @@ from poisonlab.errors import InputError
 
 @dataclass
 class PairTensors:
-    """Images ``uint8 [N, C, H, W]``, tokens ``long [N, L]``, labels ``long [N]``."""
+    """Images ``uint8 [N, C, H, W]``, tokens ``long [N, L]``, labels ``long [N]``, raw captions."""
 
     images: torch.Tensor
     tokens: torch.Tensor
     labels: torch.Tensor
+    captions: list[str] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The items at ``index`` with images as float in ``[0, 1]``."""
-        return {"images": self.images[index].float().div_(255.0), "tokens": self.tokens[index],
-                "labels": self.labels[index], "index": index}
+    def batch(self, index: torch.Tensor) -> dict[str, Any]:
+        """The items at ``index`` with images as float in ``[0, 1]`` (and their captions)."""
+        out: dict[str, Any] = {"images": self.images[index].float().div_(255.0), "tokens": self.tokens[index],
+                               "labels": self.labels[index], "index": index}
+        if self.captions is not None:
+            out["captions"] = [self.captions[int(i)] for i in index]
+        return out
 
 
 def dataset_images(dataset: ImageCaptionDataset, size: int | None = None) -> torch.Tensor:
@@ -57,4 +62,4 @@ def pair_tensors(dataset: ImageCaptionDataset, tokenize: Callable[[list[str]], t
     if require_captions and not all(c.strip() for c in captions):
         raise InputError("the dataset has items without a caption; CLIP training needs image-caption pairs")
     return PairTensors(dataset_images(dataset, size), tokenize(captions),
-                       torch.tensor(dataset.labels(), dtype=torch.long))
+                       torch.tensor(dataset.labels(), dtype=torch.long), captions)

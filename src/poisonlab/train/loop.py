@@ -193,7 +193,8 @@ class Trainer:
         return lr
 
     def _train_step(self, scaler: torch.amp.GradScaler | None) -> tuple[float, dict[str, float]]:
-        batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in self.data.batch(self.indices(self.step)).items()}
+        batch = {k: v.to(self.dist.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in self.data.batch(self.indices(self.step)).items()}
         g = make_generator("step", self.cfg.seed, self.step, self.dist.rank)
         use_amp = scaler is not None
         with torch.autocast(device_type=self.dist.device.type, enabled=use_amp):

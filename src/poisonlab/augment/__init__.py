@@ -1,0 +1,6 @@
+"""Augmentations used by training objectives and defenses (seeded, offline)."""
+
+from poisonlab.augment.eda import EDA, load_synonyms
+from poisonlab.augment.image import AutoAugmentBatch, NoiseErasing
+
+__all__ = ["EDA", "AutoAugmentBatch", "NoiseErasing", "load_synonyms"]

@@ -1,0 +1,110 @@
+"""``poisonlab clean`` and ``poisonlab audit``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import click
+
+from poisonlab import defenses, triggers
+from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.cli.clip import open_model
+from poisonlab.cli.common import emit, load_data, parse_params
+from poisonlab.errors import InputError
+from poisonlab.metrics import ClipEvaluator
+from poisonlab.models import ClipBundle
+from poisonlab.train import init_from_env
+from poisonlab.utils.io import atomic_write, write_json
+
+
+def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: list[str], target: str | None) -> dict[str, Any]:
+    ev = ClipEvaluator(bundle, test)
+    out: dict[str, Any] = {"ca": ev.clean_accuracy(), "retrieval": ev.retrieval()}
+    for name, trig in zip(names, trigger_list, strict=True):
+        out.setdefault("backdoor", {})[name] = ev.backdoor(trig, target)  # type: ignore[arg-type]
+    return out
+
+
+@click.command("clean")
+@click.option("--defense", required=True, help="finetune, par or cleanclip.")
+@click.option("--model", "model_path", required=True, help="Suspect CLIP checkpoint.")
+@click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
+@click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
+@click.option("--n", type=int, default=None, help="Items of generated cleaning data.")
+@click.option("--steps", type=int, default=None)
+@click.option("--epochs", type=float, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--param", "params", multiple=True, help="Defense hyper-parameter KEY=VALUE (e.g. tau=2.15).")
+@click.option("--test-dataset", default="shapes", show_default=True, help="Test split for the before/after summary.")
+@click.option("--test-n", type=int, default=2000, show_default=True)
+@click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR for; repeatable.")
+@click.option("--target", default=None, help="Target class for ASR.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: int | None, steps: int | None,
+              epochs: float | None, batch_size: int | None, lr: float | None, params: tuple[str, ...],
+              test_dataset: str, test_n: int, trigger_names: tuple[str, ...], target: str | None, seed: int,
+              out: Path, as_json: bool) -> None:
+    """Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."""
+    given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    config = {k: v for k, v in given.items() if v is not None} | parse_params(params, "--param")
+    method = defenses.create(defense, **config)
+    if not isinstance(method, defenses.CleaningDefense):
+        raise InputError(f"defense {defense!r} does not clean a model; use `poisonlab audit` for it")
+    trig = [triggers.create(t) for t in trigger_names]
+    if trig and target is None:
+        raise InputError("--trigger needs --target")
+    suspect = open_model(model_path, arch)
+    data = load_data(dataset, size=suspect.image_size, n=n)
+    test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
+    before = summarize(suspect, test, trig, list(trigger_names), target)
+    result = method.run(suspect, data, out, dist=init_from_env())
+    after = summarize(result.bundle, test, trig, list(trigger_names), target)
+    summary = {"defense": defense, "report": result.report, "before": before, "after": after,
+               "model": str(out / "model.safetensors")}
+    write_json(out / "summary.json", summary)
+    lines = [f"{defense}: {result.report['steps']} steps in {result.report['seconds']}s",
+             f"CA   {100 * before['ca']:6.2f}% -> {100 * after['ca']:6.2f}%"]
+    for name in trigger_names:
+        lines.append(f"ASR {name:<16} {100 * before['backdoor'][name]['asr']:6.2f}% -> "
+                     f"{100 * after['backdoor'][name]['asr']:6.2f}%")
+    lines.append(f"checkpoint: {summary['model']}")
+    emit(summary, as_json, lines)
+
+
+@click.command("audit")
+@click.option("--model", "model_path", required=True, help="A separate CLEAN CLIP checkpoint to score pairs with.")
+@click.option("--arch", default=None)
+@click.option("--dataset", required=True, help="Pairs to audit: a poison plan (.json), embedded name or path.")
+@click.option("--threshold", type=float, default=None, help="Drop pairs with cosine distance above this (0.8).")
+@click.option("--drop-fraction", type=float, default=None, help="Drop this share of the worst pairs instead.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float | None, drop_fraction: float | None,
+              out: Path, as_json: bool) -> None:
+    """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
+    flt = defenses.create("filter", threshold=threshold if threshold is not None or drop_fraction else 0.8,
+                          drop_fraction=drop_fraction)
+    bundle = open_model(model_path, arch)
+    data = load_data(dataset, size=bundle.image_size)
+    report = flt.run(bundle, data)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["index", "distance", "kept", "poisoned"])
+    kept = set(report["kept"])
+    for i, d in enumerate(report["distances"]):
+        writer.writerow([i, f"{d:.6f}", int(i in kept), int(isinstance(data, PoisonedDataset) and data.is_poisoned(i))])
+    with atomic_write(out / "scores.csv", "w") as f:
+        f.write(buf.getvalue())
+    summary = {k: v for k, v in report.items() if k not in ("distances", "kept")} | {"kept": len(kept), "total": len(data)}
+    write_json(out / "kept.json", {"dataset": dataset, "kept": report["kept"], "summary": summary})
+    lines = [f"kept {len(kept)} of {len(data)} pairs (removed {report['removed']})"]
+    if "recall" in report:
+        lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision {report['precision']:.3f}, "
+                     f"recall {report['recall']:.3f}, clean pairs lost {report['clean_lost']}")
+    emit(summary, as_json, lines)

@@ -1,0 +1,31 @@
+"""Defenses: each registered by name, a frozen dataclass of its hyper-parameters.
+
+Example:
+    >>> from poisonlab import defenses
+    >>> defenses.create("par", tau=2.15, steps=100)  # doctest: +ELLIPSIS
+    PAR(steps=100, ...)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poisonlab.defenses.base import DEFENSES, CleaningDefense, DefenseResult
+from poisonlab.defenses.cleanclip import CleanCLIP, CleanClipObjective, inmodal_loss
+from poisonlab.defenses.filter import PairFilter, pair_distances, precision_recall
+from poisonlab.defenses.finetune import FineTune
+from poisonlab.defenses.par import PAR, ParObjective, threshold
+
+
+def create(name: str, **params: Any) -> Any:
+    """Build the defense registered as ``name`` with its hyper-parameters."""
+    return DEFENSES.create(name, **params)
+
+
+def available() -> list[str]:
+    return DEFENSES.available()
+
+
+__all__ = ["DEFENSES", "PAR", "CleanCLIP", "CleanClipObjective", "CleaningDefense", "DefenseResult", "FineTune",
+           "PairFilter", "ParObjective", "available", "create", "inmodal_loss", "pair_distances",
+           "precision_recall", "threshold"]

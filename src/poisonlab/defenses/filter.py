@@ -1,0 +1,91 @@
+"""Pair filtering before training with a separate clean model.
+
+Paper: Yang et al., "Data Poisoning Attacks Against Multimodal Encoders", ICML 2023
+(arXiv:2209.15266), section 6.1.
+
+Threat model: the defender, before (re-)training, scores every image-caption pair with a
+*different* clean CLIP model and drops pairs whose image and caption disagree; poisoned pairs
+(triggered image + target caption, or swapped images) disagree more than clean ones.
+
+Score = cosine distance ``1 - cos(image, caption)``. Pairs with a score above ``threshold`` are
+dropped (paper: clean ~0.75, poisoned ~0.85, threshold 0.8); alternatively ``drop_fraction``
+drops that share of the highest-scoring pairs. When the dataset is a poison plan, the report
+gives precision and recall of the removed poisons, not only what was kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.defenses.base import DEFENSES
+from poisonlab.errors import InputError
+from poisonlab.models.clip import ClipBundle
+from poisonlab.train.data import pair_tensors
+
+
+@torch.no_grad()
+def pair_distances(bundle: ClipBundle, dataset: ImageCaptionDataset, batch_size: int = 256) -> torch.Tensor:
+    """``[N]`` cosine distances ``1 - cos(image_i, caption_i)`` under ``bundle``."""
+    bundle.model.eval()
+    data = pair_tensors(dataset, bundle.tokenize, bundle.image_size)
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        img = bundle.encode_image(batch["images"])
+        txt = bundle.encode_text(batch["tokens"])
+        out.append((1 - (img * txt).sum(-1)).float().cpu())
+    return torch.cat(out)
+
+
+def precision_recall(removed: set[int], poisoned: set[int]) -> dict[str, float]:
+    caught = len(removed & poisoned)
+    return {"precision": caught / len(removed) if removed else float("nan"),
+            "recall": caught / len(poisoned) if poisoned else float("nan"),
+            "removed": len(removed), "poisoned": len(poisoned), "caught": caught,
+            "clean_lost": len(removed - poisoned)}
+
+
+@DEFENSES.register("filter")
+@dataclass(frozen=True)
+class PairFilter:
+    """Drop pairs whose cosine distance under a clean model is high.
+
+    Args:
+        threshold: drop pairs with distance above this (0.8 as in the paper), or
+        drop_fraction: drop this share of the highest-distance pairs instead.
+    """
+
+    threshold: float | None = 0.8
+    drop_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.threshold is None) == (self.drop_fraction is None):
+            raise InputError("give exactly one of threshold or drop_fraction")
+        if self.drop_fraction is not None and not 0 < self.drop_fraction < 1:
+            raise InputError(f"drop_fraction must be in (0, 1), got {self.drop_fraction}")
+
+    def removed(self, distances: torch.Tensor) -> set[int]:
+        if self.drop_fraction is not None:
+            k = int(round(self.drop_fraction * len(distances)))
+            return set(torch.argsort(distances, descending=True)[:k].tolist())
+        return set((distances > self.threshold).nonzero().flatten().tolist())
+
+    def run(self, clean_model: ClipBundle, dataset: ImageCaptionDataset) -> dict[str, Any]:
+        """Score all pairs; returns ``kept`` indices, ``distances`` and, for a plan, precision/recall."""
+        distances = pair_distances(clean_model, dataset)
+        removed = self.removed(distances)
+        report: dict[str, Any] = {"kept": [i for i in range(len(dataset)) if i not in removed],
+                                  "distances": distances.tolist(), "removed": len(removed)}
+        if isinstance(dataset, PoisonedDataset):
+            poisoned = set(dataset.plan.indices)
+            report.update(precision_recall(removed, poisoned))
+            clean = [d for i, d in enumerate(distances.tolist()) if i not in poisoned]
+            bad = [distances[i].item() for i in poisoned]
+            report["mean_distance_clean"] = sum(clean) / max(1, len(clean))
+            report["mean_distance_poisoned"] = sum(bad) / max(1, len(bad))
+        return report

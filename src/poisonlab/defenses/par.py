@@ -1,0 +1,92 @@
+"""PAR: Perturb and Recover.
+
+Paper: Singh, Croce & Hein, "Perturb and Recover: Fine-tuning for Effective Backdoor Removal
+from CLIP", 2024 (arXiv:2412.00727).
+
+Threat model: the defender holds a CLIP model that may carry a backdoor (unknown trigger and
+target) and some clean, or even synthetic, image-caption pairs; it fine-tunes the model so its
+embeddings move away from the suspect's (breaking whatever shortcut the trigger uses) while the
+contrastive loss recovers clean performance.
+
+Loss per batch (both towers trained, logit scale frozen at the suspect's value)::
+
+    I, T   = normalised embeddings of the trained model M
+    I_P, T_P = normalised embeddings of the frozen suspect copy P (same augmented view)
+    S_img = mean_b ||I - I_P||^2   (in [0, 4]);  S_txt likewise
+    thr(S) = 0 if S > tau else S   (no gradient above tau; the push returns if S falls back)
+    L = L_CLIP - 0.5 * (thr(S_img) + thr(S_txt))
+
+Defaults follow the released code: tau = 2.15, AdamW (0.9, 0.98), eps 1e-8, weight decay 1e-4
+(none on 1-d parameters), lr 3e-5 falling linearly to 3e-6 over the first half of training then
+cosine to ~0 (schedule ``two-phase``); augmentation = Gaussian noise (std 0.2, p 0.5) and
+RandomErasing (p 0.5); no text augmentation. At the tiny CPU scale of the embedded data the
+push only gets going with a larger learning rate (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from poisonlab.augment.image import NoiseErasing
+from poisonlab.defenses.base import DEFENSES, CleaningDefense
+from poisonlab.models.clip import ClipBundle
+from poisonlab.train.dist import DistInfo
+from poisonlab.train.loop import Objective
+from poisonlab.train.objectives.clip import ClipObjective
+
+
+def threshold(s: torch.Tensor, tau: float) -> torch.Tensor:
+    """``thr(S) = 0 if S > tau else S`` with no gradient above ``tau``."""
+    return torch.where(s > tau, torch.zeros_like(s), s)
+
+
+class ParObjective(ClipObjective):
+    """L_CLIP - weight * (thr(S_img) + thr(S_txt)) against a frozen suspect copy."""
+
+    def __init__(self, bundle: ClipBundle, suspect: ClipBundle, tau: float = 2.15, weight: float = 0.5,
+                 rank: int = 0, world_size: int = 1, augment: Any = None) -> None:
+        super().__init__(bundle, rank, world_size, augment, freeze_logit_scale=True)
+        self.suspect, self.tau, self.weight = suspect, tau, weight
+        self._last: dict[str, float] = {}
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["images"]
+        if self.augment is not None:
+            images = self.augment(images, generator)
+        x = self.bundle.normalize(images)
+        out = self.model(x, batch["tokens"])
+        with torch.no_grad():
+            ref = self.suspect.model(x, batch["tokens"])
+        l_clip = self.clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+        s_img = (out["image_features"] - ref["image_features"]).pow(2).sum(-1).mean()
+        s_txt = (out["text_features"] - ref["text_features"]).pow(2).sum(-1).mean()
+        loss = l_clip - self.weight * (threshold(s_img, self.tau) + threshold(s_txt, self.tau))
+        self._last = {"l_clip": float(l_clip.detach()), "s_img": float(s_img.detach()), "s_txt": float(s_txt.detach())}
+        return loss, dict(self._last)
+
+    def summary(self) -> dict[str, float]:
+        return {f"final_{k}": v for k, v in self._last.items()}
+
+
+@DEFENSES.register("par")
+@dataclass(frozen=True)
+class PAR(CleaningDefense):
+    """Perturb and Recover (see the module docstring for the loss).
+
+    Args:
+        tau: distance threshold above which the push stops (2.15).
+        weight: weight of the push term (0.5).
+        augment: Gaussian noise + RandomErasing as in the paper (True).
+    """
+
+    tau: float = 2.15
+    weight: float = 0.5
+    augment: bool = True
+    schedule: str = "two-phase"
+
+    def objective(self, bundle: ClipBundle, suspect: ClipBundle, dist: DistInfo) -> Objective:
+        aug = NoiseErasing(bundle.mean) if self.augment else None
+        return ParObjective(bundle, suspect, self.tau, self.weight, dist.rank, dist.world_size, aug)
