@@ -1,8 +1,12 @@
-# The README's first two commands: `make demo` and `make test`. Both create .venv if missing.
+# The README's first two commands: `make demo` and `make test`. Both create .venv if missing and
+# install what they need, including Debian's wordnet-base (offline synonyms for CleanCLIP's EDA).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+WORDNET := /usr/share/wordnet/data.noun
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint bench clean
 
@@ -13,14 +17,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+$(WORDNET):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wordnet-base
+
+demo: $(STAMP) $(WORDNET)
 	$(BIN)/python -m poisonlab.demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) $(WORDNET)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:

@@ -1,29 +1,60 @@
-"""The main job on the embedded default data (``make demo``)."""
+"""The main job on the embedded default data (``make demo``).
+
+Pre-train a clean tiny CLIP on ``shapes``; poison fine-tuning data with five triggers; fine-tune
+one poisoned model per trigger; clean each with fine-tuning, CleanCLIP, PAR and PAR on synthetic
+data; write ``OUT/report/index.html`` and ``OUT/report/README.md``. Stages are cached in
+``OUT/cache`` and reused on a second run.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from poisonlab.cli import main as cli_main
+from poisonlab import triggers
+from poisonlab.bench.runner import Runner
+from poisonlab.bench.spec import load_spec
+from poisonlab.data import open_dataset
+from poisonlab.errors import InputError
+from poisonlab.report.experiment import write_report
+from poisonlab.report.gallery import trigger_gallery
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("poisonlab.demo")
+
+
+def run(spec_name: str, out: Path, progress: bool = True) -> Path:
+    spec = load_spec(spec_name)
+    start = time.perf_counter()
+    runner = Runner(spec, out, progress=progress)
+    runner.run()
+    report = out / "report"
+    samples = open_dataset(spec.dataset, split="test", size=64, n=4, seed=spec.test.data_seed)
+    trigger_gallery(samples, [(a.name, triggers.create(a.trigger, **a.params)) for a in spec.attacks],
+                    report / "triggers.png")
+    extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
+             "test images": spec.test.n, "total wall time (s)": f"{time.perf_counter() - start:.0f}"}
+    return write_report(runner.store, spec.name, [a.name for a in spec.attacks], [d.name for d in spec.defenses],
+                        report, extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="demo-out")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="demo", help="A spec YAML file or a bundled preset name.")
+    parser.add_argument("--out", default="demo-out", type=Path)
     args = parser.parse_args(argv)
-    steps = [
-        ["show", "--image-size", "64", "--rows", "4", "--out", f"{args.out}/triggers.png"],
-        ["poison", "--dataset", "shapes", "--n", "2000", "--attack", "clip-dirty", "--target", "star",
-         "--rate", "0.03", "--trigger", "badnet-stripes", "--out", f"{args.out}/plan-badnet-stripes"],
-    ]
-    for step in steps:
-        code = cli_main(step)
-        if code:
-            return code
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        html = run(args.spec, args.out)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    readme = html.with_name("README.md")
+    print(readme.read_text())
+    print(f"\nreport: {html}")
     return 0
 
 

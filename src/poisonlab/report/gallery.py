@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,7 @@ import torch  # noqa: E402
 
 from poisonlab.attacks.plan import PoisonedDataset  # noqa: E402
 from poisonlab.data.base import ImageCaptionDataset  # noqa: E402
+from poisonlab.triggers import Trigger  # noqa: E402
 from poisonlab.triggers import create as create_trigger  # noqa: E402
 from poisonlab.utils.io import atomic_write  # noqa: E402
 from poisonlab.utils.seeding import make_generator  # noqa: E402
@@ -33,12 +35,17 @@ def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
     ax.axis("off")
 
 
-def trigger_gallery(dataset: ImageCaptionDataset, triggers: list[str], path: str | Path, n: int = 4, seed: int = 0) -> None:
-    """Rows = ``n`` clean images; columns = clean, then each trigger (default parameters)."""
+def trigger_gallery(dataset: ImageCaptionDataset, triggers: Sequence[str | tuple[str, Trigger]], path: str | Path,
+                    n: int = 4, seed: int = 0) -> None:
+    """Rows = ``n`` clean images; columns = clean, then each trigger.
+
+    A trigger is a registered name (default parameters) or a ``(label, trigger)`` pair.
+    """
     images = torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
     columns = [("clean", images)]
-    for name in triggers:
-        columns.append((name, create_trigger(name)(images, generator=make_generator("gallery", seed, name))))
+    for item in triggers:
+        label, trig = (item, create_trigger(item)) if isinstance(item, str) else item
+        columns.append((label, trig(images, generator=make_generator("gallery", seed, label))))
     fig, axes = plt.subplots(len(images), len(columns), figsize=(1.3 * len(columns), 1.35 * len(images)), squeeze=False)
     for c, (name, batch) in enumerate(columns):
         for r in range(len(images)):

@@ -1,0 +1,146 @@
+"""Run an experiment spec: every stage cached by the hash of what produced it, resumable.
+
+Stages: pre-train a clean model; per attack, poison the fine-tuning data and fine-tune; per
+(attack, defense), clean the poisoned model; evaluate each model once (CA and the attack's ASR);
+audit each poisoned set with pair filtering. A stage whose output folder already exists under
+``OUT/cache/<stage>-<hash>`` is reused, so a second run only redoes what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from poisonlab import attacks, defenses, triggers
+from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec
+from poisonlab.bench.store import ResultsStore
+from poisonlab.data import open_dataset
+from poisonlab.metrics import ClipEvaluator
+from poisonlab.models import ClipBundle, create_clip, load_clip
+from poisonlab.train import TrainConfig, train_clip
+from poisonlab.utils.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+MODEL = "model.safetensors"
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Runner:
+    """Executes an :class:`ExperimentSpec` into ``out_dir`` (cache, results.db)."""
+
+    def __init__(self, spec: ExperimentSpec, out_dir: str | Path, progress: bool = True) -> None:
+        self.spec, self.out, self.progress = spec, Path(out_dir), progress
+        self.store = ResultsStore(self.out / "results.db")
+        self.keys: dict[str, str] = {}
+        self._test = None
+
+    # -- caching ---------------------------------------------------------------------------
+    def cached(self, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:
+        key = digest(inputs)
+        self.keys[stage] = key
+        path = self.out / "cache" / f"{stage}-{key}"
+        start = time.perf_counter()
+        hit = (path / "done.json").is_file()
+        if not hit:
+            log.info("stage %s: running", stage)
+            with atomic_dir(path) as tmp:
+                build(tmp)
+                write_json(tmp / "done.json", {"stage": stage, "inputs": inputs})
+        self.store.stage(self.spec.name, stage, key, time.perf_counter() - start, hit)
+        return path
+
+    # -- data ------------------------------------------------------------------------------
+    def data(self, name: str, n: int, seed: int, split: str = "train") -> Any:
+        return open_dataset(name, split=split, size=self.spec.image_size, n=n, seed=seed)
+
+    def test(self) -> Any:
+        if self._test is None:
+            self._test = self.data(self.spec.dataset, self.spec.test.n, self.spec.test.data_seed, "test")
+        return self._test
+
+    def plan(self, attack: AttackSpec) -> PoisonedDataset:
+        p = self.spec.poison
+        base = self.data(self.spec.dataset, p.n, p.data_seed)
+        atk = attacks.create("clip-dirty", target=p.target, trigger=attack.trigger, trigger_params=attack.params,
+                             rate=p.rate)
+        return PoisonedDataset(base, atk(base, seed=p.seed))
+
+    # -- stages ----------------------------------------------------------------------------
+    def pretrain(self) -> Path:
+        p = self.spec.pretrain
+        inputs = {"stage": "pretrain", "dataset": self.spec.dataset, "size": self.spec.image_size, **p.model_dump()}
+
+        def build(tmp: Path) -> None:
+            bundle = create_clip(p.model, seed=p.seed)
+            config = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, warmup=p.warmup, seed=p.seed)
+            train_clip(bundle, self.data(self.spec.dataset, p.n, p.data_seed), config, tmp, progress=self.progress)
+
+        return self.cached("pretrain", inputs, build)
+
+    def poison(self, attack: AttackSpec, clean: Path) -> Path:
+        p = self.spec.poison
+        inputs = {"stage": "poison", "parent": self.keys["pretrain"], "attack": attack.model_dump(), **p.model_dump()}
+
+        def build(tmp: Path) -> None:
+            data = self.plan(attack)
+            data.plan.save(tmp / "plan.json")
+            config = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, warmup=p.warmup, seed=p.seed)
+            train_clip(load_clip(clean / MODEL), data, config, tmp, stage="poison", progress=self.progress)
+
+        return self.cached(f"poison:{attack.name}", inputs, build)
+
+    def clean(self, attack: AttackSpec, defense: DefenseSpec, poisoned: Path) -> Path:
+        c = self.spec.cleaning
+        parent = self.keys[f"poison:{attack.name}"]
+        inputs = {"stage": "clean", "parent": parent, "defense": defense.model_dump(), **c.model_dump()}
+
+        def build(tmp: Path) -> None:
+            method = defenses.create(defense.defense, **defense.params)
+            data = self.data(defense.dataset, c.n, c.data_seed)
+            result = method.run(load_clip(poisoned / MODEL), data, tmp, progress=self.progress)
+            write_json(tmp / "report.json", result.report)
+
+        return self.cached(f"clean:{attack.name}:{defense.name}", inputs, build)
+
+    def audit(self, attack: AttackSpec, clean: Path) -> dict[str, Any]:
+        """Pair filtering of the poisoned fine-tuning set with the clean pre-trained model."""
+        report = defenses.create("filter", threshold=None, drop_fraction=self.spec.poison.rate * 2).run(
+            load_clip(clean / MODEL), self.plan(attack))
+        return {k: report[k] for k in ("precision", "recall", "removed", "caught", "clean_lost")}
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, bundle: ClipBundle, attack_list: list[AttackSpec]) -> dict[str, dict[str, float]]:
+        ev = ClipEvaluator(bundle, self.test())
+        ca = ev.clean_accuracy()
+        out = {}
+        for a in attack_list:
+            res = ev.backdoor(triggers.create(a.trigger, **a.params), self.spec.poison.target)
+            out[a.name] = {"ca": ca, **res}
+        return out
+
+    def run(self) -> dict[tuple[str, str], dict[str, float]]:
+        """Run (or reuse) every stage; returns the attack x defense table."""
+        name = self.spec.name
+        clean = self.pretrain()
+        for attack, metrics in self.evaluate(load_clip(clean / MODEL), self.spec.attacks).items():
+            self.store.put(name, attack, "clean model", metrics)
+        for attack in self.spec.attacks:
+            poisoned = self.poison(attack, clean)
+            self.store.put(name, attack.name, "none", self.evaluate(load_clip(poisoned / MODEL), [attack])[attack.name])
+            self.store.put(name, attack.name, "filter (audit)", self.audit(attack, clean))
+            for defense in self.spec.defenses:
+                cleaned = self.clean(attack, defense, poisoned)
+                metrics = self.evaluate(load_clip(cleaned / MODEL), [attack])[attack.name]
+                report = json.loads((cleaned / "report.json").read_text())
+                metrics.update({k: v for k, v in report.items() if k.startswith("final_s_")})
+                self.store.put(name, attack.name, defense.name, metrics)
+        return self.store.table(name)

@@ -1,0 +1,52 @@
+"""The results store: one SQLite file, one row per (attack, defense, metric)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    experiment TEXT NOT NULL, attack TEXT NOT NULL, defense TEXT NOT NULL,
+    metric TEXT NOT NULL, value REAL, PRIMARY KEY (experiment, attack, defense, metric));
+CREATE TABLE IF NOT EXISTS stages (
+    experiment TEXT NOT NULL, stage TEXT NOT NULL, key TEXT NOT NULL, seconds REAL, cached INTEGER,
+    PRIMARY KEY (experiment, stage));
+"""
+
+
+class ResultsStore:
+    """Thin wrapper over ``sqlite3``; every write is its own committed transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(path))
+        self.conn.executescript(SCHEMA)
+
+    def put(self, experiment: str, attack: str, defense: str, metrics: dict[str, float]) -> None:
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+                [(experiment, attack, defense, k, float(v)) for k, v in metrics.items()],
+            )
+
+    def stage(self, experiment: str, stage: str, key: str, seconds: float, cached: bool) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?)",
+                              (experiment, stage, key, seconds, int(cached)))
+
+    def table(self, experiment: str) -> dict[tuple[str, str], dict[str, float]]:
+        rows = self.conn.execute("SELECT attack, defense, metric, value FROM results WHERE experiment = ?",
+                                 (experiment,))
+        out: dict[tuple[str, str], dict[str, float]] = {}
+        for attack, defense, metric, value in rows:
+            out.setdefault((attack, defense), {})[metric] = value
+        return out
+
+    def stages(self, experiment: str) -> list[tuple[str, float, bool]]:
+        rows = self.conn.execute("SELECT stage, seconds, cached FROM stages WHERE experiment = ? ORDER BY rowid",
+                                 (experiment,))
+        return [(s, sec, bool(c)) for s, sec, c in rows]
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,126 @@
+"""The experiment report: Markdown + HTML with the attack x defense table and plots.
+
+Everything here is written from ``results.db``; nothing in the report is typed by hand.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from poisonlab.bench.store import ResultsStore  # noqa: E402
+from poisonlab.utils.io import atomic_write  # noqa: E402
+
+BASELINES = ("clean model", "none")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def ca_asr_scatter(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], path: Path) -> None:
+    """One panel per attack: CA (x) against ASR (y) for the poisoned model and every defense."""
+    cols = min(3, len(attacks))
+    rows = math.ceil(len(attacks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    for ax, attack in zip(axes.flat, attacks, strict=False):
+        for (a, defense), m in sorted(table.items()):
+            if a != attack or "asr" not in m or defense == "clean model":
+                continue
+            ax.scatter(100 * m["ca"], 100 * m["asr"], s=40, marker="x" if defense == "none" else "o")
+            ax.annotate("poisoned" if defense == "none" else defense, (100 * m["ca"], 100 * m["asr"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(attack, fontsize=9)
+        ax.set_xlabel("clean accuracy (%)", fontsize=8)
+        ax.set_ylabel("ASR (%)", fontsize=8)
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+
+
+def _grid(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], defenses: list[str]) -> list[list[str]]:
+    header = ["attack"] + [f"{d} CA / ASR" for d in defenses]
+    rows = [header]
+    for a in attacks:
+        row = [a]
+        for d in defenses:
+            m = table.get((a, d), {})
+            row.append(f"{_pct(m.get('ca'))} / {_pct(m.get('asr'))}")
+        rows.append(row)
+    return rows
+
+
+def _audit(table: dict[tuple[str, str], dict[str, float]], attacks: list[str]) -> list[list[str]]:
+    rows = [["attack", "removed", "poisons caught", "precision", "recall", "clean pairs lost"]]
+    for a in attacks:
+        m = table.get((a, "filter (audit)"))
+        if m:
+            rows.append([a, f"{m['removed']:.0f}", f"{m['caught']:.0f}", f"{m['precision']:.2f}", f"{m['recall']:.2f}",
+                         f"{m['clean_lost']:.0f}"])
+    return rows
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(store: ResultsStore, experiment: str, attacks: list[str], defenses: list[str], out: Path,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write ``out/README.md``, ``out/index.html`` and ``out/ca_vs_asr.png``; returns the HTML path."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = store.table(experiment)
+    ca_asr_scatter(table, attacks, out / "ca_vs_asr.png")
+    grid = _grid(table, attacks, list(BASELINES) + defenses)
+    audit = _audit(table, attacks)
+    stages = [["stage", "seconds", "cached"]] + [[s, f"{sec:.1f}", "yes" if c else "no"]
+                                                 for s, sec, c in store.stages(experiment)]
+    sections = [
+        ("Attack x defense: clean accuracy / ASR (%)", grid,
+         "ASR counts triggered test images whose true class is not the target. "
+         "'clean model' is the pre-trained model before poisoning; 'none' is the poisoned model."),
+        ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
+        ("Wall time of each stage", stages, "Cached stages were reused from an earlier run."),
+    ]
+    md = [f"# poisonlab report: {experiment}", ""]
+    if extra:
+        md += [f"- {k}: {v}" for k, v in extra.items()] + [""]
+    md += ["![trigger gallery](triggers.png)", "", "![CA vs ASR](ca_vs_asr.png)", ""]
+    body = [f"<h1>poisonlab report: {html.escape(experiment)}</h1>"]
+    if extra:
+        body.append("<ul>" + "".join(f"<li>{html.escape(f'{k}: {v}')}</li>" for k, v in extra.items()) + "</ul>")
+    body.append('<img src="triggers.png" alt="trigger gallery"><img src="ca_vs_asr.png" alt="CA vs ASR">')
+    for title, rows, note in sections:
+        md += [f"## {title}", "", _markdown_table(rows), "", note, ""]
+        body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows), f"<p>{html.escape(note)}</p>"]
+    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px 8px}" \
+            "table{border-collapse:collapse;margin-bottom:1em}img{max-width:100%}"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    with atomic_write(out / "README.md", "w") as f:
+        f.write("\n".join(md))
+    with atomic_write(out / "index.html", "w") as f:
+        f.write(page)
+    return out / "index.html"

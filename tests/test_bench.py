@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from poisonlab import demo
+from poisonlab.bench.runner import Runner
+from poisonlab.bench.spec import load_spec
+from poisonlab.bench.store import ResultsStore
+from poisonlab.errors import InputError
+
+TINY = {
+    "name": "tiny",
+    "pretrain": {"n": 64, "epochs": 1, "lr": 1e-3, "batch_size": 32},
+    "poison": {"n": 64, "data_seed": 1, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "rate": 0.1},
+    "attacks": [{"name": "stripes", "trigger": "badnet-stripes", "params": {"size": 4}}],
+    "cleaning": {"n": 64},
+    "defenses": [
+        {"name": "finetune", "defense": "finetune", "params": {"steps": 1, "batch_size": 32}},
+        {"name": "par-synthetic", "defense": "par", "dataset": "shapes-outline", "params": {"steps": 1, "batch_size": 32}},
+    ],
+    "test": {"n": 40},
+}
+
+
+def test_spec_rejects_unknown_keys(tmp_path):
+    bad = dict(TINY, surprise=1)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(InputError, match="surprise"):
+        load_spec(tmp_path / "bad.yaml")
+    with pytest.raises(InputError, match="demo"):
+        load_spec("no-such-preset")
+    assert load_spec("demo").poison.target == "star"
+
+
+def test_runner_caches_and_reports(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    html = demo.run(str(tmp_path / "tiny.yaml"), tmp_path / "out", progress=False)
+    store = ResultsStore(tmp_path / "out" / "results.db")
+    table = store.table("tiny")
+    assert {("stripes", "none"), ("stripes", "finetune"), ("stripes", "par-synthetic"), ("stripes", "clean model")} <= set(table)
+    assert 0 <= table[("stripes", "par-synthetic")]["asr"] <= 1
+    assert "final_s_img" in table[("stripes", "par-synthetic")]
+    assert not any(cached for _, _, cached in store.stages("tiny"))
+    for name in ("index.html", "README.md", "ca_vs_asr.png", "triggers.png"):
+        assert (html.parent / name).stat().st_size > 0
+    runner = Runner(load_spec(tmp_path / "tiny.yaml"), tmp_path / "out", progress=False)
+    runner.run()
+    assert all(cached for _, _, cached in runner.store.stages("tiny")), "second run reuses every stage"
