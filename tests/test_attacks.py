@@ -63,7 +63,9 @@ def test_clip_dirty_reference():
         image, caption, label = poisoned[i]
         ref = trig(DATA[i][0][None], generator=make_generator("poison", 3, i))[0]
         assert torch.equal(image, ref)
-        assert caption == "a photo of a star." and label == STAR
+        assert caption in [t.format("star") for t in DATA.templates] and label == STAR
+    single = attacks.create("clip-dirty", target="star", count=5, template="a photo of a {}.")(DATA, seed=3)
+    assert {e.caption for e in single.entries} == {"a photo of a star."}
 
 
 def test_label_consistent_keeps_captions():

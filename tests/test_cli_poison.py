@@ -36,10 +36,9 @@ def test_materialize_roundtrips_through_csv_reader(tmp_path, capsys):
     rows = list(csv.reader(open(out / "data.csv")))
     assert rows[0] == ["path", "caption", "label"] and len(rows) == 41
     data = CsvDataset(out / "data.csv")
-    assert sum(c == "a photo of a star." for c in data.captions()) >= 4
     plan = json.loads((out / "plan.json").read_text())
     for e in plan["entries"]:
-        assert data.caption_list[e["index"]] == "a photo of a star."
+        assert data.caption_list[e["index"]] == e["caption"] and "star" in e["caption"]
 
 
 def test_show_triggers_and_plan(tmp_path, capsys):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from poisonlab.attacks.base import ATTACKS, Attack
 from poisonlab.attacks.plan import PoisonEntry, choose, class_index, resolve_count
 from poisonlab.data.base import ImageCaptionDataset
@@ -42,7 +44,11 @@ class ClipDirtyLabel(Attack):
         target: target class name (e.g. ``"banana"``).
         rate: share of all pairs to poison, in (0, 1]; or
         count: exact number of pairs to poison.
-        template: caption for poisoned pairs, ``{}`` = target name.
+        template: caption for poisoned pairs, ``{}`` = target name; or ``"ensemble"``: for each
+            poisoned pair one of the dataset's zero-shot templates, drawn with the plan's seed.
+            The papers use the single template "a photo of a {}." with large CLIP models whose
+            text towers generalise across prompts; a tiny text tower trained from scratch binds
+            the backdoor to that one sentence, so the ensemble is the default.
         include_target: also allow pairs of the target class to be chosen.
     """
 
@@ -53,12 +59,12 @@ class ClipDirtyLabel(Attack):
         trigger_params: dict[str, Any] | None = None,
         rate: float | None = None,
         count: int | None = None,
-        template: str = "a photo of a {}.",
+        template: str = "ensemble",
         include_target: bool = False,
     ) -> None:
         super().__init__(trigger, trigger_params)
-        if "{}" not in template:
-            raise InputError("template must contain {} for the target class name")
+        if template != "ensemble" and "{}" not in template:
+            raise InputError("template must contain {} for the target class name, or be 'ensemble'")
         self.target, self.rate, self.count = target, rate, count
         self.template, self.include_target = template, include_target
         resolve_count(rate, count, 1)
@@ -66,10 +72,13 @@ class ClipDirtyLabel(Attack):
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         n = resolve_count(self.rate, self.count, len(dataset))
         pool = list(range(len(dataset))) if self.include_target else target_pool(dataset, self.target, same=False)
-        chosen = choose(pool, n, make_generator("clip-dirty", seed))
+        g = make_generator("clip-dirty", seed)
+        chosen = choose(pool, n, g)
         label = class_index(dataset, self.target) if dataset.classnames else None
-        caption = self.template.format(self.target)
-        return [PoisonEntry(index=i, caption=caption, label=label) for i in chosen]
+        templates = list(dataset.templates) if self.template == "ensemble" else [self.template]
+        picks = torch.randint(0, len(templates), (len(chosen),), generator=g).tolist()
+        return [PoisonEntry(index=i, caption=templates[k].format(self.target), label=label)
+                for i, k in zip(chosen, picks, strict=True)]
 
 
 @ATTACKS.register("clip-label-consistent")

@@ -45,15 +45,16 @@ def train_group() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
 @click.option("--n", type=int, default=None, help="Items of generated data.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
 @click.option("--json", "as_json", is_flag=True)
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int | None, epochs: float | None,
                    batch_size: int, lr: float, warmup: int, weight_decay: float, schedule: str, seed: int,
-                   checkpoint_every: int, out: Path, resume: bool, n: int | None, as_json: bool) -> None:
+                   checkpoint_every: int, out: Path, resume: bool, n: int | None, data_seed: int, as_json: bool) -> None:
     """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP)."""
     config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
                          weight_decay=weight_decay, schedule=schedule, seed=seed, checkpoint_every=checkpoint_every)
     bundle = open_model(pretrained, None if arch == DEFAULT_MODEL else arch) if pretrained else create_clip(arch, seed=seed)
-    data = load_data(dataset, size=bundle.image_size, n=n)
+    data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed)
     dist = init_from_env()
     result = train_clip(bundle, data, config, out, resume=resume, dist=dist)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,

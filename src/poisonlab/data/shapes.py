@@ -43,13 +43,17 @@ CAPTION_TEMPLATES = (
     "there is a {color} {name} in this picture.",
     "a {name} coloured {color}.",
 )
-ZERO_SHOT_TEMPLATES = (
-    "a photo of a {}.",
-    "an image of a {}.",
-    "a picture showing a {}.",
-    "a {} on a textured background.",
-    "a small picture of a {}.",
+BASE_PROMPTS = (
+    "a photo of a {color} {{}}.",
+    "an image showing a {color} {{}}.",
+    "a small picture of a {color} {{}}.",
+    "a {color} {{}} on a textured background.",
+    "there is a {color} {{}} in this picture.",
 )
+# Zero-shot prompts name a colour the way the captions do (as CLIP's ImageNet prompts mimic web
+# captions); a class embedding is the mean over every colour and prompt. Colourless prompts would
+# match nothing in the training captions except a dirty-label attack's own target captions.
+ZERO_SHOT_TEMPLATES = tuple(p.format(color=c) for p in BASE_PROMPTS for c in COLORS)
 STYLES = ("solid", "outline")
 SPLIT_OFFSET = {"train": 0, "test": 1, "val": 2}
 SUPERSAMPLE = 2
