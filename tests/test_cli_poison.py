@@ -79,3 +79,13 @@ def test_list_and_help(capsys):
     code, out, _ = run(capsys, "list", "--json")
     assert code == 0 and "wanet" in json.loads(out)["triggers"]
     assert run(capsys, "poison", "--help")[0] == 0
+
+
+def test_outputs_have_normal_permissions(tmp_path, capsys):
+    import os
+    import stat
+
+    assert main(["show", "--triggers", "blended", "--rows", "1", "--out", str(tmp_path / "g.png")]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "g.png").stat().st_mode) == 0o666 & ~mask

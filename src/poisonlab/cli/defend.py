@@ -34,6 +34,7 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
 @click.option("--n", type=int, default=None, help="Items of generated cleaning data.")
+@click.option("--data-seed", type=int, default=2, show_default=True, help="Seed of generated cleaning data.")
 @click.option("--steps", type=int, default=None)
 @click.option("--epochs", type=float, default=None)
 @click.option("--batch-size", type=int, default=None)
@@ -42,13 +43,16 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--test-dataset", default="shapes", show_default=True, help="Test split for the before/after summary.")
 @click.option("--test-n", type=int, default=2000, show_default=True)
 @click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR for; repeatable.")
+@click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
 @click.option("--target", default=None, help="Target class for ASR.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
-def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: int | None, steps: int | None,
+def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: int | None, data_seed: int,
+              steps: int | None,
               epochs: float | None, batch_size: int | None, lr: float | None, params: tuple[str, ...],
-              test_dataset: str, test_n: int, trigger_names: tuple[str, ...], target: str | None, seed: int,
+              test_dataset: str, test_n: int, trigger_names: tuple[str, ...], trigger_params: tuple[str, ...],
+              target: str | None, seed: int,
               out: Path, as_json: bool) -> None:
     """Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."""
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
@@ -56,11 +60,12 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     method = defenses.create(defense, **config)
     if not isinstance(method, defenses.CleaningDefense):
         raise InputError(f"defense {defense!r} does not clean a model; use `poisonlab audit` for it")
-    trig = [triggers.create(t) for t in trigger_names]
+    tparams = parse_params(trigger_params, "--trigger-param")
+    trig = [triggers.create(t, **tparams) for t in trigger_names]
     if trig and target is None:
         raise InputError("--trigger needs --target")
     suspect = open_model(model_path, arch)
-    data = load_data(dataset, size=suspect.image_size, n=n)
+    data = load_data(dataset, size=suspect.image_size, n=n, seed=data_seed)
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
     before = summarize(suspect, test, trig, list(trigger_names), target)
     result = method.run(suspect, data, out, dist=init_from_env())

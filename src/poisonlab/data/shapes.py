@@ -8,9 +8,9 @@ templates. Generation is deterministic in ``(seed, split, index)`` and vectorise
 Two renderers draw the same concepts:
 
 - ``style="solid"`` (default): filled shapes on noisy, gradient or checked backgrounds;
-- ``style="outline"``: hollow shapes drawn as thick outlines on smooth two-tone stripes, with a
-  shifted palette. It plays the role of PAR's synthetic cleaning data (SynthCLIP): the same
-  classes and captions from a visibly different generator.
+- ``style="outline"``: shapes with a thick dark outline and shaded fill on smooth two-tone
+  stripes, with a shifted palette. It plays the role of PAR's synthetic cleaning data
+  (SynthCLIP): the same classes and captions from a visibly different generator.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ ZERO_SHOT_TEMPLATES = tuple(p.format(color=c) for p in BASE_PROMPTS for c in COL
 STYLES = ("solid", "outline")
 SPLIT_OFFSET = {"train": 0, "test": 1, "val": 2}
 SUPERSAMPLE = 2
+OUTLINE_INSET = 0.72  # the fill of an outlined shape is the shape shrunk to this scale
 
 Mask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -100,16 +101,6 @@ SHAPE_MASKS: dict[str, Mask] = {
 }
 
 
-def _outline(mask: Mask, width: float = 0.28) -> Mask:
-    """The band of ``mask`` that lies within ``width`` of its border (a hollow shape)."""
-
-    def hollow(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        inner = mask(u / (1 - width), v / (1 - width))
-        return mask(u, v) & ~inner
-
-    return hollow
-
-
 def _background(style: str, size: int, g: torch.Generator) -> torch.Tensor:
     """A ``[3, size, size]`` textured background with muted colours."""
     base = 0.25 + 0.35 * torch.rand(3, 1, 1, generator=g)
@@ -146,16 +137,26 @@ def render(cls: int, color: str, style: str, size: int, g: torch.Generator) -> t
     u = dx * math.cos(angle) + dy * math.sin(angle)
     v = -dx * math.sin(angle) + dy * math.cos(angle)
     mask_fn = SHAPE_MASKS[CLASSNAMES[cls]]
-    if style == "outline":
-        mask_fn = _outline(mask_fn)
-    cover = mask_fn(u, v).float()[None, None]
-    cover = torch.nn.functional.avg_pool2d(cover, SUPERSAMPLE)[0]
+    cover = _pool(mask_fn(u, v))
     rgb = torch.tensor(COLORS[color]).view(3, 1, 1)
     if style == "outline":
         rgb = 0.8 * rgb + 0.2 * rgb.roll(1, 0)
     rgb = (rgb + 0.06 * torch.randn(3, 1, 1, generator=g)).clamp(0, 1)
     bg = _background(style, size, g)
+    if style == "outline":
+        inner = _pool(mask_fn(u / OUTLINE_INSET, v / OUTLINE_INSET))
+        shade = _pool_values(0.75 + 0.25 * (1 - v.clamp(-1, 1)) / 2)
+        return inner * (rgb * shade).clamp(0, 1) + (cover - inner) * 0.12 + (1 - cover) * bg
     return cover * rgb + (1 - cover) * bg
+
+
+def _pool(mask: torch.Tensor) -> torch.Tensor:
+    """Supersampled boolean mask -> ``[1, size, size]`` coverage in [0, 1] (anti-aliasing)."""
+    return _pool_values(mask.float())
+
+
+def _pool_values(values: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.avg_pool2d(values[None, None], SUPERSAMPLE)[0]
 
 
 @DATASETS.register("shapes")
