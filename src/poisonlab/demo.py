@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spec", default="demo", help="A spec YAML file or a bundled preset name.")
     parser.add_argument("--out", default="demo-out", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("poisonlab").setLevel(logging.INFO)
     try:
         html = run(args.spec, args.out)
     except InputError as err:
