@@ -44,7 +44,7 @@ def train_group() -> None:
 @click.option("--checkpoint-every", type=int, default=0, help="Save a resumable checkpoint every N steps.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@click.option("--n", type=int, default=None, help="Items of generated data.")
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
 @click.option("--json", "as_json", is_flag=True)
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int | None, epochs: float | None,
@@ -69,7 +69,7 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int |
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Test data: embedded name or path.")
 @click.option("--split", default="test", show_default=True)
-@click.option("--n", type=int, default=None, help="Items of generated data.")
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--trigger", "trigger_names", multiple=True, help="Trigger to measure ASR with; repeatable.")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger.")
 @click.option("--target", default=None, help="Target class (ASR, or text Attack II/III goal).")

@@ -46,7 +46,7 @@ def emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:
 def data_options(f: Any) -> Any:
     """``--split``, ``--image-size``, ``--n``, ``--data-seed`` for opening a dataset."""
     f = click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")(f)
-    f = click.option("--n", "n", type=int, default=None, help="Number of items of generated data.")(f)
+    f = click.option("--n", "--items", "n", type=int, default=None, help="Number of items of generated data.")(f)
     f = click.option("--image-size", type=int, default=32, show_default=True, help="Image side in pixels.")(f)
     f = click.option("--split", default="train", show_default=True, help="train or test.")(f)
     return f

@@ -33,7 +33,7 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--model", "model_path", required=True, help="Suspect CLIP checkpoint.")
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
-@click.option("--n", type=int, default=None, help="Items of generated cleaning data.")
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated cleaning data.")
 @click.option("--data-seed", type=int, default=2, show_default=True, help="Seed of generated cleaning data.")
 @click.option("--steps", type=int, default=None)
 @click.option("--epochs", type=float, default=None)
