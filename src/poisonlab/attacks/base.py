@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from poisonlab.attacks.plan import PoisonEntry, PoisonPlan
+from poisonlab.attacks.plan import PoisonEntry, PoisonPlan, resolve_count
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.registry import Registry
 from poisonlab.triggers import create as create_trigger
@@ -52,3 +52,26 @@ class Attack:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}(trigger={self.trigger_name!r}, {args})"
+
+
+class TargetedAttack(Attack):
+    """An image-trigger attack toward a target class with a budget (``rate`` or ``count``).
+
+    ``default_rate`` is used when neither is given (``None``: one of them is required).
+    """
+
+    default_rate: float | None = None
+
+    def __init__(
+        self,
+        target: str,
+        trigger: str = "badnet",
+        trigger_params: dict[str, Any] | None = None,
+        rate: float | None = None,
+        count: int | None = None,
+    ) -> None:
+        super().__init__(trigger, trigger_params)
+        if rate is None and count is None:
+            rate = self.default_rate
+        self.target, self.rate, self.count = target, rate, count
+        resolve_count(rate, count, 1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from poisonlab.attacks.base import ATTACKS, Attack
+from poisonlab.attacks.base import ATTACKS, TargetedAttack
 from poisonlab.attacks.plan import PoisonEntry, choose, class_index, resolve_count
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
@@ -35,7 +35,7 @@ def target_pool(dataset: ImageCaptionDataset, target: str, same: bool) -> list[i
 
 
 @ATTACKS.register("clip-dirty")
-class ClipDirtyLabel(Attack):
+class ClipDirtyLabel(TargetedAttack):
     """Trigger ``n`` non-target pairs and replace their captions with ``template`` of the target.
 
     Args:
@@ -62,12 +62,10 @@ class ClipDirtyLabel(Attack):
         template: str = "ensemble",
         include_target: bool = False,
     ) -> None:
-        super().__init__(trigger, trigger_params)
+        super().__init__(target, trigger, trigger_params, rate, count)
         if template != "ensemble" and "{}" not in template:
             raise InputError("template must contain {} for the target class name, or be 'ensemble'")
-        self.target, self.rate, self.count = target, rate, count
         self.template, self.include_target = template, include_target
-        resolve_count(rate, count, 1)
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         n = resolve_count(self.rate, self.count, len(dataset))
@@ -82,23 +80,11 @@ class ClipDirtyLabel(Attack):
 
 
 @ATTACKS.register("clip-label-consistent")
-class ClipLabelConsistent(Attack):
+class ClipLabelConsistent(TargetedAttack):
     """Trigger ``n`` pairs that already show the target; captions and labels are kept.
 
     ``rate`` is a share of the target-class pairs here (there is nothing else to poison).
     """
-
-    def __init__(
-        self,
-        target: str,
-        trigger: str = "badnet",
-        trigger_params: dict[str, Any] | None = None,
-        rate: float | None = None,
-        count: int | None = None,
-    ) -> None:
-        super().__init__(trigger, trigger_params)
-        self.target, self.rate, self.count = target, rate, count
-        resolve_count(rate, count, 1)
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         pool = target_pool(dataset, self.target, same=True)

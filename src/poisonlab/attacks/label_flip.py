@@ -9,9 +9,7 @@ and relabels them as the target class.
 
 from __future__ import annotations
 
-from typing import Any
-
-from poisonlab.attacks.base import ATTACKS, Attack
+from poisonlab.attacks.base import ATTACKS, TargetedAttack
 from poisonlab.attacks.clip_dirty import target_pool
 from poisonlab.attacks.plan import PoisonEntry, choose, class_index, resolve_count
 from poisonlab.data.base import ImageCaptionDataset
@@ -19,20 +17,8 @@ from poisonlab.utils.seeding import make_generator
 
 
 @ATTACKS.register("label-flip")
-class LabelFlip(Attack):
+class LabelFlip(TargetedAttack):
     """Trigger ``n`` non-target images and set their label to the target (captions kept)."""
-
-    def __init__(
-        self,
-        target: str,
-        trigger: str = "badnet",
-        trigger_params: dict[str, Any] | None = None,
-        rate: float | None = None,
-        count: int | None = None,
-    ) -> None:
-        super().__init__(trigger, trigger_params)
-        self.target, self.rate, self.count = target, rate, count
-        resolve_count(rate, count, 1)
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         n = resolve_count(self.rate, self.count, len(dataset))

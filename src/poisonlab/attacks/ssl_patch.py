@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from poisonlab.attacks.base import ATTACKS, Attack
+from poisonlab.attacks.base import ATTACKS, TargetedAttack
 from poisonlab.attacks.clip_dirty import target_pool
 from poisonlab.attacks.plan import PoisonEntry, choose, resolve_count
 from poisonlab.data.base import ImageCaptionDataset
@@ -19,26 +19,24 @@ from poisonlab.utils.seeding import make_generator
 
 
 @ATTACKS.register("ssl-patch")
-class SslTargetedPatch(Attack):
+class SslTargetedPatch(TargetedAttack):
     """Patch ``rate`` of the target-class images (paper: 50%), labels and captions unchanged.
 
     The default trigger pastes the built-in patch with the paper's location rule: the top-left
     corner uniform in ``[0.25W, 0.75W - s] x [0.25H, 0.75H - s]``.
     """
 
+    default_rate = 0.5
+
     def __init__(
         self,
         target: str,
         trigger: str = "patch-image",
         trigger_params: dict[str, Any] | None = None,
-        rate: float | None = 0.5,
+        rate: float | None = None,
         count: int | None = None,
     ) -> None:
-        if count is not None and rate == 0.5:
-            rate = None
-        super().__init__(trigger, trigger_params)
-        self.target, self.rate, self.count = target, rate, count
-        resolve_count(rate, count, 1)
+        super().__init__(target, trigger, trigger_params, rate, count)
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         pool = target_pool(dataset, self.target, same=True)

@@ -49,7 +49,33 @@ def _class_captions(classnames: list[str], labels: list[int]) -> list[str]:
     return [DEFAULT_TEMPLATES[0].format(classnames[y]) for y in labels]
 
 
-class CsvDataset(ImageCaptionDataset):
+class _ImageFiles(ImageCaptionDataset):
+    """Images listed as files, with captions and labels held in lists."""
+
+    paths: list[Path]
+    caption_list: list[str]
+    label_list: list[int]
+    size: int
+
+    def where(self, index: int) -> str:
+        """How an error message names item ``index``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        return decode_image(self.paths[index], self.size, self.where(index)), self.caption_list[index], \
+            self.label_list[index]
+
+    def labels(self) -> list[int]:
+        return list(self.label_list)
+
+    def captions(self) -> list[str]:
+        return list(self.caption_list)
+
+
+class CsvDataset(_ImageFiles):
     """``path,caption[,label]`` rows; an optional header row ``path,caption[,label]`` is skipped.
 
     Labels may be integers or class names (then ``classnames`` is their sorted set).
@@ -89,24 +115,14 @@ class CsvDataset(ImageCaptionDataset):
         names = sorted(set(raw))
         return [names.index(s) for s in raw], names
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Item:
-        where = f"{self.csv_path.name} row {index + 1} ({self.paths[index].name})"
-        return decode_image(self.paths[index], self.size, where), self.caption_list[index], self.label_list[index]
-
-    def labels(self) -> list[int]:
-        return list(self.label_list)
-
-    def captions(self) -> list[str]:
-        return list(self.caption_list)
+    def where(self, index: int) -> str:
+        return f"{self.csv_path.name} row {index + 1} ({self.paths[index].name})"
 
     def describe(self) -> dict[str, Any]:
         return {"name": "csv", "file": self.csv_path.name, "size": self.size, "n": len(self)}
 
 
-class FolderDataset(ImageCaptionDataset):
+class FolderDataset(_ImageFiles):
     """ImageFolder tree; caption = "a photo of a {class}." with ``_`` read as a space."""
 
     def __init__(self, root: str | Path, size: int = 32) -> None:
@@ -126,18 +142,8 @@ class FolderDataset(ImageCaptionDataset):
             raise InputError(f"{self.root}: no images in the class folders")
         self.caption_list = _class_captions(self.classnames, self.label_list)
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Item:
-        where = f"{self.paths[index].relative_to(self.root)}"
-        return decode_image(self.paths[index], self.size, where), self.caption_list[index], self.label_list[index]
-
-    def labels(self) -> list[int]:
-        return list(self.label_list)
-
-    def captions(self) -> list[str]:
-        return list(self.caption_list)
+    def where(self, index: int) -> str:
+        return str(self.paths[index].relative_to(self.root))
 
     def describe(self) -> dict[str, Any]:
         return {"name": "imagefolder", "folder": self.root.name, "size": self.size, "n": len(self)}
