@@ -27,10 +27,11 @@ def setup():
     data = make_shapes(n=48, seed=2)
     suspect = create_clip("poisonlab-tiny-vit", seed=1)
     bundle = suspect.copy()
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in bundle.model.named_parameters():
             if name != "logit_scale":  # the trainable copy starts from the suspect's temperature
-                p.add_(0.05 * torch.randn_like(p))
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
     batch = pair_tensors(data, bundle.tokenize).batch(torch.arange(16))
     return data, suspect, bundle, batch
 
