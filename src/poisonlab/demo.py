@@ -36,7 +36,7 @@ def run(spec_name: str, out: Path, progress: bool = True) -> Path:
     trigger_gallery(samples, [(a.name, triggers.create(a.trigger, **a.params)) for a in spec.attacks],
                     report / "triggers.png")
     extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
-             "test images": spec.test.n, "total wall time (s)": f"{time.perf_counter() - start:.0f}"}
+             "test images": spec.test.n, "wall time of this run (s)": f"{time.perf_counter() - start:.0f}"}
     return write_report(runner.store, spec.name, [a.name for a in spec.attacks], [d.name for d in spec.defenses],
                         report, extra)
 
