@@ -93,8 +93,9 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float | None, drop_fraction: float | None,
               out: Path, as_json: bool) -> None:
     """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
-    flt = defenses.create("filter", threshold=threshold if threshold is not None or drop_fraction else 0.8,
-                          drop_fraction=drop_fraction)
+    if drop_fraction is None and threshold is None:
+        threshold = 0.8
+    flt = defenses.create("filter", threshold=threshold, drop_fraction=drop_fraction)
     bundle = open_model(model_path, arch)
     data = load_data(dataset, size=bundle.image_size)
     report = flt.run(bundle, data)
