@@ -180,3 +180,36 @@ def test_cli_train_and_eval(tmp_path, capsys):
     code = main(["eval", "--model", str(tmp_path / "run" / "model.safetensors"), "--dataset", "shapes", "--n", "40",
                  "--trigger", "zap", "--target", "star"])
     assert code == 2 and "unknown trigger" in capsys.readouterr().err
+
+
+def test_cli_clean_and_audit(tmp_path, capsys):
+    from conftest import write_png
+
+    ckpt = str(save_clip(create_clip("poisonlab-tiny-rn"), tmp_path / "m.safetensors"))
+    code = main(["clean", "--defense", "par", "--model", ckpt, "--dataset", "shapes-outline", "--n", "32",
+                 "--steps", "1", "--batch-size", "16", "--test-n", "20", "--trigger", "blended", "--target", "star",
+                 "--out", str(tmp_path / "c"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["report"]["steps"] == 1 and "asr" in out["after"]["backdoor"]["blended"]
+    assert (tmp_path / "c" / "model.safetensors").is_file()
+    for argv, needle in [
+        (["--defense", "nope"], "valid: cleanclip"),
+        (["--defense", "filter"], "no parameter"),
+    ]:
+        code = main(["clean", *argv, "--model", ckpt, "--dataset", "shapes", "--out", str(tmp_path / "x")])
+        assert code == 2 and needle in capsys.readouterr().err
+    write_png(tmp_path / "a.png")
+    (tmp_path / "nocap.csv").write_text("a.png, \na.png, \n")
+    code = main(["clean", "--defense", "finetune", "--model", ckpt, "--dataset", str(tmp_path / "nocap.csv"),
+                 "--steps", "1", "--test-n", "20", "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    assert code == 2 and "without a caption" in err and len(err.strip().splitlines()) == 1
+    plan_dir = tmp_path / "plan"
+    main(["poison", "--dataset", "shapes", "--n", "40", "--attack", "clip-dirty", "--target", "star", "--count", "4",
+          "--trigger", "badnet", "--out", str(plan_dir)])
+    capsys.readouterr()
+    code = main(["audit", "--model", ckpt, "--dataset", str(plan_dir / "plan.json"), "--drop-fraction", "0.1",
+                 "--out", str(tmp_path / "audit"), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and res["removed"] == 4 and res["total"] == 40 and 0 <= res["recall"] <= 1
+    assert (tmp_path / "audit" / "scores.csv").read_text().count("\n") == 41
