@@ -213,3 +213,27 @@ def test_cli_clean_and_audit(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and res["removed"] == 4 and res["total"] == 40 and 0 <= res["recall"] <= 1
     assert (tmp_path / "audit" / "scores.csv").read_text().count("\n") == 41
+
+
+def test_text_attack_metrics_match_bruteforce(tiny_data):
+    bundle = create_clip("poisonlab-tiny-rn", seed=4)
+    ev = ClipEvaluator(bundle, tiny_data, batch_size=16)
+    g = torch.Generator().manual_seed(0)  # well-separated cached embeddings: no near-ties in the ranks
+    ev._cache["clean"] = F.normalize(torch.randn(len(tiny_data), 64, generator=g), dim=-1)
+    ev._cache["captions"] = F.normalize(torch.randn(len(tiny_data), 64, generator=g), dim=-1)
+    x_star = tiny_data[5][0]
+    res = ev.text_attack("circle", target_image=x_star)
+    circle = tiny_data.classnames.index("circle")
+    with torch.no_grad():
+        target = bundle.encode_image(x_star[None])[0]
+    gallery = list(ev.image_embeddings()) + [target]
+    ranks = []
+    for i, q in enumerate(ev.text_embeddings()):
+        if tiny_data[i][2] != circle:
+            continue
+        scores = [float(q @ g) for g in gallery]
+        ranks.append(sum(sc > scores[-1] for sc in scores))
+    assert res["queries"] == len(ranks)
+    assert res["min_rank"] == pytest.approx(sum(ranks) / len(ranks), abs=1e-4)
+    assert res["hit@5"] == pytest.approx(sum(r < 5 for r in ranks) / len(ranks))
+    assert set(res["baseline"]) == {"hit@1", "hit@5", "hit@10", "min_rank"}

@@ -108,13 +108,14 @@ class ClipEvaluator:
         gallery = self.image_embeddings()
         if target_image is not None:
             x = target_image[None].float().to(self.bundle.device)
+            self.bundle.model.eval()
             with torch.no_grad():
                 extra = self.bundle.encode_image(x).float().cpu()
             gallery = torch.cat([gallery, extra])
             mask = torch.zeros(len(gallery), dtype=torch.bool)
             mask[-1] = True
         else:
-            mask = torch.cat([self.labels == self.target_index(target), torch.zeros(0, dtype=torch.bool)])
+            mask = self.labels == self.target_index(target)
         texts = self.text_embeddings()
         queries = (self.labels == src).nonzero().flatten()
         if len(queries) == 0:

@@ -88,8 +88,7 @@ class ClipBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tokenizer = open_clip.get_tokenizer(self.name) if self.name in open_clip.list_models() else \
-            open_clip.tokenize
+        self.tokenizer = open_clip.get_tokenizer(self.name)
 
     @property
     def image_size(self) -> int:
