@@ -45,9 +45,7 @@ def train_clip(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
     bundle.provenance = provenance(bundle, dataset, config, stage)
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=lambda p: save_clip(bundle, p),
                       progress=progress)
-    result = trainer.fit(resume=resume)
-    bundle.provenance["steps"] = result.steps
-    if out_dir is not None and dist.is_main:
-        save_clip(bundle, Path(out_dir) / "model.safetensors")
+    bundle.provenance["steps"] = trainer.total
+    result = trainer.fit(resume=resume)  # writes the final checkpoint and model into out_dir
     log.info("trained %d steps in %.1fs (%.0f samples/s)", result.steps, result.seconds, result.samples_per_second)
     return result

@@ -251,6 +251,7 @@ class Trainer:
             self.objective.model = original
         seconds = time.perf_counter() - start
         done = (self.step - first) * self.cfg.batch_size * self.dist.world_size
-        if self.out is not None:
+        just_saved = bool(self.cfg.checkpoint_every) and self.step % self.cfg.checkpoint_every == 0 and self.step > first
+        if self.out is not None and not just_saved:
             self.save_checkpoint()
         return TrainResult(self.step, loss, seconds, done / seconds if seconds > 0 else 0.0)
