@@ -41,7 +41,7 @@ class Runner:
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
         self.store = ResultsStore(self.out / "results.db")
         self.keys: dict[str, str] = {}
-        self._test = None
+        self._data: dict[tuple[str, int, int, str], Any] = {}
 
     # -- caching ---------------------------------------------------------------------------
     def cached(self, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:
@@ -60,12 +60,14 @@ class Runner:
 
     # -- data ------------------------------------------------------------------------------
     def data(self, name: str, n: int, seed: int, split: str = "train") -> Any:
-        return open_dataset(name, split=split, size=self.spec.image_size, n=n, seed=seed)
+        """A generated dataset, made once per run (every attack and defense shares it)."""
+        key = (name, n, seed, split)
+        if key not in self._data:
+            self._data[key] = open_dataset(name, split=split, size=self.spec.image_size, n=n, seed=seed)
+        return self._data[key]
 
     def test(self) -> Any:
-        if self._test is None:
-            self._test = self.data(self.spec.dataset, self.spec.test.n, self.spec.test.data_seed, "test")
-        return self._test
+        return self.data(self.spec.dataset, self.spec.test.n, self.spec.test.data_seed, "test")
 
     def plan(self, attack: AttackSpec) -> PoisonedDataset:
         p = self.spec.poison
