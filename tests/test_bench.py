@@ -1,13 +1,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
-from poisonlab import demo
+from poisonlab import demo, detect
 from poisonlab.bench.runner import Runner
 from poisonlab.bench.spec import load_spec
 from poisonlab.bench.store import ResultsStore
+from poisonlab.data import open_dataset
+from poisonlab.defenses import trusted_indices
 from poisonlab.errors import InputError
+from poisonlab.models.checkpoint import load_classifier
+from poisonlab.train.data import label_tensors
 
 TINY = {
     "name": "tiny",
@@ -56,6 +61,7 @@ def test_classifier_and_ssl_sections(tmp_path):
         "attacks": [{"name": "badnet", "trigger": "badnet", "params": {"size": 4, "location": "bottom-right"}}],
         "trusted_share": 0.5,
         "repairs": [{"name": "pt", "repair": "pivotal-tuning", "params": {"steps": 1}}],
+        "detect": {"neural-cleanse": {"steps": 2}},
         "population": {"n": 2, "n_train": 64, "epochs": 1, "detectors": {"neural-cleanse": {"steps": 2}}},
     }
     spec["ssl"] = {"n": 96, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "method": "simclr",
@@ -69,9 +75,18 @@ def test_classifier_and_ssl_sections(tmp_path):
     assert {("badnet", "none"), ("badnet", "pt"), ("badnet", "clean model")} <= set(cls)
     assert 0 <= cls[("badnet", "pt")]["arr"] <= 1
     assert 0 <= store.table("tiny/detection")[("neural-cleanse", "population")]["auc"] <= 1
+    # the section's own models, scored again here from their checkpoints with the same trusted share
+    scores = store.table("tiny/detect")
+    shapes = label_tensors(open_dataset("shapes", n=120, seed=5, size=32))
+    trusted = shapes.subset(trusted_indices(len(shapes), 0.5, 5))
+    for label in ("clean", "badnet"):
+        (ckpt,) = (tmp_path / "out" / "cache").glob(f"classifier:{label}-*/model.safetensors")
+        torch.manual_seed(0)
+        again = detect.create("neural-cleanse", steps=2)(load_classifier(ckpt), trusted)
+        assert scores[("neural-cleanse", label)]["score"] == pytest.approx(again.score)
     ssl = store.table("tiny/ssl")
     assert {("clean", "probe"), ("poisoned", "probe"), ("distill", "probe"), ("patchsearch", "probe"),
             ("patchsearch", "filter"), ("poisoned", "decree")} <= set(ssl)
     text = (html.parent / "README.md").read_text()
-    assert "PatchSearch" in text and "DECREE" in text and "roc.png" in text
+    assert "PatchSearch" in text and "DECREE" in text and "roc.png" in text and "is it backdoored?" in text
     assert (html.parent / "roc.png").stat().st_size > 0

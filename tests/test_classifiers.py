@@ -195,6 +195,18 @@ def test_cti_scores_a_backdoor_and_nothing_when_models_agree():
     assert same.details["class_scores"] == [0.0] * 4 and not same.verdict
 
 
+def test_cti_perturbation_stays_in_its_l2_ball():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 8, 8, generator=g)
+    y = torch.arange(16) % 4
+    suspect, repaired = _toy_pair(0.0)
+    for rms in (0.01, 0.05):
+        d = detect.create("cti", steps=30, lr=0.5, max_rms=rms).invert(suspect, repaired, x, y, target=2)
+        assert float(d.norm()) <= rms * (3 * 64) ** 0.5 + 1e-5
+    free = detect.create("cti", steps=30, lr=0.5, max_rms=100.0).invert(suspect, repaired, x, y, target=2)
+    assert float(free.norm()) > 0.05 * (3 * 64) ** 0.5  # the bound, not the optimiser, held it
+
+
 def test_neural_cleanse_anomaly_index_reference():
     norms = [10.0, 11.0, 9.0, 10.5, 1.0]
     med = 10.0

@@ -1,9 +1,11 @@
 """The classifier section of an experiment: poisoned classifiers, repairs, detection AUC.
 
 Stages (cached like the CLIP stages): train one clean and one poisoned classifier per attack;
-repair each poisoned classifier with each repair method on the trusted share; train the
-detection population and score it with each detector. Results go to the store under
-``<experiment>/classifier`` (CA, ASR, ARR per attack x repair) and ``<experiment>/detection``.
+repair each poisoned classifier with each repair method on the trusted share; score the clean and
+poisoned classifiers with each ``detect`` detector; train the detection population and score it
+with each of its detectors. Results go to the store under ``<experiment>/classifier`` (CA, ASR,
+ARR per attack x repair), ``<experiment>/detect`` (score and verdict per detector x model) and
+``<experiment>/detection`` (population ROC AUC).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset
@@ -80,6 +84,23 @@ class ClassifierSection:
         return {"ca": ev.clean_accuracy(), **ev.backdoor(triggers.create(attack.trigger, **attack.params),
                                                          self.spec.target)}
 
+    def detect(self, label: str, path: Path) -> None:
+        """Score one of the section's classifiers with every ``detect`` detector (cached)."""
+        inputs = {"stage": "detect", "parent": self.runner.keys[f"classifier:{label}"], "detect": self.spec.detect,
+                  "share": self.spec.trusted_share, "seed": self.spec.trusted_seed}
+
+        def build(tmp: Path) -> None:
+            found = {}
+            for name, params in self.spec.detect.items():
+                torch.manual_seed(0)
+                found[name] = detect.create(name, **params)(load_classifier(path / MODEL), self.trusted()).to_dict()
+            write_json(tmp / "detect.json", found)
+
+        out = self.runner.cached(f"detect:{label}", inputs, build)
+        for name, d in json.loads((out / "detect.json").read_text()).items():
+            self.runner.store.put(f"{self.runner.spec.name}/detect", name, label,
+                                  {"score": d["score"], "threshold": d["threshold"], "backdoored": d["backdoored"]})
+
     def population(self) -> dict[str, Any] | None:
         p = self.spec.population
         if p is None:
@@ -111,4 +132,8 @@ class ClassifierSection:
             for repair in self.spec.repairs:
                 path = self.repair(attack, repair, suspect)
                 self.runner.store.put(self.name, attack.name, repair.name, self.evaluate(path, attack))
+            if self.spec.detect:
+                self.detect(attack.name, suspect)
+        if self.spec.detect:
+            self.detect("clean", clean)
         return self.population()

@@ -75,7 +75,12 @@ class PopulationSpec(Strict):
 
 
 class ClassifierSpec(TrainSpec):
-    """Poisoned classifiers, their repair with a trusted share, and detection over a population."""
+    """Poisoned classifiers, their repair with a trusted share, and detection.
+
+    ``detect`` scores the section's own clean and poisoned classifiers with each named detector
+    (cheap: nothing new is trained); ``population`` trains ``n`` clean + ``n`` backdoored models
+    and reports each of its detectors' ROC AUC.
+    """
 
     model: str = "poisonlab-resnet-tiny"
     target: str
@@ -84,6 +89,7 @@ class ClassifierSpec(TrainSpec):
     trusted_share: float = Field(default=0.01, gt=0, le=1)
     trusted_seed: int = 5
     repairs: list[RepairSpec]
+    detect: dict[str, dict[str, Any]] = Field(default_factory=dict)
     population: PopulationSpec | None = None
 
 

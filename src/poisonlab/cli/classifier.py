@@ -154,7 +154,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
 @click.option("--param", "params", multiple=True, help="Detector hyper-parameter KEY=VALUE (all methods).")
 @click.option("--population", type=int, default=None,
               help="Train N clean + N backdoored models and report each method's ROC AUC instead.")
-@click.option("--epochs", type=float, default=10.0, show_default=True, help="Training epochs per population model.")
+@click.option("--epochs", type=float, default=24.0, show_default=True, help="Training epochs per population model.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n: int | None, data_seed: int,

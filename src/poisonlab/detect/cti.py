@@ -11,6 +11,14 @@ Poisoning Attacks", 2023 (arXiv:2305.03355); reference design in ``specs/pick-yo
    score is the maximum over classes. A backdoor is a perturbation the suspect follows and the
    repaired model does not, so its class scores high; on a clean model both models follow
    (universal adversarial perturbations) or neither does.
+
+The perturbation is kept in an L2 ball of radius ``max_rms * sqrt(C * H * W)`` (projected after
+every step). Unbounded, it separates *any* two models, backdoored or not: measured on 8 clean +
+8 backdoored shapes classifiers, every model scored 1.0 (ROC AUC 0.5, docs/benchmarks.md 6).
+The default radius (RMS 0.03, L2 1.7 at 32 px) is half the L2 norm of the embedded triggers
+(4-px BadNet patch 3.2, Blended at alpha 0.2: 4.2): measured on the demo's classifiers, it gives
+the clean model 0.31 and the BadNet / Blended models 0.91 / 1.00, both at the true target; at
+RMS 0.06 the clean model already scores 0.83 (a universal adversarial perturbation).
 """
 
 from __future__ import annotations
@@ -51,21 +59,25 @@ class CalibratedTriggerInversion:
     lr: float = 0.01
     calibration_weight: float = 0.5
     images_per_class: int = 64
+    max_rms: float = 0.03
     threshold: float = 0.5
     repair: dict[str, Any] = field(default_factory=lambda: {"check_every": 0})
     seed: int = 0
 
     def invert(self, suspect: Any, repaired: Any, x: torch.Tensor, y: torch.Tensor, target: int) -> torch.Tensor:
-        """The perturbation ``d`` ``[1, C, H, W]`` for ``target`` (``x + d`` clamped to ``[0, 1]``)."""
+        """The perturbation ``d`` ``[1, C, H, W]`` for ``target`` (``x + d`` clamped to ``[0, 1]``), L2-bounded."""
         d = torch.zeros_like(x[:1], requires_grad=True)
         opt = torch.optim.Adam([d], lr=self.lr)
         t = torch.full_like(y, target)
+        radius = self.max_rms * x[0].numel() ** 0.5
         for _ in range(self.steps):
             xa = (x + d).clamp(0, 1)
             loss = F.cross_entropy(suspect.logits(xa), t) + self.calibration_weight * F.cross_entropy(repaired.logits(xa), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                d.mul_(torch.clamp(radius / d.norm().clamp_min(1e-12), max=1.0))
         return d.detach()
 
     @torch.no_grad()

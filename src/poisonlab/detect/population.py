@@ -46,7 +46,7 @@ class PopulationConfig:
     n_train: int = 5000
     image_size: int = 32
     arch: str = DEFAULT_CLASSIFIER
-    epochs: float = 10.0
+    epochs: float = 24.0
     lr: float = 3e-3
     rate: float = 0.05
     attacks: tuple[tuple[str, dict[str, Any]], ...] = DEFAULT_ATTACKS

@@ -22,15 +22,30 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
     rows = [["attack"] + [f"{c} CA / ASR / ARR" for c in cols]]
     for a in attacks:
         rows.append([a] + [" / ".join(_pct(table.get((a, c), {}).get(k)) for k in ("ca", "asr", "arr")) for c in cols])
+    out = [(f"Classifiers: repair with {100 * share:g}% trusted data, CA / ASR / ARR (%)", rows,
+            "ARR: accuracy on triggered non-target test images against their true labels. 'none' is the poisoned "
+            "classifier, 'clean model' one trained on clean data.")]
+    scores = store.table(f"{experiment}/detect")
+    if scores:
+        detectors = sorted({d for d, _ in scores})
+        models = ["clean", *attacks]
+        grid = [["classifier"] + [f"{d} score (verdict)" for d in detectors]]
+        for m in models:
+            grid.append([m] + [_verdict(scores.get((d, m))) for d in detectors])
+        out.append(("Classifiers: is it backdoored? Each detector on the clean and the poisoned classifiers", grid,
+                    "Each detector sees the model and the trusted share only; the verdict is at its own threshold."))
     det = store.table(f"{experiment}/detection")
-    auc = [["detector", "ROC AUC"]] + [[d, f"{m['auc']:.3f}"] for (d, _), m in sorted(det.items())]
-    return [
-        (f"Classifiers: repair with {100 * share:g}% trusted data, CA / ASR / ARR (%)", rows,
-         "ARR: accuracy on triggered non-target test images against their true labels. 'none' is the poisoned "
-         "classifier, 'clean model' one trained on clean data."),
-        ("Classifiers: detection over a population of clean and backdoored models", auc,
-         "ROC curve: roc.png. Each detector scores every model with the same trusted data."),
-    ]
+    if det:
+        auc = [["detector", "ROC AUC"]] + [[d, f"{m['auc']:.3f}"] for (d, _), m in sorted(det.items())]
+        out.append(("Classifiers: detection over a population of clean and backdoored models", auc,
+                    "ROC curve: roc.png. Each detector scores every model with the same trusted data."))
+    return out
+
+
+def _verdict(m: dict[str, float] | None) -> str:
+    if m is None:
+        return "—"
+    return f"{m['score']:.3f} ({'backdoored' if m['backdoored'] else 'clean'})"
 
 
 def ssl_sections(store: ResultsStore, experiment: str, target: str) -> list[Section]:
