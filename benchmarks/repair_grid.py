@@ -1,10 +1,13 @@
 """Classifier repair calibration: each repair method at several trusted shares and learning rates.
 
 Trains (or reuses, from --cache) one dirty-label poisoned classifier on ``shapes`` and repairs it
-with pivotal-tuning, finetune and fine-pruning; prints CA / ASR / ARR on 1,000 test images. The
-numbers in docs/benchmarks.md section 6 come from this script.
+with pivotal-tuning, finetune and fine-pruning; prints CA / ASR / ARR on 1,000 test images
+(the calibration table of docs/benchmarks.md section 6). ``--suspect`` repairs a given checkpoint
+instead (e.g. the demo's cached poisoned classifier); ``--latents`` sweeps Pivotal Tuning's
+``l_latent``.
 
-Usage: python benchmarks/repair_grid.py [--trigger badnet] [--shares 0.01 0.05] [--lrs 0.003 0.01]
+Usage: python benchmarks/repair_grid.py [--trigger badnet] [--suspect CKPT] [--shares 0.01 0.05]
+       [--lrs 0.003 0.01] [--latents 0.05 1] [--methods pivotal-tuning finetune fine-pruning]
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ def main() -> None:
     p.add_argument("--shares", type=float, nargs="+", default=[0.01, 0.05])
     p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01])
     p.add_argument("--methods", nargs="+", default=["pivotal-tuning", "finetune", "fine-pruning"])
+    p.add_argument("--latents", type=float, nargs="+", default=[0.05])
+    p.add_argument("--suspect", type=Path, default=None)
     p.add_argument("--cache", type=Path, default=Path("bench-out"))
     a = p.parse_args()
     a.cache.mkdir(exist_ok=True)
-    model = suspect(a.trigger, a.cache)
+    model = load_classifier(a.suspect) if a.suspect else suspect(a.trigger, a.cache)
     test = open_dataset("shapes", split="test", n=1000)
     trig = {a.trigger: triggers.create(a.trigger, **TRIGGERS[a.trigger])}
 
@@ -61,13 +66,22 @@ def main() -> None:
     pool = label_tensors(open_dataset("shapes", n=10000, seed=5))
     for share in a.shares:
         trusted = pool.subset(defenses.trusted_indices(len(pool), share, 0))
-        for method in a.methods:
-            for lr in a.lrs:
-                start = time.perf_counter()
-                res = defenses.create_repair(method, lr=lr).run(model, trusted)
-                stop = res.report.get("stopped_at")
-                row(f"{method} {100 * share:g}% lr {lr:g} ({time.perf_counter() - start:.0f} s"
-                    f"{', floor stop at step ' + str(stop) if stop else ''})", res.classifier)
+        for method, lr, extra in grid(a.methods, a.lrs, a.latents):
+            start = time.perf_counter()
+            res = defenses.create_repair(method, lr=lr, **extra).run(model, trusted)
+            stop = res.report.get("stopped_at")
+            tags = "".join(f" {k} {v:g}" for k, v in extra.items())
+            row(f"{method} {100 * share:g}% lr {lr:g}{tags} ({time.perf_counter() - start:.0f} s"
+                f"{', floor stop at step ' + str(stop) if stop else ''})", res.classifier)
+
+
+def grid(methods: list[str], lrs: list[float], latents: list[float]) -> list[tuple[str, float, dict[str, float]]]:
+    """(method, lr, extra parameters) for every run; ``l_latent`` varies for Pivotal Tuning only."""
+    out = []
+    for method in methods:
+        extras = [{"l_latent": v} for v in latents] if method == "pivotal-tuning" else [{}]
+        out += [(method, lr, extra) for lr in lrs for extra in extras]
+    return out
 
 
 if __name__ == "__main__":

@@ -90,3 +90,12 @@ def test_classifier_and_ssl_sections(tmp_path):
     text = (html.parent / "README.md").read_text()
     assert "PatchSearch" in text and "DECREE" in text and "roc.png" in text and "is it backdoored?" in text
     assert (html.parent / "roc.png").stat().st_size > 0
+
+
+def test_attack_rate_overrides_the_poison_rate_and_keeps_old_cache_keys(tmp_path):
+    spec = dict(TINY, attacks=[{"name": "a", "trigger": "badnet"}, {"name": "b", "trigger": "badnet", "rate": 0.25}])
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
+    plain, strong = (runner.plan(a).plan for a in runner.spec.attacks)
+    assert len(plain.indices()) == round(0.1 * 64) and len(strong.indices()) == 16
+    assert "rate" not in runner.spec.attacks[0].model_dump(exclude_none=True)  # no override: same stage key as before

@@ -44,14 +44,14 @@ class ClassifierSection:
     def train(self, attack: AttackSpec | None) -> Path:
         c = self.spec
         label = attack.name if attack else "clean"
-        inputs = {"stage": "classifier", "attack": attack.model_dump() if attack else None,
-                  **c.model_dump(exclude={"attacks", "repairs", "population"})}
+        inputs = {"stage": "classifier", "attack": attack.model_dump(exclude_none=True) if attack else None,
+                  **c.model_dump(exclude={"attacks", "repairs", "detect", "population"})}
 
         def build(tmp: Path) -> None:
             data = self.runner.data(self.runner.spec.dataset, c.n, c.data_seed)
             if attack is not None:
                 atk = attacks.create("label-flip", target=c.target, trigger=attack.trigger,
-                                     trigger_params=attack.params, rate=c.rate)
+                                     trigger_params=attack.params, rate=attack.rate or c.rate)
                 data = PoisonedDataset(data, atk(data, seed=c.seed))
             model = create_classifier(c.model, len(data.classnames), self.runner.spec.image_size, data.classnames,
                                       seed=c.seed)
@@ -109,7 +109,7 @@ class ClassifierSection:
                                epochs=p.epochs, rate=self.spec.rate,
                                attacks=tuple((a.trigger, a.params) for a in self.spec.attacks))
         inputs = {"stage": "population", **p.model_dump(), "share": self.spec.trusted_share,
-                  "attacks": [a.model_dump() for a in self.spec.attacks], "rate": self.spec.rate}
+                  "attacks": [a.model_dump(exclude_none=True) for a in self.spec.attacks], "rate": self.spec.rate}
 
         def build(tmp: Path) -> None:
             members = train_population(cfg, tmp / "models")

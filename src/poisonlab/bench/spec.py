@@ -39,9 +39,12 @@ class PoisonSpec(TrainSpec):
 
 
 class AttackSpec(Strict):
+    """One attack of the grid; ``rate`` overrides the poison rate of its section for this attack."""
+
     name: str
     trigger: str
     params: dict[str, Any] = Field(default_factory=dict)
+    rate: float | None = Field(default=None, gt=0, le=1)
 
 
 class DefenseSpec(Strict):
