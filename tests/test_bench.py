@@ -97,5 +97,5 @@ def test_attack_rate_overrides_the_poison_rate_and_keeps_old_cache_keys(tmp_path
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
     plain, strong = (runner.plan(a).plan for a in runner.spec.attacks)
-    assert len(plain.indices()) == round(0.1 * 64) and len(strong.indices()) == 16
+    assert len(plain.indices) == round(0.1 * 64) and len(strong.indices) == 16
     assert "rate" not in runner.spec.attacks[0].model_dump(exclude_none=True)  # no override: same stage key as before
