@@ -105,7 +105,7 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
          "'clean model' is the pre-trained model before poisoning; 'none' is the poisoned model."),
         ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
         *(more or []),
-        ("Wall time of each stage", stages, "Cached stages were reused from an earlier run."),
+        ("Wall time of each stage", stages, "'cached: yes' marks a stage reused from an earlier run instead of recomputed."),
     ]
     md = [f"# poisonlab report: {experiment}", ""]
     if extra:
