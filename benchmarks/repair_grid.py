@@ -6,7 +6,7 @@ with pivotal-tuning, finetune and fine-pruning; prints CA / ASR / ARR on 1,000 t
 instead (e.g. the demo's cached poisoned classifier); ``--latents`` sweeps Pivotal Tuning's
 ``l_latent``.
 
-Usage: python benchmarks/repair_grid.py [--trigger badnet] [--suspect CKPT] [--shares 0.01 0.05]
+Usage: python benchmarks/repair_grid.py [--trigger badnet] [--suspect CKPT] [--n 10000] [--shares 0.01 0.05]
        [--lrs 0.003 0.01] [--latents 0.05 1] [--methods pivotal-tuning finetune fine-pruning]
 """
 
@@ -29,10 +29,10 @@ from poisonlab.train.loop import TrainConfig
 TRIGGERS = {"badnet": {"size": 4, "location": "bottom-right"}, "blended": {"alpha": 0.2}}
 
 
-def suspect(trigger: str, cache: Path) -> object:
-    path = cache / f"suspect-{trigger}.safetensors"
+def suspect(trigger: str, cache: Path, n: int = 10000) -> object:
+    path = cache / f"suspect-{trigger}-{n}.safetensors"
     if not path.is_file():
-        train = open_dataset("shapes", n=10000, seed=1)
+        train = open_dataset("shapes", n=n, seed=1)
         atk = attacks.create("label-flip", target="star", trigger=trigger, trigger_params=TRIGGERS[trigger], rate=0.05)
         model = create_classifier(classnames=train.classnames, seed=0)
         config = TrainConfig(epochs=12, batch_size=128, lr=3e-3, weight_decay=0.05, warmup=20)
@@ -49,10 +49,11 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["pivotal-tuning", "finetune", "fine-pruning"])
     p.add_argument("--latents", type=float, nargs="+", default=[0.05])
     p.add_argument("--suspect", type=Path, default=None)
+    p.add_argument("--n", type=int, default=10000, help="Training-set size; the trusted share is of this many.")
     p.add_argument("--cache", type=Path, default=Path("bench-out"))
     a = p.parse_args()
     a.cache.mkdir(exist_ok=True)
-    model = load_classifier(a.suspect) if a.suspect else suspect(a.trigger, a.cache)
+    model = load_classifier(a.suspect) if a.suspect else suspect(a.trigger, a.cache, a.n)
     test = open_dataset("shapes", split="test", n=1000)
     trig = {a.trigger: triggers.create(a.trigger, **TRIGGERS[a.trigger])}
 
@@ -63,7 +64,7 @@ def main() -> None:
 
     print("| repair | CA | ASR | ARR |\n|---|---|---|---|")
     row("suspect", model)
-    pool = label_tensors(open_dataset("shapes", n=10000, seed=5))
+    pool = label_tensors(open_dataset("shapes", n=a.n, seed=5))
     for share in a.shares:
         trusted = pool.subset(defenses.trusted_indices(len(pool), share, 0))
         for method, lr, extra in grid(a.methods, a.lrs, a.latents):
