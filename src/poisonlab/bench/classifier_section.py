@@ -51,7 +51,7 @@ class ClassifierSection:
             data = self.runner.data(self.runner.spec.dataset, c.n, c.data_seed)
             if attack is not None:
                 atk = attacks.create("label-flip", target=c.target, trigger=attack.trigger,
-                                     trigger_params=attack.params, rate=attack.rate or c.rate)
+                                     trigger_params=attack.params, rate=attack.poison_rate(c.rate))
                 data = PoisonedDataset(data, atk(data, seed=c.seed))
             model = create_classifier(c.model, len(data.classnames), self.runner.spec.image_size, data.classnames,
                                       seed=c.seed)
@@ -90,10 +90,10 @@ class ClassifierSection:
                   "share": self.spec.trusted_share, "seed": self.spec.trusted_seed}
 
         def build(tmp: Path) -> None:
-            found = {}
+            found, trusted = {}, self.trusted()
             for name, params in self.spec.detect.items():
                 torch.manual_seed(0)
-                found[name] = detect.create(name, **params)(load_classifier(path / MODEL), self.trusted()).to_dict()
+                found[name] = detect.create(name, **params)(load_classifier(path / MODEL), trusted).to_dict()
             write_json(tmp / "detect.json", found)
 
         out = self.runner.cached(f"detect:{label}", inputs, build)

@@ -73,7 +73,7 @@ class Runner:
         p = self.spec.poison
         base = self.data(self.spec.dataset, p.n, p.data_seed)
         atk = attacks.create("clip-dirty", target=p.target, trigger=attack.trigger, trigger_params=attack.params,
-                             rate=attack.rate or p.rate)
+                             rate=attack.poison_rate(p.rate))
         return PoisonedDataset(base, atk(base, seed=p.seed))
 
     # -- stages ----------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class Runner:
 
     def audit(self, attack: AttackSpec, clean: Path) -> dict[str, Any]:
         """Pair filtering of the poisoned fine-tuning set with the clean pre-trained model."""
-        report = defenses.create("filter", threshold=None, drop_fraction=(attack.rate or self.spec.poison.rate) * 2).run(
+        report = defenses.create("filter", threshold=None, drop_fraction=attack.poison_rate(self.spec.poison.rate) * 2).run(
             load_clip(clean / MODEL), self.plan(attack))
         return {k: report[k] for k in ("precision", "recall", "removed", "caught", "clean_lost")}
 

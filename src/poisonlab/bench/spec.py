@@ -46,6 +46,10 @@ class AttackSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     rate: float | None = Field(default=None, gt=0, le=1)
 
+    def poison_rate(self, section_rate: float) -> float:
+        """This attack's poison rate: its own ``rate`` if set, else its section's."""
+        return self.rate if self.rate is not None else section_rate
+
 
 class DefenseSpec(Strict):
     name: str
