@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.spec import AttackSpec, ClassifierSpec, RepairSpec
@@ -23,6 +21,7 @@ from poisonlab.detect.population import (
     PopulationConfig,
     evaluate_detectors,
     population_trusted,
+    score_checkpoint,
     train_population,
 )
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
@@ -92,8 +91,7 @@ class ClassifierSection:
         def build(tmp: Path) -> None:
             found, trusted = {}, self.trusted()
             for name, params in self.spec.detect.items():
-                torch.manual_seed(0)
-                found[name] = detect.create(name, **params)(load_classifier(path / MODEL), trusted).to_dict()
+                found[name] = score_checkpoint(detect.create(name, **params), path / MODEL, trusted).to_dict()
             write_json(tmp / "detect.json", found)
 
         out = self.runner.cached(f"detect:{label}", inputs, build)

@@ -49,10 +49,11 @@ def _images_not_of(data: LabelTensors, target: int, limit: int, seed: int) -> tu
 class CalibratedTriggerInversion:
     """CTI with Adam on an additive perturbation (spec defaults: lr 0.01, ~50 steps, weight 0.5).
 
-    ``repair`` holds the Pivotal Tuning parameters of the calibration model. Its accuracy-floor
-    early stop is off by default: with a handful of held-out images the floor can stop at the
-    first check and hand back the suspect itself, and a calibration model identical to the
-    suspect scores every class 0 (measured: ROC AUC 0.5, docs/benchmarks.md section 6).
+    ``repair`` holds Pivotal Tuning parameters of the calibration model, on top of CTI's own
+    ``check_every=0``: the accuracy-floor early stop is off unless ``repair`` turns it back on.
+    With a handful of held-out images the floor can stop at the first check and hand back the
+    suspect itself, and a calibration model identical to the suspect scores every class 0
+    (measured: ROC AUC 0.5, docs/benchmarks.md section 6).
     """
 
     steps: int = 50
@@ -61,7 +62,7 @@ class CalibratedTriggerInversion:
     images_per_class: int = 64
     max_rms: float = 0.03
     threshold: float = 0.5
-    repair: dict[str, Any] = field(default_factory=lambda: {"check_every": 0})
+    repair: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def invert(self, suspect: Any, repaired: Any, x: torch.Tensor, y: torch.Tensor, target: int) -> torch.Tensor:
@@ -87,7 +88,7 @@ class CalibratedTriggerInversion:
     def __call__(self, suspect: Any, trusted: LabelTensors, repaired: Any = None) -> Detection:
         """Score ``suspect`` with ``trusted`` data (a repaired model may be passed in to reuse)."""
         if repaired is None:
-            repaired = PivotalTuning(**{"seed": self.seed, **self.repair}).run(suspect, trusted).classifier
+            repaired = PivotalTuning(**{"seed": self.seed, "check_every": 0, **self.repair}).run(suspect, trusted).classifier
         for model in (suspect, repaired):
             model.module.eval().requires_grad_(False)
         scores = []

@@ -124,6 +124,12 @@ def roc(labels: list[bool], scores: list[float]) -> dict[str, Any]:
     return {"auc": float(roc_auc_score(labels, scores)), "fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
+def score_checkpoint(detector: Any, path: str | Path, trusted: LabelTensors) -> Any:
+    """One detector on one saved classifier, from a fixed global seed (same model, same score)."""
+    torch.manual_seed(0)
+    return detector(load_classifier(path), trusted)
+
+
 def evaluate_detectors(members: list[Member], out: str | Path, detectors: dict[str, Any],
                        trusted: LabelTensors) -> dict[str, Any]:
     """Score every member with every detector; returns per-detector scores, AUC and ROC points."""
@@ -133,8 +139,7 @@ def evaluate_detectors(members: list[Member], out: str | Path, detectors: dict[s
     for name, detector in detectors.items():
         scores = []
         for m in members:
-            torch.manual_seed(0)
-            scores.append(detector(load_classifier(Path(out) / m.path), trusted).suspicion)
+            scores.append(score_checkpoint(detector, Path(out) / m.path, trusted).suspicion)
         result[name] = {"scores": scores, **roc(labels, scores)}
         log.info("%s: ROC AUC %.3f", name, result[name]["auc"])
     return result
