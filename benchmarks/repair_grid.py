@@ -7,12 +7,13 @@ instead (e.g. the demo's cached poisoned classifier); ``--latents`` sweeps Pivot
 ``l_latent``.
 
 Usage: python benchmarks/repair_grid.py [--trigger badnet] [--suspect CKPT] [--n 10000] [--shares 0.01 0.05]
-       [--lrs 0.003 0.01] [--latents 0.05 1] [--methods pivotal-tuning finetune fine-pruning]
+       [--lrs 0.003 0.01] [--latents 0.05 1] [--pivotal l_param=0,1000] [--methods pivotal-tuning finetune fine-pruning]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -48,8 +49,12 @@ def main() -> None:
     p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01])
     p.add_argument("--methods", nargs="+", default=["pivotal-tuning", "finetune", "fine-pruning"])
     p.add_argument("--latents", type=float, nargs="+", default=[0.05])
+    p.add_argument("--pivotal", action="append", default=[], metavar="KEY=V1,V2",
+                   help="Sweep another Pivotal Tuning parameter (repeatable; every combination runs).")
     p.add_argument("--suspect", type=Path, default=None)
     p.add_argument("--n", type=int, default=10000, help="Training-set size; the trusted share is of this many.")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="A parameter for every repair, e.g. freeze_norm=1 or steps=1000.")
     p.add_argument("--cache", type=Path, default=Path("bench-out"))
     a = p.parse_args()
     a.cache.mkdir(exist_ok=True)
@@ -67,20 +72,29 @@ def main() -> None:
     pool = label_tensors(open_dataset("shapes", n=a.n, seed=5))
     for share in a.shares:
         trusted = pool.subset(defenses.trusted_indices(len(pool), share, 0))
-        for method, lr, extra in grid(a.methods, a.lrs, a.latents):
+        sweeps = {"l_latent": a.latents, **dict(parse_sweep(item) for item in a.pivotal)}
+        for method, lr, extra in grid(a.methods, a.lrs, sweeps):
             start = time.perf_counter()
-            res = defenses.create_repair(method, lr=lr, **extra).run(model, trusted)
+            shared = {k: int(v) if v.isdigit() else float(v) for k, _, v in (item.partition("=") for item in a.set)}
+            res = defenses.create_repair(method, lr=lr, **shared, **extra).run(model, trusted)
             stop = res.report.get("stopped_at")
             tags = "".join(f" {k} {v:g}" for k, v in extra.items())
             row(f"{method} {100 * share:g}% lr {lr:g}{tags} ({time.perf_counter() - start:.0f} s"
                 f"{', floor stop at step ' + str(stop) if stop else ''})", res.classifier)
 
 
-def grid(methods: list[str], lrs: list[float], latents: list[float]) -> list[tuple[str, float, dict[str, float]]]:
-    """(method, lr, extra parameters) for every run; ``l_latent`` varies for Pivotal Tuning only."""
+def parse_sweep(item: str) -> tuple[str, list[float]]:
+    """``"l_param=0,1000"`` -> ``("l_param", [0.0, 1000.0])``."""
+    key, _, values = item.partition("=")
+    return key, [float(v) for v in values.split(",")]
+
+
+def grid(methods: list[str], lrs: list[float], sweeps: dict[str, list[float]]) -> list[tuple[str, float, dict]]:
+    """(method, lr, extra parameters) for every run; the sweeps vary Pivotal Tuning only."""
+    combos = [dict(zip(sweeps, values, strict=True)) for values in itertools.product(*sweeps.values())]
     out = []
     for method in methods:
-        extras = [{"l_latent": v} for v in latents] if method == "pivotal-tuning" else [{}]
+        extras = combos if method == "pivotal-tuning" else [{}]
         out += [(method, lr, extra) for lr in lrs for extra in extras]
     return out
 

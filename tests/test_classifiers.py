@@ -122,6 +122,17 @@ def test_repair_changes_the_copy_not_the_suspect(small):
     assert any(not torch.equal(before[k], v) for k, v in result.classifier.module.state_dict().items())
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_norm_keeps_the_running_statistics(small, freeze):
+    model, data = small
+    result = defenses.create_repair("finetune", steps=3, check_every=0, freeze_norm=freeze).run(model, data)
+    stats = [k for k in model.module.state_dict() if k.endswith("running_mean")]
+    assert stats
+    tuned, suspect = result.classifier.module.state_dict(), model.module.state_dict()
+    same = [torch.equal(tuned[k], suspect[k]) for k in stats]
+    assert all(same) if freeze else not any(same)
+
+
 def test_fine_pruning_cuts_units_off_the_head(small):
     model, data = small
     result = defenses.create_repair("fine-pruning", steps=2, max_prune_drop=1.0, max_prune=0.5,

@@ -55,19 +55,20 @@ class RepairObjective(Objective):
     """Base objective with the accuracy-floor early stop on held-out trusted data."""
 
     def __init__(self, classifier: Any, holdout: LabelTensors | None, floor: float, check_every: int,
-                 augment: bool = False, freeze_norm: bool = False) -> None:
+                 augment: bool = False) -> None:
         self.classifier, self.model = classifier, classifier.module
         self.holdout, self.floor, self.check_every = holdout, floor, check_every
         self.augment = crop_flip(classifier.image_size) if augment else None
-        self.freeze_norm = freeze_norm
+        self.freeze_norm = False  # set by RepairDefense.run from its config
         self.stopped_at: int | None = None
         self._good = copy.deepcopy(self.model.state_dict())
 
     def images(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """The batch's images, with the crop-and-flip augmentation when enabled.
 
-        Also keeps batch-norm layers in eval mode: a few dozen trusted images per batch would
-        otherwise overwrite running statistics estimated on the whole training set.
+        With ``freeze_norm`` also keeps batch-norm layers in eval mode, so a few dozen trusted
+        images do not overwrite running statistics estimated on the whole training set (measured
+        on the embedded data, this costs *more* accuracy than it saves: docs/benchmarks.md 6).
         """
         if self.freeze_norm:
             for m in self.model.modules():
@@ -114,6 +115,7 @@ class RepairDefense:
     holdout: float = 0.2
     max_drop: float = 0.1
     check_every: int = 50
+    freeze_norm: bool = False
     seed: int = 0
 
     @property
@@ -159,6 +161,7 @@ class RepairDefense:
         if hold is not None:
             floor = accuracy(predict(suspect, hold.images), hold.labels) - self.max_drop
         objective = self.objective(classifier, suspect, hold, floor, context)
+        objective.freeze_norm = self.freeze_norm
         result = Trainer(objective, tune, self.train_config(len(tune)), progress=False).fit()
         classifier.module.eval()
         report = {"repair": self.name, "params": asdict(self), "trusted": len(data), "steps": result.steps,
