@@ -12,6 +12,7 @@ from poisonlab.data import open_dataset
 from poisonlab.defenses import trusted_indices
 from poisonlab.errors import InputError
 from poisonlab.models.checkpoint import load_classifier
+from poisonlab.report.trace import repair_paths
 from poisonlab.train.data import label_tensors
 
 TINY = {
@@ -60,7 +61,7 @@ def test_classifier_and_ssl_sections(tmp_path):
         "n": 120, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "rate": 0.1,
         "attacks": [{"name": "badnet", "trigger": "badnet", "params": {"size": 4, "location": "bottom-right"}}],
         "trusted_share": 0.5,
-        "repairs": [{"name": "pt", "repair": "pivotal-tuning", "params": {"steps": 1}}],
+        "repairs": [{"name": "pt", "repair": "pivotal-tuning", "params": {"steps": 2}}], "trace_every": 1,
         "detect": {"neural-cleanse": {"steps": 2}},
         "population": {"n": 2, "n_train": 64, "epochs": 1, "detectors": {"neural-cleanse": {"steps": 2}}},
     }
@@ -74,6 +75,10 @@ def test_classifier_and_ssl_sections(tmp_path):
     cls = store.table("tiny/classifier")
     assert {("badnet", "none"), ("badnet", "pt"), ("badnet", "clean model")} <= set(cls)
     assert 0 <= cls[("badnet", "pt")]["arr"] <= 1
+    # the repair's path: one traced point per step; the last one is the model the repair returned
+    path = repair_paths(store, "tiny")["badnet"]["pt"]
+    assert [step for step, _, _ in path] == [1, 2]
+    assert path[-1][1:] == pytest.approx((cls[("badnet", "pt")]["ca"], cls[("badnet", "pt")]["asr"]))
     assert 0 <= store.table("tiny/detection")[("neural-cleanse", "population")]["auc"] <= 1
     # the section's own models, scored again here from their checkpoints with the same trusted share
     scores = store.table("tiny/detect")
@@ -90,6 +95,7 @@ def test_classifier_and_ssl_sections(tmp_path):
     text = (html.parent / "README.md").read_text()
     assert "PatchSearch" in text and "DECREE" in text and "roc.png" in text and "is it backdoored?" in text
     assert (html.parent / "roc.png").stat().st_size > 0
+    assert "repairs.png" in text and (html.parent / "repairs.png").stat().st_size > 0
 
 
 def test_attack_rate_overrides_the_poison_rate_and_keeps_old_cache_keys(tmp_path):

@@ -133,6 +133,25 @@ def test_freeze_norm_keeps_the_running_statistics(small, freeze):
     assert all(same) if freeze else not any(same)
 
 
+def test_monitor_traces_the_repair_without_changing_it(small):
+    model, data = small
+    repair = defenses.create_repair("finetune", steps=4, check_every=0)
+    seen = []
+
+    def monitor(clf):
+        seen.append(clf)
+        return {"ca": float(len(seen))}
+
+    traced = repair.run(model, data, monitor, monitor_every=2)
+    plain = repair.run(model, data)
+    assert traced.report["trace"] == [{"step": 2, "ca": 1.0}, {"step": 4, "ca": 2.0}]
+    assert "trace" not in plain.report
+    assert all(clf is traced.classifier for clf in seen)
+    for a, b in zip(traced.classifier.module.state_dict().values(), plain.classifier.module.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
 def test_fine_pruning_cuts_units_off_the_head(small):
     model, data = small
     result = defenses.create_repair("fine-pruning", steps=2, max_prune_drop=1.0, max_prune=0.5,

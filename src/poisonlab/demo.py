@@ -24,6 +24,7 @@ from poisonlab.report.experiment import write_report
 from poisonlab.report.gallery import trigger_gallery
 from poisonlab.report.roc import roc_figure
 from poisonlab.report.sections import classifier_sections, population_curves, ssl_sections
+from poisonlab.report.trace import repair_curves
 
 log = logging.getLogger("poisonlab.demo")
 
@@ -42,6 +43,9 @@ def run(spec_name: str, out: Path, progress: bool = True) -> Path:
         c = spec.classifier
         more += classifier_sections(runner.store, spec.name, [a.name for a in c.attacks], [r.name for r in c.repairs],
                                     c.trusted_share)
+        if repair_curves(runner.store, spec.name, [a.name for a in c.attacks], [r.name for r in c.repairs],
+                         report / "repairs.png"):
+            images.append("repairs.png")
         curves = population_curves(out / "cache")
         if curves is not None:
             names = list(c.population.detectors) if c.population else []

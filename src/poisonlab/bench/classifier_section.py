@@ -69,14 +69,29 @@ class ClassifierSection:
         parent = self.runner.keys[f"classifier:{attack.name}"]
         inputs = {"stage": "repair", "parent": parent, "repair": repair.model_dump(),
                   "share": self.spec.trusted_share, "seed": self.spec.trusted_seed}
+        if self.spec.trace_every:
+            inputs["trace_every"] = self.spec.trace_every
 
         def build(tmp: Path) -> None:
-            result = defenses.create_repair(repair.repair, **repair.params).run(load_classifier(suspect / MODEL),
-                                                                                self.trusted())
+            model = load_classifier(suspect / MODEL)
+            result = defenses.create_repair(repair.repair, **repair.params).run(
+                model, self.trusted(), self.monitor(model, attack), self.spec.trace_every)
             save_classifier(result.classifier, tmp / MODEL)
             write_json(tmp / "report.json", result.report)
 
         return self.runner.cached(f"repair:{attack.name}:{repair.name}", inputs, build)
+
+    def monitor(self, model: Any, attack: AttackSpec) -> Any:
+        """Test CA / ASR / ARR of the model being repaired, for its trace (the defense never sees them)."""
+        ev = ClassifierEvaluator(model, self.runner.test())
+        trigger = triggers.create(attack.trigger, **attack.params)
+        return lambda clf: {"ca": ev.with_model(clf).clean_accuracy(), **ev.with_model(clf).backdoor(trigger, self.spec.target)}
+
+    def put_trace(self, attack: str, repair: str, path: Path) -> None:
+        """Each traced point as the row ``(attack, "REPAIR@STEP")`` of ``<experiment>/repair-trace``."""
+        for point in json.loads((path / "report.json").read_text()).get("trace", []):
+            metrics = {k: v for k, v in point.items() if k != "step"}
+            self.runner.store.put(f"{self.runner.spec.name}/repair-trace", attack, f"{repair}@{point['step']}", metrics)
 
     def evaluate(self, path: Path, attack: AttackSpec) -> dict[str, float]:
         ev = ClassifierEvaluator(load_classifier(path / MODEL), self.runner.test())
@@ -130,6 +145,7 @@ class ClassifierSection:
             for repair in self.spec.repairs:
                 path = self.repair(attack, repair, suspect)
                 self.runner.store.put(self.name, attack.name, repair.name, self.evaluate(path, attack))
+                self.put_trace(attack.name, repair.name, path)
             if self.spec.detect:
                 self.detect(attack.name, suspect)
         if self.spec.detect:

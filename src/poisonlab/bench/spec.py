@@ -86,7 +86,8 @@ class ClassifierSpec(TrainSpec):
 
     ``detect`` scores the section's own clean and poisoned classifiers with each named detector
     (cheap: nothing new is trained); ``population`` trains ``n`` clean + ``n`` backdoored models
-    and reports each of its detectors' ROC AUC.
+    and reports each of its detectors' ROC AUC. ``trace_every`` measures test CA / ASR along each
+    repair every so many steps (the report's CA-vs-ASR curves; 0 turns it off).
     """
 
     model: str = "poisonlab-resnet-tiny"
@@ -96,6 +97,7 @@ class ClassifierSpec(TrainSpec):
     trusted_share: float = Field(default=0.01, gt=0, le=1)
     trusted_seed: int = 5
     repairs: list[RepairSpec]
+    trace_every: int = Field(default=50, ge=0)
     detect: dict[str, dict[str, Any]] = Field(default_factory=dict)
     population: PopulationSpec | None = None
 

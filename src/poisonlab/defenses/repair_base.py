@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -28,6 +29,7 @@ from poisonlab.utils.seeding import make_generator
 
 log = logging.getLogger(__name__)
 REPAIRS: Registry[Any] = Registry("repair")
+Monitor = Callable[[Any], dict[str, float]]
 
 
 def trusted_indices(total: int, share: float, seed: int = 0) -> list[int]:
@@ -60,6 +62,9 @@ class RepairObjective(Objective):
         self.holdout, self.floor, self.check_every = holdout, floor, check_every
         self.augment = crop_flip(classifier.image_size) if augment else None
         self.freeze_norm = False  # set by RepairDefense.run from its config
+        self.monitor: Monitor | None = None
+        self.monitor_every = 0
+        self.trace: list[dict[str, float]] = []
         self.stopped_at: int | None = None
         self._good = copy.deepcopy(self.model.state_dict())
 
@@ -83,7 +88,15 @@ class RepairObjective(Objective):
         self.model.train()
         return acc
 
+    def record(self, step: int) -> None:
+        """Every ``monitor_every`` steps, add ``monitor(classifier)`` (e.g. test CA and ASR) to the trace."""
+        if self.monitor is None or not self.monitor_every or step % self.monitor_every:
+            return
+        self.trace.append({"step": step, **self.monitor(self.classifier)})
+        self.model.train()
+
     def should_stop(self, step: int) -> bool:
+        self.record(step)
         if self.holdout is None or not self.check_every or step % self.check_every:
             return False
         if self.holdout_accuracy() >= self.floor:
@@ -96,7 +109,7 @@ class RepairObjective(Objective):
         return True
 
     def summary(self) -> dict[str, Any]:
-        return {"stopped_at": self.stopped_at}
+        return {"stopped_at": self.stopped_at, **({"trace": self.trace} if self.trace else {})}
 
 
 @dataclass(frozen=True)
@@ -145,8 +158,14 @@ class RepairDefense:
         hold = data.subset(perm[:n_hold]) if n_hold else None
         return data.subset(perm[n_hold:]), hold
 
-    def run(self, suspect: Any, trusted: ImageCaptionDataset | LabelTensors) -> RepairResult:
-        """Repair a copy of ``suspect`` (left untouched) with the trusted labelled data."""
+    def run(self, suspect: Any, trusted: ImageCaptionDataset | LabelTensors, monitor: Monitor | None = None,
+            monitor_every: int = 0) -> RepairResult:
+        """Repair a copy of ``suspect`` (left untouched) with the trusted labelled data.
+
+        ``monitor``, called on the model being tuned every ``monitor_every`` steps, traces the
+        repair's path (the report's CA-vs-ASR curves); its values land in ``report["trace"]``.
+        The defense itself never sees them.
+        """
         data = trusted if isinstance(trusted, LabelTensors) else label_tensors(trusted, suspect.image_size)
         if len(data) == 0:
             raise InputError("the trusted set is empty")
@@ -162,6 +181,7 @@ class RepairDefense:
             floor = accuracy(predict(suspect, hold.images), hold.labels) - self.max_drop
         objective = self.objective(classifier, suspect, hold, floor, context)
         objective.freeze_norm = self.freeze_norm
+        objective.monitor, objective.monitor_every = monitor, monitor_every
         result = Trainer(objective, tune, self.train_config(len(tune)), progress=False).fit()
         classifier.module.eval()
         report = {"repair": self.name, "params": asdict(self), "trusted": len(data), "steps": result.steps,

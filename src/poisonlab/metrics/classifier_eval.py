@@ -7,6 +7,7 @@ labels. ASR and ARR are computed over the triggered images whose true class is n
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -44,6 +45,12 @@ class ClassifierEvaluator:
         self.classifier, self.dataset = classifier, dataset
         self.images = dataset_images(dataset, classifier.image_size)
         self.labels = torch.tensor(dataset.labels(), dtype=torch.long)
+
+    def with_model(self, classifier: Any) -> ClassifierEvaluator:
+        """The same test images (prepared once) scored with another classifier of the same shape."""
+        other = copy.copy(self)
+        other.classifier = classifier
+        return other
 
     def target_index(self, target: str | int) -> int:
         names = self.dataset.classnames or []
