@@ -275,9 +275,11 @@ def test_train_repair_detect_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["repair", "--method", "finetune", "--model", ckpt, "--dataset", "shapes", "--n", "400",
                  "--trusted-share", "0.1", "--param", "steps=2", "--test-n", "50", "--trigger", "badnet",
-                 "--target", "star", "--out", str(tmp_path / "r"), "--json"]) == 0
+                 "--target", "star", "--trace-every", "2", "--out", str(tmp_path / "r"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["report"]["trusted"] == 40 and math.isfinite(summary["after"]["backdoor"]["badnet"]["arr"])
+    (point,) = summary["report"]["trace"]  # the last traced step is the returned model
+    assert point == {"step": 2, "ca": summary["after"]["ca"], "asr:badnet": summary["after"]["backdoor"]["badnet"]["asr"]}
     assert load_classifier(tmp_path / "r" / "model.safetensors").num_classes == 10
     assert main(["detect", "--method", "neural-cleanse", "--model", ckpt, "--n", "400", "--trusted-share", "0.1",
                  "--param", "steps=2", "--out", str(tmp_path / "d"), "--json"]) == 0

@@ -117,11 +117,14 @@ def train_classifier_cmd(dataset: str, arch: str, steps: int | None, epochs: flo
 @click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR/ARR for; repeatable.")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
 @click.option("--target", default=None, help="Target class for ASR.")
+@click.option("--trace-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also measure test CA and ASR every N steps (summary.json's report.trace).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_seed: int, trusted_share: float,
                params: tuple[str, ...], test_dataset: str, test_n: int, trigger_names: tuple[str, ...],
-               trigger_params: tuple[str, ...], target: str | None, out: Path, as_json: bool) -> None:
+               trigger_params: tuple[str, ...], target: str | None, trace_every: int, out: Path,
+               as_json: bool) -> None:
     """Repair a suspect classifier with a trusted share of labelled data; writes OUT/model.safetensors."""
     repair = defenses.create_repair(method, **parse_params(params, "--param"))
     built = trigger_dict(trigger_names, trigger_params, target)
@@ -129,9 +132,15 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
     suspect = open_classifier(model_path, data)
     trusted = trusted_set(data, trusted_share, suspect.image_size, repair.seed)
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
-    before = ClassifierEvaluator(suspect, test).summary(built, target or 0)
-    result = repair.run(suspect, trusted)
-    after = ClassifierEvaluator(result.classifier, test).summary(built, target or 0)
+    evaluator = ClassifierEvaluator(suspect, test)
+    before = evaluator.summary(built, target or 0)
+
+    def monitor(clf: object) -> dict[str, float]:
+        found = evaluator.with_model(clf).summary(built, target or 0)
+        return {"ca": found["ca"], **{f"asr:{k}": v["asr"] for k, v in found.get("backdoor", {}).items()}}
+
+    result = repair.run(suspect, trusted, monitor, trace_every)
+    after = evaluator.with_model(result.classifier).summary(built, target or 0)
     path = save_any(result.classifier, out / "model.safetensors")
     summary = {"method": method, "report": result.report, "before": before, "after": after, "model": str(path)}
     write_json(out / "summary.json", summary)
