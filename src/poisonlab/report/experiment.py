@@ -6,18 +6,13 @@ Everything here is written from ``results.db``; nothing in the report is typed b
 from __future__ import annotations
 
 import html
-import io
 import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from poisonlab.bench.store import ResultsStore  # noqa: E402
-from poisonlab.utils.io import atomic_write  # noqa: E402
+from poisonlab.bench.store import ResultsStore
+from poisonlab.report.figure import attack_panels, save_png
+from poisonlab.utils.io import atomic_write
 
 BASELINES = ("clean model", "none")
 
@@ -28,29 +23,16 @@ def _pct(value: float | None) -> str:
 
 def ca_asr_scatter(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], path: Path) -> None:
     """One panel per attack: CA (x) against ASR (y) for the poisoned model and every defense."""
-    cols = min(3, len(attacks))
-    rows = math.ceil(len(attacks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
-    for ax, attack in zip(axes.flat, attacks, strict=False):
+    fig, axes = attack_panels(attacks)
+    for ax, attack in zip(axes, attacks, strict=True):
         for (a, defense), m in sorted(table.items()):
             if a != attack or "asr" not in m or defense == "clean model":
                 continue
             ax.scatter(100 * m["ca"], 100 * m["asr"], s=40, marker="x" if defense == "none" else "o")
             ax.annotate("poisoned" if defense == "none" else defense, (100 * m["ca"], 100 * m["asr"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_title(attack, fontsize=9)
-        ax.set_xlabel("clean accuracy (%)", fontsize=8)
-        ax.set_ylabel("ASR (%)", fontsize=8)
-        ax.set_ylim(-5, 105)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(attacks):]:
-        ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
+    save_png(fig, path)
 
 
 def _grid(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], defenses: list[str]) -> list[list[str]]:

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from poisonlab.attacks.plan import PoisonedDataset  # noqa: E402
-from poisonlab.data.base import ImageCaptionDataset  # noqa: E402
-from poisonlab.triggers import Trigger  # noqa: E402
-from poisonlab.triggers import create as create_trigger  # noqa: E402
-from poisonlab.utils.io import atomic_write  # noqa: E402
-from poisonlab.utils.seeding import make_generator  # noqa: E402
+from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.report.figure import plt, save_png
+from poisonlab.triggers import Trigger
+from poisonlab.triggers import create as create_trigger
+from poisonlab.utils.seeding import make_generator
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
+    save_png(fig, path, bbox_inches="tight")
 
 
 def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from poisonlab.utils.io import atomic_write  # noqa: E402
+from poisonlab.report.figure import plt, save_png
 
 
 def roc_figure(curves: dict[str, dict[str, Any]], path: str | Path) -> Path:
@@ -25,10 +19,4 @@ def roc_figure(curves: dict[str, dict[str, Any]], path: str | Path) -> Path:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    path = Path(path)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
-    return path
+    return save_png(fig, path)

@@ -9,17 +9,10 @@ accuracy floor stopped it and restored earlier weights).
 
 from __future__ import annotations
 
-import io
-import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from poisonlab.bench.store import ResultsStore  # noqa: E402
-from poisonlab.utils.io import atomic_write  # noqa: E402
+from poisonlab.bench.store import ResultsStore
+from poisonlab.report.figure import attack_panels, save_png
 
 Point = tuple[int, float, float]
 
@@ -43,9 +36,8 @@ def repair_curves(store: ResultsStore, experiment: str, attacks: list[str], repa
     if not paths:
         return None
     final = store.table(f"{experiment}/classifier")
-    cols = min(3, len(attacks))
-    fig, axes = plt.subplots(math.ceil(len(attacks) / cols), cols, figsize=(4.4 * cols, 3.6), squeeze=False)
-    for ax, attack in zip(axes.flat, attacks, strict=False):
+    fig, axes = attack_panels(attacks)
+    for ax, attack in zip(axes, attacks, strict=True):
         start = final.get((attack, "none"))
         for i, repair in enumerate(repairs):
             colour = f"C{i}"
@@ -60,18 +52,6 @@ def repair_curves(store: ResultsStore, experiment: str, attacks: list[str], repa
             if m:
                 ax.scatter(100 * m["ca"], 100 * m["asr"], marker=marker, s=60, c="k",
                            label="poisoned" if label == "none" else label)
-        ax.set_title(attack, fontsize=9)
-        ax.set_xlabel("clean accuracy (%)", fontsize=8)
-        ax.set_ylabel("ASR (%)", fontsize=8)
-        ax.set_ylim(-5, 105)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(attacks):]:
-        ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
-    return path
+    return save_png(fig, path)
