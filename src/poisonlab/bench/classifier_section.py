@@ -84,8 +84,7 @@ class ClassifierSection:
     def monitor(self, model: Any, attack: AttackSpec) -> Any:
         """Test CA / ASR / ARR of the model being repaired, for its trace (the defense never sees them)."""
         ev = ClassifierEvaluator(model, self.runner.test())
-        trigger = triggers.create(attack.trigger, **attack.params)
-        return lambda clf: {"ca": ev.with_model(clf).clean_accuracy(), **ev.with_model(clf).backdoor(trigger, self.spec.target)}
+        return lambda clf: self.scores(ev.with_model(clf), attack)
 
     def put_trace(self, attack: str, repair: str, path: Path) -> None:
         """Each traced point as the row ``(attack, "REPAIR@STEP")`` of ``<experiment>/repair-trace``."""
@@ -94,7 +93,10 @@ class ClassifierSection:
             self.runner.store.put(f"{self.runner.spec.name}/repair-trace", attack, f"{repair}@{point['step']}", metrics)
 
     def evaluate(self, path: Path, attack: AttackSpec) -> dict[str, float]:
-        ev = ClassifierEvaluator(load_classifier(path / MODEL), self.runner.test())
+        return self.scores(ClassifierEvaluator(load_classifier(path / MODEL), self.runner.test()), attack)
+
+    def scores(self, ev: ClassifierEvaluator, attack: AttackSpec) -> dict[str, float]:
+        """CA, ASR, ASR over all images and ARR of the evaluator's model under the attack's trigger."""
         return {"ca": ev.clean_accuracy(), **ev.backdoor(triggers.create(attack.trigger, **attack.params),
                                                          self.spec.target)}
 
