@@ -70,12 +70,12 @@ def main() -> None:
     print("| repair | CA | ASR | ARR |\n|---|---|---|---|")
     row("suspect", model)
     pool = label_tensors(open_dataset("shapes", n=a.n, seed=5))
+    sweeps = {"l_latent": a.latents, **dict(parse_sweep(item) for item in a.pivotal)}
+    shared = {k: int(v) if v.isdigit() else float(v) for k, _, v in (item.partition("=") for item in a.set)}
     for share in a.shares:
         trusted = pool.subset(defenses.trusted_indices(len(pool), share, 0))
-        sweeps = {"l_latent": a.latents, **dict(parse_sweep(item) for item in a.pivotal)}
         for method, lr, extra in grid(a.methods, a.lrs, sweeps):
             start = time.perf_counter()
-            shared = {k: int(v) if v.isdigit() else float(v) for k, _, v in (item.partition("=") for item in a.set)}
             res = defenses.create_repair(method, lr=lr, **shared, **extra).run(model, trusted)
             stop = res.report.get("stopped_at")
             tags = "".join(f" {k} {v:g}" for k, v in extra.items())
