@@ -51,8 +51,11 @@ def test_runner_caches_and_reports(tmp_path):
     for name in ("index.html", "README.md", "ca_vs_asr.png", "triggers.png"):
         assert (html.parent / name).stat().st_size > 0
     runner = Runner(load_spec(tmp_path / "tiny.yaml"), tmp_path / "out", progress=False)
+    built = {stage: seconds for stage, seconds, _ in store.stages("tiny")}
     runner.run()
-    assert all(cached for _, _, cached in runner.store.stages("tiny")), "second run reuses every stage"
+    again = runner.store.stages("tiny")
+    assert all(cached for _, _, cached in again), "second run reuses every stage"
+    assert {stage: seconds for stage, seconds, _ in again} == pytest.approx(built, abs=0.01), "cached stages keep their build time"
 
 
 def test_classifier_and_ssl_sections(tmp_path):

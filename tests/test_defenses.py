@@ -172,3 +172,30 @@ def test_bad_defense_input():
         defenses.create("nope")
     with pytest.raises(InputError):
         defenses.create("par", gamma=1)
+    with pytest.raises(InputError, match="noise"):
+        defenses.create("par", noise="uniform")
+
+
+def test_par_augmentation_follows_released_code():
+    """Erased regions are 0.5-1% squares filled with the mean; rectified noise only brightens."""
+    from poisonlab.augment import NoiseErasing
+
+    images = torch.full((64, 3, 32, 32), 0.5)
+    mean = (0.1, 0.2, 0.3)
+    erased = NoiseErasing(mean, noise_p=0.0, erase_p=1.0)(images, torch.Generator().manual_seed(0))
+    for x in erased:
+        mask = (x != 0.5).any(0)
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        h, w = len(rows), len(cols)
+        assert h == w and h in (2, 3)  # side round(sqrt(area)) for 0.5-1% of 32 x 32 = 5.1-10.2 px²
+        assert torch.allclose(x[:, mask], torch.tensor(mean).view(3, 1).expand(3, h * w))
+    g = torch.Generator().manual_seed(1)
+    rect = NoiseErasing(mean, noise_p=1.0, erase_p=0.0, noise="rectified")(images, g)
+    gauss = NoiseErasing(mean, noise_p=1.0, erase_p=0.0, noise="gaussian")(images, torch.Generator().manual_seed(1))
+    assert (rect >= 0.5).all() and (rect > 0.5).float().mean() > 0.4
+    assert (gauss < 0.5).float().mean() > 0.4
+    g = torch.Generator().manual_seed(1)
+    torch.rand(64, generator=g)  # the per-image coin for the noise
+    noise = 0.2 * torch.randn(images.shape, generator=g)
+    assert torch.allclose(rect, (images + noise.clamp(0, 1)).clamp(0, 1))
+    assert torch.allclose(gauss, (images + noise).clamp(0, 1))

@@ -48,14 +48,17 @@ class Runner:
         key = digest(inputs)
         self.keys[stage] = key
         path = self.out / "cache" / f"{stage}-{key}"
-        start = time.perf_counter()
         hit = (path / "done.json").is_file()
-        if not hit:
+        if hit:  # report what the stage cost when it was built (None for caches older than that)
+            seconds = json.loads((path / "done.json").read_text()).get("seconds")
+        else:
             log.info("stage %s: running", stage)
+            start = time.perf_counter()
             with atomic_dir(path) as tmp:
                 build(tmp)
-                write_json(tmp / "done.json", {"stage": stage, "inputs": inputs})
-        self.store.stage(self.spec.name, stage, key, time.perf_counter() - start, hit)
+                seconds = time.perf_counter() - start
+                write_json(tmp / "done.json", {"stage": stage, "inputs": inputs, "seconds": round(seconds, 2)})
+        self.store.stage(self.spec.name, stage, key, seconds, hit)
         return path
 
     # -- data ------------------------------------------------------------------------------

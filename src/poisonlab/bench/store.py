@@ -30,7 +30,7 @@ class ResultsStore:
                 [(experiment, attack, defense, k, float(v)) for k, v in metrics.items()],
             )
 
-    def stage(self, experiment: str, stage: str, key: str, seconds: float, cached: bool) -> None:
+    def stage(self, experiment: str, stage: str, key: str, seconds: float | None, cached: bool) -> None:
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?)",
                               (experiment, stage, key, seconds, int(cached)))
@@ -43,7 +43,7 @@ class ResultsStore:
             out.setdefault((attack, defense), {})[metric] = value
         return out
 
-    def stages(self, experiment: str) -> list[tuple[str, float, bool]]:
+    def stages(self, experiment: str) -> list[tuple[str, float | None, bool]]:
         rows = self.conn.execute("SELECT stage, seconds, cached FROM stages WHERE experiment = ? ORDER BY rowid",
                                  (experiment,))
         return [(s, sec, bool(c)) for s, sec, c in rows]

@@ -79,7 +79,7 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     ca_asr_scatter(table, attacks, out / "ca_vs_asr.png")
     grid = _grid(table, attacks, list(BASELINES) + defenses)
     audit = _audit(table, attacks)
-    stages = [["stage", "seconds", "cached"]] + [[s, f"{sec:.1f}", "yes" if c else "no"]
+    stages = [["stage", "seconds", "cached"]] + [[s, "-" if sec is None else f"{sec:.1f}", "yes" if c else "no"]
                                                  for s, sec, c in store.stages(experiment)]
     sections = [
         ("Attack x defense: clean accuracy / ASR (%)", grid,
@@ -87,7 +87,8 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
          "'clean model' is the pre-trained model before poisoning; 'none' is the poisoned model."),
         ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
         *(more or []),
-        ("Wall time of each stage", stages, "'cached: yes' marks a stage reused from an earlier run instead of recomputed."),
+        ("Wall time of each stage", stages, "'cached: yes' marks a stage reused from an earlier run instead of recomputed; its seconds are "
+         "what it took when that run built it."),
     ]
     md = [f"# poisonlab report: {experiment}", ""]
     if extra:
