@@ -57,6 +57,13 @@ def test_bad_checkpoints(tmp_path, capsys):
     assert code == 2 and "does not fit" in capsys.readouterr().err
 
 
+def test_tokenize_repeated_captions_matches_open_clip():
+    bundle = create_clip("poisonlab-tiny-rn", seed=0)
+    captions = ["a red star.", "a blue circle.", "a red star.", "a red star.", "a green square."]
+    reference = torch.stack([bundle.tokenizer([c])[0] for c in captions])  # one open_clip call per caption
+    assert torch.equal(bundle.tokenize(captions), reference)
+
+
 def test_zero_shot_weights_template_ensemble():
     bundle = create_clip("poisonlab-tiny-rn", seed=0)
     w = zero_shot_weights(bundle, ["circle", "star"], ["a {}.", "the {} here."])

@@ -51,3 +51,15 @@ def test_recall_at_k_against_loop():
     for k in (1, 5, 10):
         assert res[f"i2t_r@{k}"] == sum(r < k for r in i2t) / 12
         assert res[f"t2i_r@{k}"] == sum(r < k for r in t2i) / 12
+
+
+def test_frontier_best_asr_within_and_pareto_front():
+    from poisonlab.metrics import best_asr_within, pareto_front
+
+    points = [(0.80, 0.60), (0.75, 0.30), (0.70, 0.35), (0.60, 0.05), (0.79, 0.70)]
+    # reference: filter by the CA allowance by hand, then take the minimum ASR
+    assert best_asr_within(points, suspect_ca=0.82, allowance=0.03) == 0.60
+    assert best_asr_within(points, suspect_ca=0.82, allowance=0.10) == 0.30
+    assert best_asr_within(points, suspect_ca=0.82, allowance=0.30) == 0.05
+    assert best_asr_within(points, suspect_ca=0.95, allowance=0.03) is None
+    assert pareto_front(points) == [(0.80, 0.60), (0.75, 0.30), (0.60, 0.05)]  # (0.70, 0.35), (0.79, 0.70) dominated

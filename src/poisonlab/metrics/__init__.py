@@ -2,8 +2,9 @@
 
 from poisonlab.metrics.classification import accuracy, attack_success_rate
 from poisonlab.metrics.evaluator import ClipEvaluator
+from poisonlab.metrics.frontier import best_asr_within, pareto_front
 from poisonlab.metrics.retrieval import best_target_rank, hit_and_min_rank, recall_at_k
 from poisonlab.metrics.zero_shot import zero_shot_predict, zero_shot_weights
 
-__all__ = ["ClipEvaluator", "accuracy", "attack_success_rate", "best_target_rank", "hit_and_min_rank",
-           "recall_at_k", "zero_shot_predict", "zero_shot_weights"]
+__all__ = ["ClipEvaluator", "accuracy", "attack_success_rate", "best_asr_within", "best_target_rank",
+           "hit_and_min_rank", "pareto_front", "recall_at_k", "zero_shot_predict", "zero_shot_weights"]

@@ -105,7 +105,12 @@ class ClipBundle:
         return (images - mean) / std
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(captions)
+        """``[N, L]`` token ids; each distinct caption is tokenized once (generated captions repeat)."""
+        unique = list(dict.fromkeys(captions))
+        if len(unique) == len(captions):
+            return self.tokenizer(captions)
+        row = {caption: i for i, caption in enumerate(unique)}
+        return self.tokenizer(unique)[torch.tensor([row[c] for c in captions], dtype=torch.long)]
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """``[B, C, H, W]`` images in ``[0, 1]`` -> ``[B, D]`` embeddings (unit length if ``normalize``)."""
