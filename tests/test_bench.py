@@ -50,6 +50,9 @@ def test_runner_caches_and_reports(tmp_path):
     assert not any(cached for _, _, cached in store.stages("tiny"))
     for name in ("index.html", "README.md", "ca_vs_asr.png", "triggers.png"):
         assert (html.parent / name).stat().st_size > 0
+    m = table[("stripes", "par-synthetic")]
+    readme = (html.parent / "README.md").read_text()
+    assert f"| stripes | {m['final_s_img']:.2f} / {m['final_s_txt']:.2f}" in readme, "PAR's distances are reported"
     runner = Runner(load_spec(tmp_path / "tiny.yaml"), tmp_path / "out", progress=False)
     built = {stage: seconds for stage, seconds, _ in store.stages("tiny")}
     runner.run()

@@ -57,6 +57,16 @@ def _audit(table: dict[tuple[str, str], dict[str, float]], attacks: list[str]) -
     return rows
 
 
+def _distances(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], defenses: list[str]) -> list[list[str]]:
+    """S_img / S_txt at the end of each defense that reports them (PAR's distance from the suspect)."""
+    pushed = [d for d in defenses if any("final_s_img" in table.get((a, d), {}) for a in attacks)]
+    rows = [["attack"] + [f"{d} S_img / S_txt" for d in pushed]]
+    for a in attacks:
+        cells = [table.get((a, d), {}) for d in pushed]
+        rows.append([a] + [f"{m['final_s_img']:.2f} / {m['final_s_txt']:.2f}" if "final_s_img" in m else "—" for m in cells])
+    return rows if pushed else []
+
+
 def _markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -79,6 +89,7 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     ca_asr_scatter(table, attacks, out / "ca_vs_asr.png")
     grid = _grid(table, attacks, list(BASELINES) + defenses)
     audit = _audit(table, attacks)
+    distances = _distances(table, attacks, defenses)
     stages = [["stage", "seconds", "cached"]] + [[s, "-" if sec is None else f"{sec:.1f}", "yes" if c else "no"]
                                                  for s, sec, c in store.stages(experiment)]
     sections = [
@@ -86,6 +97,10 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
          "ASR counts triggered test images whose true class is not the target. "
          "'clean model' is the pre-trained model before poisoning; 'none' is the poisoned model."),
         ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
+        *([("Distance from the suspect at the end of cleaning", distances,
+            "S = mean squared distance between the cleaned and the suspect model's unit embeddings of the last "
+            "training batch (0-4). PAR pushes while S is below its tau (2.15 by default) and stops above it.")]
+          if distances else []),
         *(more or []),
         ("Wall time of each stage", stages, "'cached: yes' marks a stage reused from an earlier run instead of recomputed; its seconds are "
          "what it took when that run built it."),
