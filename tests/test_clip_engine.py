@@ -15,6 +15,7 @@ from poisonlab.data import make_shapes
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator, zero_shot_weights
 from poisonlab.models import create_clip, load_clip, save_clip
+from poisonlab.models.normalize import normalize_images
 from poisonlab.train import ClipObjective, DistInfo, TrainConfig, Trainer, pair_tensors, train_clip
 from poisonlab.triggers import create as create_trigger
 
@@ -62,6 +63,20 @@ def test_tokenize_repeated_captions_matches_open_clip():
     captions = ["a red star.", "a blue circle.", "a red star.", "a red star.", "a green square."]
     reference = torch.stack([bundle.tokenizer([c])[0] for c in captions])  # one open_clip call per caption
     assert torch.equal(bundle.tokenize(captions), reference)
+
+
+def test_normalize_images_values_and_channels_last_layout():
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    out = normalize_images(x, mean, std)
+    for c in range(3):
+        torch.testing.assert_close(out[:, c], (x[:, c] - mean[c]) / std[c])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    bundle = create_clip("poisonlab-tiny-rn")
+    bundle.model.eval()
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    nchw = bundle.model.encode_image(bundle.normalize(images).contiguous())  # the layout does not change the result
+    torch.testing.assert_close(bundle.encode_image(images, normalize=False), nchw, rtol=1e-4, atol=1e-5)
 
 
 def test_zero_shot_weights_template_ensemble():

@@ -35,6 +35,7 @@ from poisonlab.defenses.ssl_base import ENCODER_DEFENSES
 from poisonlab.metrics.classifier_eval import predict
 from poisonlab.metrics.probe import embed
 from poisonlab.models.classifier import create_classifier
+from poisonlab.models.normalize import normalize_images
 from poisonlab.train.data import LabelTensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.train.objectives.supervised import SupervisedObjective
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 def grad_cam(encoder: Any, images: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """``[B, H, W]`` Grad-CAM maps of ``cos(f(x), center)`` for a timm backbone encoder."""
     model = encoder.model
-    x = (images - torch.tensor(encoder.mean).view(1, -1, 1, 1)) / torch.tensor(encoder.std).view(1, -1, 1, 1)
+    x = normalize_images(images, encoder.mean, encoder.std)
     with torch.enable_grad():
         fmap = model.forward_features(x.to(encoder.device))
         fmap.retain_grad()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.errors import InputError
+from poisonlab.models.normalize import normalize_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,12 +36,6 @@ BUNDLED: dict[str, tuple[str, dict[str, Any]]] = {
     "poisonlab-resnet-small": ("resnet18", {"channels": [32, 64, 128, 256], "stem_width": 32}),
 }
 DEFAULT_CLASSIFIER = "poisonlab-resnet-tiny"
-
-
-def _normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
 
 
 @dataclass
@@ -68,11 +63,11 @@ class ClassifierBundle:
         return next(self.model.parameters()).device
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(_normalize(images, self.mean, self.std))
+        return self.model(normalize_images(images, self.mean, self.std))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (after global pooling, before the linear head)."""
-        x = self.model.forward_features(_normalize(images, self.mean, self.std))
+        x = self.model.forward_features(normalize_images(images, self.mean, self.std))
         return self.model.forward_head(x, pre_logits=True)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:

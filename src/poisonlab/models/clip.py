@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.errors import InputError
+from poisonlab.models.normalize import normalize_images
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
@@ -100,9 +101,7 @@ class ClipBundle:
         return next(self.model.parameters()).device
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-        return (images - mean) / std
+        return normalize_images(images, self.mean, self.std)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """``[N, L]`` token ids; each distinct caption is tokenized once (generated captions repeat)."""

@@ -35,6 +35,7 @@ from torch import nn
 
 from poisonlab.augment.image import BatchViews, LightlyViews
 from poisonlab.errors import InputError
+from poisonlab.models.normalize import normalize_images
 from poisonlab.registry import Registry
 from poisonlab.train.loop import Objective
 from poisonlab.utils.seeding import derive_seed
@@ -52,7 +53,7 @@ class _Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(bundle.std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std).flatten(1)
+        return self.backbone(normalize_images(x, self.mean, self.std)).flatten(1)
 
 
 @SSL_METHODS.register("moco")
