@@ -111,3 +111,25 @@ def test_attack_rate_overrides_the_poison_rate_and_keeps_old_cache_keys(tmp_path
     plain, strong = (runner.plan(a).plan for a in runner.spec.attacks)
     assert len(plain.indices) == round(0.1 * 64) and len(strong.indices) == 16
     assert "rate" not in runner.spec.attacks[0].model_dump(exclude_none=True)  # no override: same stage key as before
+
+
+def test_parallel_sections_store_every_result_and_surface_bad_input(tmp_path):
+    spec = dict(TINY, ssl={"n": 96, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "method": "simclr",
+                           "trigger_params": {"size": 8}, "probe_share": 0.5, "distill": {"epochs": 1, "batch_size": 32},
+                           "distill_n": 64, "patchsearch": {"clusters": 4, "min_clusters": 2, "classifier_steps": 1},
+                           "decree": {"steps": 2}, "test_n": 40})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    torch.set_num_threads(2)
+    runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
+    runner.run(parallel=True)
+    assert runner.processes == 2 and torch.get_num_threads() == 2, "threads are given back afterwards"
+    stages = {stage for stage, _, _ in runner.store.stages("tiny")}
+    assert {"pretrain", "poison:stripes", "clean:stripes:finetune", "ssl:clean", "ssl:poisoned", "ssl:distill",
+            "ssl:patchsearch"} <= stages, "both processes record their stages in the one store"
+    assert ("poisoned", "probe") in runner.store.table("tiny/ssl")
+    assert ("stripes", "par-synthetic") in runner.store.table("tiny")
+    # bad input found by the section process comes back as one InputError here
+    spec["ssl"] = dict(spec["ssl"], target="no-such-class")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(InputError, match="no-such-class"):
+        Runner(load_spec(tmp_path / "bad.yaml"), tmp_path / "out", progress=False).run(parallel=True)

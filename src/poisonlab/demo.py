@@ -29,11 +29,12 @@ from poisonlab.report.trace import repair_curves
 log = logging.getLogger("poisonlab.demo")
 
 
-def run(spec_name: str, out: Path, progress: bool = True) -> Path:
+def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False) -> Path:
+    """Run the spec into ``out`` and write the report; ``parallel``: sections in a second process."""
     spec = load_spec(spec_name)
     start = time.perf_counter()
     runner = Runner(spec, out, progress=progress)
-    runner.run()
+    runner.run(parallel=parallel)
     report = out / "report"
     samples = open_dataset(spec.dataset, split="test", size=64, n=4, seed=spec.test.data_seed)
     trigger_gallery(samples, [(a.name, triggers.create(a.trigger, **a.params)) for a in spec.attacks],
@@ -54,7 +55,9 @@ def run(spec_name: str, out: Path, progress: bool = True) -> Path:
     if spec.ssl is not None:
         more += ssl_sections(runner.store, spec.name, spec.ssl.target)
     extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
-             "test images": spec.test.n, "wall time of this run (s)": f"{time.perf_counter() - start:.0f}"}
+             "test images": spec.test.n, "wall time of this run (s)": f"{time.perf_counter() - start:.0f}",
+             "processes": "2 (classifier and SSL sections beside the CLIP grid, one thread share each)"
+             if runner.processes == 2 else "1"}
     return write_report(runner.store, spec.name, [a.name for a in spec.attacks], [d.name for d in spec.defenses],
                         report, extra, more, images)
 
@@ -63,11 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="demo", help="A spec YAML file or a bundled preset name.")
     parser.add_argument("--out", default="demo-out", type=Path)
+    parser.add_argument("--serial", action="store_true",
+                        help="Run the classifier and SSL sections after the CLIP grid in this process "
+                             "(default: beside it in a second process when there are 2+ threads).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("poisonlab").setLevel(logging.INFO)
     try:
-        html = run(args.spec, args.out)
+        html = run(args.spec, args.out, parallel=not args.serial)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,8 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.bench.parallel import sections_beside
 from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec
 from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
@@ -41,6 +44,7 @@ class Runner:
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
         self.store = ResultsStore(self.out / "results.db")
         self.keys: dict[str, str] = {}
+        self.processes = 1
         self._data: dict[tuple[str, int, int, str], Any] = {}
 
     # -- caching ---------------------------------------------------------------------------
@@ -133,8 +137,8 @@ class Runner:
             out[a.name] = {"ca": ca, **res}
         return out
 
-    def run(self) -> dict[tuple[str, str], dict[str, float]]:
-        """Run (or reuse) every stage; returns the attack x defense table."""
+    def run_grid(self) -> None:
+        """The CLIP attack x defense grid: pre-train, poison, clean, evaluate, audit."""
         name = self.spec.name
         clean = self.pretrain()
         for attack, metrics in self.evaluate(load_clip(clean / MODEL), self.spec.attacks).items():
@@ -149,6 +153,12 @@ class Runner:
                 report = json.loads((cleaned / "report.json").read_text())
                 metrics.update({k: v for k, v in report.items() if k.startswith("final_s_")})
                 self.store.put(name, attack.name, defense.name, metrics)
+
+    def has_sections(self) -> bool:
+        return self.spec.classifier is not None or self.spec.ssl is not None
+
+    def run_sections(self) -> None:
+        """The classifier and SSL sections, when the spec has them."""
         if self.spec.classifier is not None:
             from poisonlab.bench.classifier_section import ClassifierSection
 
@@ -157,4 +167,18 @@ class Runner:
             from poisonlab.bench.ssl_section import SslSection
 
             SslSection(self, self.spec.ssl).run()
-        return self.store.table(name)
+
+    def run(self, parallel: bool = False) -> dict[tuple[str, str], dict[str, float]]:
+        """Run (or reuse) every stage; returns the attack x defense table.
+
+        ``parallel``: run the classifier and SSL sections in a second process beside the CLIP
+        grid, each with half the threads (:mod:`poisonlab.bench.parallel`); ignored with one thread.
+        """
+        self.processes = 2 if parallel and self.has_sections() and torch.get_num_threads() >= 2 else 1
+        if self.processes == 2:
+            with sections_beside(self.spec, self.out):
+                self.run_grid()
+        else:
+            self.run_grid()
+            self.run_sections()
+        return self.store.table(self.spec.name)

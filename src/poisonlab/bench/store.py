@@ -16,11 +16,15 @@ CREATE TABLE IF NOT EXISTS stages (
 
 
 class ResultsStore:
-    """Thin wrapper over ``sqlite3``; every write is its own committed transaction."""
+    """Thin wrapper over ``sqlite3``; every write is its own committed transaction.
 
-    def __init__(self, path: str | Path) -> None:
+    Two processes may write at once (the sections of a parallel run): a writer waits up to
+    ``timeout`` seconds for the other's transaction.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path))
+        self.conn = sqlite3.connect(str(path), timeout=timeout)
         self.conn.executescript(SCHEMA)
 
     def put(self, experiment: str, attack: str, defense: str, metrics: dict[str, float]) -> None:

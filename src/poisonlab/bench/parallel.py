@@ -1,0 +1,72 @@
+"""Run an experiment's classifier and SSL sections in a second process beside the CLIP grid.
+
+The sections share nothing with the CLIP grid except the cache folder (distinct stage names) and
+the results store (SQLite serialises the two writers). On the tiny CPU models a training step is
+too small to keep two threads busy, so two one-thread processes get more done than one
+two-thread process (docs/benchmarks.md 4g). Each process keeps a fixed share of the intra-op
+threads for the whole run: a stage's numerics depend on its thread count, so the share must not
+change with which process happens to finish first (same seed, same result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poisonlab.errors import InputError
+
+log = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+
+def _worker(spec_json: str, out: str, threads: int, level: int, errors: Any) -> None:
+    """Child process: the sections of the spec, with ``threads`` intra-op threads."""
+    from poisonlab.bench.runner import Runner
+    from poisonlab.bench.spec import ExperimentSpec
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("poisonlab").setLevel(level)
+    try:
+        Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False).run_sections()
+    except InputError as err:
+        errors.put(str(err))
+        raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def sections_beside(spec: Any, out: str | Path) -> Iterator[None]:
+    """Run ``spec``'s sections in a child process while the body runs; threads split in half.
+
+    Raises:
+        InputError: the sections stopped on bad input (the child's message).
+        RuntimeError: the child failed otherwise (its traceback is on stderr).
+    """
+    total = torch.get_num_threads()
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    level = logging.getLogger("poisonlab").getEffectiveLevel()
+    child = ctx.Process(target=_worker, args=(spec.model_dump_json(), str(out), total - total // 2, level, errors),
+                        name="poisonlab-sections")
+    child.start()
+    log.info("classifier and SSL sections run in process %d; %d of %d threads stay here", child.pid, total // 2, total)
+    torch.set_num_threads(total // 2)
+    try:
+        yield
+    except BaseException:
+        child.terminate()
+        raise
+    finally:
+        child.join()
+        torch.set_num_threads(total)
+    if child.exitcode == 2 and not errors.empty():
+        raise InputError(errors.get())
+    if child.exitcode != 0:
+        raise RuntimeError(f"the section process failed (exit code {child.exitcode}); see its traceback above")
