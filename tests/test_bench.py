@@ -27,6 +27,10 @@ TINY = {
     ],
     "test": {"n": 40},
 }
+TINY_SSL = {"n": 96, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "method": "simclr",
+            "trigger_params": {"size": 8}, "probe_share": 0.5, "distill": {"epochs": 1, "batch_size": 32},
+            "distill_n": 64, "patchsearch": {"clusters": 4, "min_clusters": 2, "classifier_steps": 1},
+            "decree": {"steps": 2}, "test_n": 40}
 
 
 def test_spec_rejects_unknown_keys(tmp_path):
@@ -71,10 +75,7 @@ def test_classifier_and_ssl_sections(tmp_path):
         "detect": {"neural-cleanse": {"steps": 2}},
         "population": {"n": 2, "n_train": 64, "epochs": 1, "detectors": {"neural-cleanse": {"steps": 2}}},
     }
-    spec["ssl"] = {"n": 96, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "method": "simclr",
-                   "trigger_params": {"size": 8}, "probe_share": 0.5, "distill": {"epochs": 1, "batch_size": 32},
-                   "distill_n": 64, "patchsearch": {"clusters": 4, "min_clusters": 2, "classifier_steps": 1},
-                   "decree": {"steps": 2}, "test_n": 40}
+    spec["ssl"] = TINY_SSL
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     html = demo.run(str(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
     store = ResultsStore(tmp_path / "out" / "results.db")
@@ -114,10 +115,7 @@ def test_attack_rate_overrides_the_poison_rate_and_keeps_old_cache_keys(tmp_path
 
 
 def test_parallel_sections_store_every_result_and_surface_bad_input(tmp_path):
-    spec = dict(TINY, ssl={"n": 96, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "method": "simclr",
-                           "trigger_params": {"size": 8}, "probe_share": 0.5, "distill": {"epochs": 1, "batch_size": 32},
-                           "distill_n": 64, "patchsearch": {"clusters": 4, "min_clusters": 2, "classifier_steps": 1},
-                           "decree": {"steps": 2}, "test_n": 40})
+    spec = dict(TINY, ssl=TINY_SSL)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     torch.set_num_threads(2)
     runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from poisonlab import triggers
-from poisonlab.bench.parallel import LOG_FORMAT
+from poisonlab.bench.parallel import configure_logging
 from poisonlab.bench.runner import Runner
 from poisonlab.bench.spec import load_spec
 from poisonlab.data import open_dataset
@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Run the classifier and SSL sections after the CLIP grid in this process "
                              "(default: beside it in a second process when there are 2+ threads).")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("poisonlab").setLevel(logging.INFO)
+    configure_logging(logging.INFO)
     try:
         html = run(args.spec, args.out, parallel=not args.serial)
     except InputError as err:

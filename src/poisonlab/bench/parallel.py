@@ -26,14 +26,19 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Timestamped lines on stderr: poisonlab's at ``level``, other libraries' warnings only."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("poisonlab").setLevel(level)
+
+
 def _worker(spec_json: str, out: str, threads: int, level: int, errors: Any) -> None:
     """Child process: the sections of the spec, with ``threads`` intra-op threads."""
     from poisonlab.bench.runner import Runner
     from poisonlab.bench.spec import ExperimentSpec
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("poisonlab").setLevel(level)
+    configure_logging(level)
     try:
         Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False).run_sections()
     except InputError as err:
