@@ -121,13 +121,49 @@ def test_parallel_sections_store_every_result_and_surface_bad_input(tmp_path):
     runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
     runner.run(parallel=True)
     assert runner.processes == 2 and torch.get_num_threads() == 2, "threads are given back afterwards"
-    stages = {stage for stage, _, _ in runner.store.stages("tiny")}
+    stages = {stage: cached for stage, _, cached in runner.store.stages("tiny")}
     assert {"pretrain", "poison:stripes", "clean:stripes:finetune", "ssl:clean", "ssl:poisoned", "ssl:distill",
-            "ssl:patchsearch"} <= stages, "both processes record their stages in the one store"
+            "ssl:patchsearch"} <= set(stages), "both processes record their stages in the one store"
+    assert not any(stages.values()), "a stage one process built is not 'cached' for the other"
     assert ("poisoned", "probe") in runner.store.table("tiny/ssl")
     assert ("stripes", "par-synthetic") in runner.store.table("tiny")
+    assert not (tmp_path / "out" / ".claims" / runner.run_id).exists(), "the run's job claims are cleared"
+    # whichever process ran a job, its numbers are those of one process at the same thread count
+    torch.set_num_threads(1)
+    try:
+        serial = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "serial", progress=False)
+        serial.run(parallel=True)  # one thread: parallel is ignored
+    finally:
+        torch.set_num_threads(2)
+    assert serial.processes == 1
+    for part in ("tiny", "tiny/ssl"):
+        assert serial.store.table(part) == runner.store.table(part)
     # bad input found by the section process comes back as one InputError here
     spec["ssl"] = dict(spec["ssl"], target="no-such-class")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(InputError, match="no-such-class"):
         Runner(load_spec(tmp_path / "bad.yaml"), tmp_path / "out", progress=False).run(parallel=True)
+
+
+def test_section_jobs_are_claimed_once_and_stages_built_once(tmp_path):
+    spec = dict(TINY, ssl=TINY_SSL)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    first = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
+    assert [name for name, _ in first.section_jobs()] == ["ssl:poisoned", "ssl:clean"]
+    ran = []
+    first.section_jobs = lambda: [(n, lambda n=n: ran.append(n)) for n in ("a", "b", "c")]
+    (tmp_path / "out" / ".claims" / first.run_id).mkdir(parents=True)
+    (tmp_path / "out" / ".claims" / first.run_id / "b").touch()  # the other process holds job b
+    first.run_sections(shared=True, reverse=True)
+    assert ran == ["c", "a"]
+    first.run_sections(shared=True)
+    assert ran == ["c", "a"], "claimed jobs are not run again"
+    # a stage built by another process of the same run is not 'cached'; for a later run it is
+    builds = []
+    build = lambda tmp: builds.append(tmp)  # noqa: E731
+    first.cached("x", {"k": 1}, build)
+    Runner(first.spec, tmp_path / "out", progress=False, run_id=first.run_id).cached("x", {"k": 1}, build)
+    Runner(first.spec, tmp_path / "out", progress=False).cached("x", {"k": 1}, build)
+    assert len(builds) == 1
+    rows = [(s, c) for s, _, c in first.store.stages("tiny") if s == "x"]
+    assert rows == [("x", True)], "the last record is the later run's cache hit"

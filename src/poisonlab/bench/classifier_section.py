@@ -10,7 +10,9 @@ ARR per attack x repair), ``<experiment>/detect`` (score and verdict per detecto
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,18 +140,33 @@ class ClassifierSection:
             self.runner.store.put(f"{self.runner.spec.name}/detection", d, "population", {"auc": result[d]["auc"]})
         return result
 
-    def run(self) -> dict[str, Any] | None:
+    def jobs(self) -> list[tuple[str, Callable[[], object]]]:
+        """Independent jobs: the clean classifier, each attack's chain, the detection population."""
+        jobs: list[tuple[str, Callable[[], object]]] = [("classifier:clean", self.run_clean)]
+        jobs += [(f"classifier:{a.name}", functools.partial(self.run_attack, a)) for a in self.spec.attacks]
+        if self.spec.population is not None:
+            jobs.append(("population", self.population))
+        return jobs
+
+    def run_clean(self) -> None:
+        """The clean classifier: its CA / ASR under each attack's trigger, and each detector's score."""
         clean = self.train(None)
         for attack in self.spec.attacks:
             self.runner.store.put(self.name, attack.name, "clean model", self.evaluate(clean, attack))
-            suspect = self.train(attack)
-            self.runner.store.put(self.name, attack.name, "none", self.evaluate(suspect, attack))
-            for repair in self.spec.repairs:
-                path = self.repair(attack, repair, suspect)
-                self.runner.store.put(self.name, attack.name, repair.name, self.evaluate(path, attack))
-                self.put_trace(attack.name, repair.name, path)
-            if self.spec.detect:
-                self.detect(attack.name, suspect)
         if self.spec.detect:
             self.detect("clean", clean)
-        return self.population()
+
+    def run_attack(self, attack: AttackSpec) -> None:
+        """One attack: the poisoned classifier, each repair of it, each detector's score."""
+        suspect = self.train(attack)
+        self.runner.store.put(self.name, attack.name, "none", self.evaluate(suspect, attack))
+        for repair in self.spec.repairs:
+            path = self.repair(attack, repair, suspect)
+            self.runner.store.put(self.name, attack.name, repair.name, self.evaluate(path, attack))
+            self.put_trace(attack.name, repair.name, path)
+        if self.spec.detect:
+            self.detect(attack.name, suspect)
+
+    def run(self) -> None:
+        for _, job in self.jobs():
+            job()

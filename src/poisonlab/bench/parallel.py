@@ -1,11 +1,13 @@
-"""Run an experiment's classifier and SSL sections in a second process beside the CLIP grid.
+"""Run an experiment's classifier and SSL jobs in a second process beside the CLIP grid.
 
-The sections share nothing with the CLIP grid except the cache folder (distinct stage names) and
-the results store (SQLite serialises the two writers). On the tiny CPU models a training step is
-too small to keep two threads busy, so two one-thread processes get more done than one
-two-thread process (docs/benchmarks.md 4g). Each process keeps a fixed share of the intra-op
-threads for the whole run: a stage's numerics depend on its thread count, so the share must not
-change with which process happens to finish first (same seed, same result).
+The second process works through the section jobs from the first; the main process, once its
+CLIP grid is done, takes the rest from the last, so neither waits idle while the other has work.
+The two share the cache folder (a lock per stage: a stage is built once) and the results store
+(SQLite serialises the two writers). On the tiny CPU models a training step is too small to keep
+two threads busy, so two one-thread processes get more done than one two-thread process
+(docs/benchmarks.md 4g). Both processes keep the same number of intra-op threads for the whole
+run: a stage's numerics depend on its thread count, so they must not depend on which process runs
+it (same seed, same result).
 """
 
 from __future__ import annotations
@@ -32,23 +34,23 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("poisonlab").setLevel(level)
 
 
-def _worker(spec_json: str, out: str, threads: int, level: int, errors: Any) -> None:
-    """Child process: the sections of the spec, with ``threads`` intra-op threads."""
+def _worker(spec_json: str, out: str, run_id: str, threads: int, level: int, errors: Any) -> None:
+    """Child process: the unclaimed section jobs of the spec, with ``threads`` intra-op threads."""
     from poisonlab.bench.runner import Runner
     from poisonlab.bench.spec import ExperimentSpec
 
     torch.set_num_threads(threads)
     configure_logging(level)
     try:
-        Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False).run_sections()
+        Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False, run_id=run_id).run_sections(shared=True)
     except InputError as err:
         errors.put(str(err))
         raise SystemExit(2) from None
 
 
 @contextlib.contextmanager
-def sections_beside(spec: Any, out: str | Path) -> Iterator[None]:
-    """Run ``spec``'s sections in a child process while the body runs; threads split in half.
+def sections_beside(spec: Any, out: str | Path, run_id: str) -> Iterator[None]:
+    """Run ``spec``'s section jobs in a child process while the body runs; each gets half the threads.
 
     Raises:
         InputError: the sections stopped on bad input (the child's message).
@@ -58,10 +60,10 @@ def sections_beside(spec: Any, out: str | Path) -> Iterator[None]:
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     level = logging.getLogger("poisonlab").getEffectiveLevel()
-    child = ctx.Process(target=_worker, args=(spec.model_dump_json(), str(out), total - total // 2, level, errors),
+    child = ctx.Process(target=_worker, args=(spec.model_dump_json(), str(out), run_id, total // 2, level, errors),
                         name="poisonlab-sections")
     child.start()
-    log.info("classifier and SSL sections run in process %d; %d of %d threads stay here", child.pid, total // 2, total)
+    log.info("classifier and SSL jobs start in process %d; %d of %d threads each", child.pid, total // 2, total)
     torch.set_num_threads(total // 2)
     try:
         yield

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ from poisonlab.data import open_dataset
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
 from poisonlab.train import TrainConfig, train_clip
-from poisonlab.utils.io import atomic_dir, write_json
+from poisonlab.utils.io import atomic_dir, claim, file_lock, write_json
 
 log = logging.getLogger(__name__)
 MODEL = "model.safetensors"
+Job = tuple[str, Callable[[], object]]
 
 
 def digest(obj: Any) -> str:
@@ -40,8 +43,10 @@ def digest(obj: Any) -> str:
 class Runner:
     """Executes an :class:`ExperimentSpec` into ``out_dir`` (cache, results.db)."""
 
-    def __init__(self, spec: ExperimentSpec, out_dir: str | Path, progress: bool = True) -> None:
+    def __init__(self, spec: ExperimentSpec, out_dir: str | Path, progress: bool = True,
+                 run_id: str | None = None) -> None:
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
+        self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
         self.store = ResultsStore(self.out / "results.db")
         self.keys: dict[str, str] = {}
         self.processes = 1
@@ -49,19 +54,26 @@ class Runner:
 
     # -- caching ---------------------------------------------------------------------------
     def cached(self, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:
+        """The stage's output folder, built by ``build`` unless it exists; one builder at a time.
+
+        Another process of the same run that needs the stage meanwhile waits for it and reuses it; the
+        store marks a stage 'cached' only when an earlier run built it.
+        """
         key = digest(inputs)
         self.keys[stage] = key
         path = self.out / "cache" / f"{stage}-{key}"
-        hit = (path / "done.json").is_file()
-        if hit:  # report what the stage cost when it was built (None for caches older than that)
-            seconds = json.loads((path / "done.json").read_text()).get("seconds")
-        else:
-            log.info("stage %s: running", stage)
-            start = time.perf_counter()
-            with atomic_dir(path) as tmp:
-                build(tmp)
-                seconds = time.perf_counter() - start
-                write_json(tmp / "done.json", {"stage": stage, "inputs": inputs, "seconds": round(seconds, 2)})
+        with file_lock(self.out / "cache" / ".locks" / f"{stage}-{key}"):
+            if (path / "done.json").is_file():  # what the stage cost when it was built (None for old caches)
+                done = json.loads((path / "done.json").read_text())
+                seconds, hit = done.get("seconds"), done.get("run") != self.run_id
+            else:
+                log.info("stage %s: running", stage)
+                start = time.perf_counter()
+                with atomic_dir(path) as tmp:
+                    build(tmp)
+                    seconds, hit = round(time.perf_counter() - start, 2), False
+                    write_json(tmp / "done.json", {"stage": stage, "inputs": inputs, "seconds": seconds,
+                                                   "run": self.run_id})
         self.store.stage(self.spec.name, stage, key, seconds, hit)
         return path
 
@@ -157,27 +169,47 @@ class Runner:
     def has_sections(self) -> bool:
         return self.spec.classifier is not None or self.spec.ssl is not None
 
-    def run_sections(self) -> None:
-        """The classifier and SSL sections, when the spec has them."""
-        if self.spec.classifier is not None:
-            from poisonlab.bench.classifier_section import ClassifierSection
-
-            ClassifierSection(self, self.spec.classifier).run()
+    def section_jobs(self) -> list[Job]:
+        """The classifier and SSL sections as independent jobs, the longest chain (SSL) first."""
+        jobs: list[Job] = []
         if self.spec.ssl is not None:
             from poisonlab.bench.ssl_section import SslSection
 
-            SslSection(self, self.spec.ssl).run()
+            jobs += SslSection(self, self.spec.ssl).jobs()
+        if self.spec.classifier is not None:
+            from poisonlab.bench.classifier_section import ClassifierSection
+
+            jobs += ClassifierSection(self, self.spec.classifier).jobs()
+        return jobs
+
+    def run_sections(self, shared: bool = False, reverse: bool = False) -> None:
+        """Run the section jobs in order (``reverse``: last first).
+
+        ``shared``: another process of this run works through the same list, so take only the jobs
+        nobody has claimed yet. Every job computes the same numbers whichever process runs it
+        (both processes have the same thread count).
+        """
+        jobs = self.section_jobs()
+        for name, job in reversed(jobs) if reverse else jobs:
+            if not shared or claim(self.out / ".claims" / self.run_id / name):
+                log.info("section job %s", name)
+                job()
 
     def run(self, parallel: bool = False) -> dict[tuple[str, str], dict[str, float]]:
         """Run (or reuse) every stage; returns the attack x defense table.
 
-        ``parallel``: run the classifier and SSL sections in a second process beside the CLIP
-        grid, each with half the threads (:mod:`poisonlab.bench.parallel`); ignored with one thread.
+        ``parallel``: a second process works through the classifier and SSL jobs beside the CLIP grid
+        and this process joins it from the other end when the grid is done, each with half the
+        threads (:mod:`poisonlab.bench.parallel`); ignored with one thread.
         """
         self.processes = 2 if parallel and self.has_sections() and torch.get_num_threads() >= 2 else 1
         if self.processes == 2:
-            with sections_beside(self.spec, self.out):
-                self.run_grid()
+            try:
+                with sections_beside(self.spec, self.out, self.run_id):
+                    self.run_grid()
+                    self.run_sections(shared=True, reverse=True)
+            finally:
+                shutil.rmtree(self.out / ".claims" / self.run_id, ignore_errors=True)
         else:
             self.run_grid()
             self.run_sections()

@@ -10,11 +10,12 @@ the store under ``<experiment>/ssl``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from poisonlab import attacks, defenses, detect, triggers
-from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.attacks.plan import PoisonedDataset, class_index
 from poisonlab.bench.spec import SslSpec
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.checkpoint import load_classifier, save_classifier
@@ -95,11 +96,10 @@ class SslSection:
         lab = label_tensors(self.runner.data(s.dataset, s.n, s.data_seed))  # labels of a share of the train split
         lab = lab.subset(defenses.trusted_indices(len(lab), s.probe_share, s.probe_seed))
         test = self.test()
-        labels = test.classnames
         tst = label_tensors(test)
         trig = triggers.create(s.trigger, **s.trigger_params)
         rep = probe_report(load_classifier(path / MODEL), lab.images, lab.labels, tst.images, tst.labels, trig,
-                           labels.index(s.target), len(labels), LinearProbe())
+                           class_index(test, s.target), len(test.classnames), LinearProbe())
         return {k: v for k, v in rep.items() if isinstance(v, (int, float))}
 
     def decree(self, path: Path) -> dict[str, float]:
@@ -107,14 +107,27 @@ class SslSection:
         det = detect.create("decree", **self.spec.decree)(load_classifier(path / MODEL), data)
         return {"pl1": det.score, "similarity": det.details["similarity"], "backdoored": float(det.verdict)}
 
-    def run(self) -> None:
-        clean, poisoned = self.encoder("clean"), self.encoder("poisoned")
-        encoders = {"clean": clean, "poisoned": poisoned, "distill": self.distill(poisoned),
-                    "patchsearch": self.patchsearch(poisoned)}
+    def jobs(self) -> list[tuple[str, Callable[[], object]]]:
+        """Independent jobs: the poisoned encoder with its defenses (the longer), the clean encoder."""
+        return [("ssl:poisoned", self.run_poisoned), ("ssl:clean", self.run_clean)]
+
+    def run_clean(self) -> None:
+        class_index(self.test(), self.spec.target)  # bad input stops the job before any training
+        clean = self.encoder("clean")
+        self.runner.store.put(self.name, "clean", "probe", self.probe(clean))
+        self.runner.store.put(self.name, "clean", "decree", self.decree(clean))
+
+    def run_poisoned(self) -> None:
+        """The poisoned encoder, its distilled student and its PatchSearch retrain: probes, filter, DECREE."""
+        poisoned = self.encoder("poisoned")
+        encoders = {"poisoned": poisoned, "distill": self.distill(poisoned), "patchsearch": self.patchsearch(poisoned)}
         for label, path in encoders.items():
             self.runner.store.put(self.name, label, "probe", self.probe(path))
         rep = json.loads((encoders["patchsearch"] / "report.json").read_text())
         self.runner.store.put(self.name, "patchsearch", "filter",
                               {k: rep[k] for k in ("precision", "recall", "removed", "caught", "poisoned")})
-        for label in ("clean", "poisoned"):
-            self.runner.store.put(self.name, label, "decree", self.decree(encoders[label]))
+        self.runner.store.put(self.name, "poisoned", "decree", self.decree(poisoned))
+
+    def run(self) -> None:
+        for _, job in self.jobs():
+            job()

@@ -76,3 +76,33 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as canonical JSON, atomically."""
     with atomic_write(path, "w") as f:
         f.write(dumps_json(obj))
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the body; waits for other holders.
+
+    The operating system drops the lock when its process dies, so an interrupted run never leaves
+    a stale lock behind.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def claim(path: str | os.PathLike[str]) -> bool:
+    """Create ``path`` if no one has: True for the one caller that created it, False for every other."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
