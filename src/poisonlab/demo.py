@@ -57,7 +57,7 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
         more += ssl_sections(runner.store, spec.name, spec.ssl.target)
     extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
              "test images": spec.test.n, "wall time of this run (s)": f"{time.perf_counter() - start:.0f}",
-             "processes": "2 (classifier and SSL sections beside the CLIP grid, one thread share each)"
+             "processes": "2, one thread each (classifier and SSL jobs beside the CLIP grid, shared once it is done)"
              if runner.processes == 2 else "1"}
     return write_report(runner.store, spec.name, [a.name for a in spec.attacks], [d.name for d in spec.defenses],
                         report, extra, more, images)
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="demo-out", type=Path)
     parser.add_argument("--serial", action="store_true",
                         help="Run the classifier and SSL sections after the CLIP grid in this process "
-                             "(default: beside it in a second process when there are 2+ threads).")
+                             "(default: a second process takes them on beside it when there are 2+ threads).")
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     try:
