@@ -21,20 +21,18 @@ import torch
 
 
 def clip_rate(pairs: int, threads: int, nchw: bool = False) -> float:
+    from train_throughput import (
+        poisonlab_rate,  # benchmarks/ is on sys.path when a script in it runs
+    )
+
     import poisonlab.models.clip as clip_module
-    from poisonlab.data import make_shapes
-    from poisonlab.models import create_clip
-    from poisonlab.train import TrainConfig, train_clip
 
     torch.set_num_threads(threads)
     layout = clip_module.normalize_images
     if nchw:
         clip_module.normalize_images = lambda *a: layout(*a).contiguous()
     try:
-        bundle = create_clip("poisonlab-tiny-rn", seed=0)
-        data = make_shapes(n=pairs, size=bundle.image_size)
-        config = TrainConfig(epochs=1, batch_size=128, lr=1e-3)
-        return train_clip(bundle, data, config, progress=False).samples_per_second
+        return poisonlab_rate("poisonlab-tiny-rn", 128, pairs)
     finally:
         clip_module.normalize_images = layout
 
