@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.bench.runner import Job
 from poisonlab.bench.spec import AttackSpec, ClassifierSpec, RepairSpec
 from poisonlab.detect.population import (
     PopulationConfig,
@@ -140,9 +140,9 @@ class ClassifierSection:
             self.runner.store.put(f"{self.runner.spec.name}/detection", d, "population", {"auc": result[d]["auc"]})
         return result
 
-    def jobs(self) -> list[tuple[str, Callable[[], object]]]:
+    def jobs(self) -> list[Job]:
         """Independent jobs: the clean classifier, each attack's chain, the detection population."""
-        jobs: list[tuple[str, Callable[[], object]]] = [("classifier:clean", self.run_clean)]
+        jobs: list[Job] = [("classifier:clean", self.run_clean)]
         jobs += [(f"classifier:{a.name}", functools.partial(self.run_attack, a)) for a in self.spec.attacks]
         if self.spec.population is not None:
             jobs.append(("population", self.population))
@@ -166,7 +166,3 @@ class ClassifierSection:
             self.put_trace(attack.name, repair.name, path)
         if self.spec.detect:
             self.detect(attack.name, suspect)
-
-    def run(self) -> None:
-        for _, job in self.jobs():
-            job()

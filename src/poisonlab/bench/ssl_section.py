@@ -10,12 +10,12 @@ the store under ``<experiment>/ssl``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset, class_index
+from poisonlab.bench.runner import Job
 from poisonlab.bench.spec import SslSpec
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.checkpoint import load_classifier, save_classifier
@@ -107,7 +107,7 @@ class SslSection:
         det = detect.create("decree", **self.spec.decree)(load_classifier(path / MODEL), data)
         return {"pl1": det.score, "similarity": det.details["similarity"], "backdoored": float(det.verdict)}
 
-    def jobs(self) -> list[tuple[str, Callable[[], object]]]:
+    def jobs(self) -> list[Job]:
         """Independent jobs: the poisoned encoder with its defenses (the longer), the clean encoder."""
         return [("ssl:poisoned", self.run_poisoned), ("ssl:clean", self.run_clean)]
 
@@ -127,7 +127,3 @@ class SslSection:
         self.runner.store.put(self.name, "patchsearch", "filter",
                               {k: rep[k] for k in ("precision", "recall", "removed", "caught", "poisoned")})
         self.runner.store.put(self.name, "poisoned", "decree", self.decree(poisoned))
-
-    def run(self) -> None:
-        for _, job in self.jobs():
-            job()
