@@ -21,9 +21,8 @@ import torch
 
 
 def clip_rate(pairs: int, threads: int, nchw: bool = False) -> float:
-    from train_throughput import (
-        poisonlab_rate,  # benchmarks/ is on sys.path when a script in it runs
-    )
+    # benchmarks/ is on sys.path when a script in it runs
+    from train_throughput import poisonlab_rate
 
     import poisonlab.models.clip as clip_module
 
