@@ -259,3 +259,14 @@ def test_text_attack_metrics_match_bruteforce(tiny_data):
     assert res["min_rank"] == pytest.approx(sum(ranks) / len(ranks), abs=1e-4)
     assert res["hit@5"] == pytest.approx(sum(r < 5 for r in ranks) / len(ranks))
     assert set(res["baseline"]) == {"hit@1", "hit@5", "hit@10", "min_rank"}
+
+
+def test_batch_moved_as_uint8_equals_cpu_conversion(tiny_data):
+    bundle = create_clip("poisonlab-tiny-rn")
+    data = pair_tensors(tiny_data, bundle.tokenize)
+    index = torch.tensor([3, 0, 7])
+    moved = data.batch(index, torch.device("cpu"))["images"]
+    reference = torch.stack([tiny_data[i][0] for i in (3, 0, 7)])  # the dataset's own float images
+    assert moved.dtype == torch.float32
+    torch.testing.assert_close(moved, (reference * 255).round() / 255, rtol=0, atol=1e-6)
+    assert torch.equal(moved, data.batch(index)["images"])

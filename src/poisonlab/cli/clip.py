@@ -14,14 +14,22 @@ from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import DEFAULT_MODEL, create_clip, load_clip
 from poisonlab.models.checkpoint import read_sidecar
 from poisonlab.train import TrainConfig, init_from_env, train_clip
+from poisonlab.train.dist import default_device
 from poisonlab.triggers.patch import load_image_tensor
 
 
 def open_model(path: str, arch: str | None = None) -> Any:
-    """A CLIP checkpoint: poisonlab's (architecture from the sidecar) or any file with ``--arch``."""
+    """A CLIP checkpoint: poisonlab's (architecture from the sidecar) or any file with ``--arch``.
+
+    The model is placed on :func:`~poisonlab.train.dist.default_device` (the GPU when there is one),
+    where evaluation and cleaning then run.
+    """
     if arch is None and read_sidecar(path) is not None:
-        return load_clip(path)
-    return create_clip(arch or DEFAULT_MODEL, pretrained=path)
+        bundle = load_clip(path)
+    else:
+        bundle = create_clip(arch or DEFAULT_MODEL, pretrained=path)
+    bundle.model.to(default_device())
+    return bundle
 
 
 @click.group("train")

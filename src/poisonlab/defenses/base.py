@@ -63,8 +63,11 @@ class CleaningDefense:
 
     def run(self, suspect: ClipBundle, data: ImageCaptionDataset, out_dir: str | Path | None = None,
             dist: DistInfo | None = None, progress: bool = True) -> DefenseResult:
-        """Clean ``suspect`` (left untouched) with ``data``; returns a new model and a report."""
-        dist = dist or DistInfo()
+        """Clean ``suspect`` (left untouched) with ``data``; returns a new model and a report.
+
+        Without ``dist``, cleans on the device the suspect is on.
+        """
+        dist = dist or DistInfo(device=suspect.device)
         bundle = suspect.copy()
         bundle.model.requires_grad_(True)
         suspect.model.to(dist.device).eval()

@@ -36,9 +36,9 @@ def train_clip(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
     """Optimise ``bundle`` in place on ``dataset`` (CLIP loss unless ``objective`` is given).
 
     Writes ``model.safetensors`` + ``model.json``, ``train_state.pt`` and ``metrics.jsonl`` into
-    ``out_dir`` when given.
+    ``out_dir`` when given. Without ``dist``, trains on the device the model is on.
     """
-    dist = dist or DistInfo()
+    dist = dist or DistInfo(device=bundle.device)
     bundle.model.to(dist.device)
     data = pair_tensors(dataset, bundle.tokenize, bundle.image_size)
     objective = objective or ClipObjective(bundle, dist.rank, dist.world_size, augment)

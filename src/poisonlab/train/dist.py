@@ -32,6 +32,11 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def default_device() -> torch.device:
+    """The device one process computes on: the first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def init_from_env(device: str | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 

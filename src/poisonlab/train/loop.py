@@ -139,7 +139,7 @@ class Trainer:
 
     Args:
         objective: the loss and the trainable module.
-        data: anything with ``__len__`` and ``batch(index) -> dict`` (e.g. ``PairTensors``).
+        data: anything with ``__len__`` and ``batch(index, device) -> dict`` (e.g. ``PairTensors``).
         config: hyper-parameters.
         out_dir: where checkpoints and ``metrics.jsonl`` go (``None``: nothing is written).
         dist: rank, world size and device (defaults: one CPU process).
@@ -214,7 +214,7 @@ class Trainer:
 
     def _train_step(self, scaler: torch.amp.GradScaler | None) -> tuple[float, dict[str, float]]:
         batch = {k: v.to(self.dist.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                 for k, v in self.data.batch(self.indices(self.step)).items()}
+                 for k, v in self.data.batch(self.indices(self.step), self.dist.device).items()}
         g = make_generator("step", self.cfg.seed, self.step, self.dist.rank)
         use_amp = scaler is not None
         with torch.autocast(device_type=self.dist.device.type, enabled=use_amp):
