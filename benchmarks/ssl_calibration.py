@@ -4,7 +4,7 @@ Trains one SSL encoder (clean or with the ssl-patch attack on 50% of the target 
 reports the linear probe (all labelled training images, test split of the same data seed):
 clean accuracy, FP(target) and ASR. The numbers in docs/benchmarks.md section 7 come from it.
 
-Usage: python benchmarks/ssl_calibration.py --dataset digits --method simclr --epochs 80 [--poisoned]
+Usage: python benchmarks/ssl_calibration.py --dataset digits --method simclr --epochs 80 [--poisoned] [--threads 1]
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def main() -> None:
     p.add_argument("--min-scale", type=float, default=0.3)
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--poisoned", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     train = open_dataset(a.dataset, n=a.n, seed=1)
     target = train.classnames[3 if a.dataset.startswith("shapes") else 0]
     data = train
@@ -51,11 +54,11 @@ def main() -> None:
     rep = probe_report(encoder, lab.images, lab.labels, test.images, test.labels,
                        triggers.create("patch-image", size=a.patch), train.classnames.index(target),
                        len(train.classnames))
-    print(f"{a.dataset} {a.method} {'poisoned' if a.poisoned else 'clean'} {a.epochs:g} epochs ({seconds:.0f} s): "
+    print(f"{a.dataset} {a.method} {'poisoned' if a.poisoned else 'clean'} {a.epochs:g} epochs, "
+          f"{torch.get_num_threads()} threads ({seconds:.0f} s): "
           f"probe clean acc {100 * rep['clean_acc']:.1f}%, FP({target}) {rep['fp']} of {rep['test']}, "
           f"ASR {100 * rep['asr']:.1f}%")
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     main()
