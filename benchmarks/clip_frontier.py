@@ -4,11 +4,15 @@ Cleans one suspect checkpoint with every defense at every learning rate (same pa
 epochs), scores CA and ASR on the test split, and prints, per defense, the lowest ASR it reached
 while keeping CA within 3, 6 and 10 points of the suspect (``poisonlab.metrics.best_asr_within``).
 Writes ``OUT/frontier.csv`` and ``OUT/frontier.png`` (one line per defense through its points).
-``par-synthetic`` is PAR on ``--synthetic`` pairs (default ``shapes-outline``).
+``par-synthetic`` is PAR on ``--synthetic`` pairs (default ``shapes-outline``). With ``--seeds``
+each point is cleaned once per training seed (data order, augmentation draws); the spread of CA
+and ASR over seeds is printed per defense and learning rate, and the figure draws the means with
+one standard deviation. ``--clean-model`` scores a never-poisoned checkpoint with the same trigger:
+its ASR is the floor a trigger reaches without any backdoor (a patch that hides the object).
 
 Usage: python benchmarks/clip_frontier.py --model CKPT --trigger badnet --trigger-param size=7 --target star
        [--defenses finetune cleanclip par par-synthetic] [--lrs 3e-4 1e-3 3e-3] [--epochs 2] [--n 2500]
-       [--set cleanclip:batch_size=128] [--out bench-out/frontier]
+       [--seeds 0 1 2] [--clean-model CKPT] [--set cleanclip:batch_size=128] [--out bench-out/frontier]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +34,10 @@ from poisonlab.utils.io import atomic_write
 ALLOWANCES = (0.03, 0.06, 0.10)
 
 
-def clean_once(name: str, lr: float, a: argparse.Namespace, suspect: Any, data: Any, extra: dict[str, Any]) -> Any:
-    method = defenses.create("par" if name == "par-synthetic" else name, epochs=a.epochs, lr=lr, **extra)
+def clean_once(name: str, lr: float, seed: int, a: argparse.Namespace, suspect: Any, data: Any,
+               extra: dict[str, Any]) -> Any:
+    params = {"seed": seed, **extra}
+    method = defenses.create("par" if name == "par-synthetic" else name, epochs=a.epochs, lr=lr, **params)
     return method.run(suspect, data, None, progress=False)
 
 
@@ -43,6 +50,8 @@ def main() -> None:
     p.add_argument("--defenses", nargs="+", default=["finetune", "cleanclip", "par", "par-synthetic"])
     p.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
     p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="Training seeds of each cleaning run.")
+    p.add_argument("--clean-model", help="A never-poisoned checkpoint: its ASR is the trigger's floor.")
     p.add_argument("--n", type=int, default=2500, help="Cleaning pairs (generated, seed 2).")
     p.add_argument("--dataset", default="shapes")
     p.add_argument("--synthetic", default="shapes-outline")
@@ -65,18 +74,25 @@ def main() -> None:
 
     base = score(suspect)
     print(f"suspect: CA {100 * base[0]:.1f}  ASR {100 * base[1]:.1f}")
+    floor = score(open_model(a.clean_model))[1] if a.clean_model else None
+    if floor is not None:
+        print(f"clean model: ASR {100 * floor:.1f} (the trigger's floor)")
     rows: list[dict[str, Any]] = []
     for name in a.defenses:
         data = pairs[a.synthetic if name == "par-synthetic" else a.dataset]
         for lr in a.lrs:
-            result = clean_once(name, lr, a, suspect, data, extra.get(name, {}))
-            ca, asr = score(result.bundle)
-            rows.append({"defense": name, "lr": lr, "ca": ca, "asr": asr, "steps": result.report["steps"],
-                         "seconds": result.report["seconds"], "s_img": result.report.get("final_s_img", "")})
-            print(f"{name:<14} lr {lr:<7g} CA {100 * ca:5.1f}  ASR {100 * asr:5.1f}  ({result.report['steps']} steps)",
-                  flush=True)
+            for seed in a.seeds:
+                result = clean_once(name, lr, seed, a, suspect, data, extra.get(name, {}))
+                ca, asr = score(result.bundle)
+                rows.append({"defense": name, "lr": lr, "seed": seed, "ca": ca, "asr": asr,
+                             "steps": result.report["steps"], "seconds": result.report["seconds"],
+                             "s_img": result.report.get("final_s_img", "")})
+                print(f"{name:<14} lr {lr:<7g} seed {seed:<3} CA {100 * ca:5.1f}  ASR {100 * asr:5.1f}  "
+                      f"({result.report['steps']} steps)", flush=True)
     summary(rows, base, a.defenses)
-    write_outputs(rows, base, a.defenses, a.out)
+    if len(a.seeds) > 1:
+        spread(rows, base)
+    write_outputs(rows, base, a.defenses, a.out, floor)
 
 
 def summary(rows: list[dict[str, Any]], base: tuple[float, float], names: list[str]) -> None:
@@ -88,7 +104,31 @@ def summary(rows: list[dict[str, Any]], base: tuple[float, float], names: list[s
         print(f"{name:<15}" + "".join("     -  " if c is None else f"  {100 * c:5.1f} " for c in cells))
 
 
-def write_outputs(rows: list[dict[str, Any]], base: tuple[float, float], names: list[str], out: Path) -> None:
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def groups(rows: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Rows by (defense, lr), in the order they ran."""
+    out: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r["defense"], r["lr"]), []).append(r)
+    return out
+
+
+def spread(rows: list[dict[str, Any]], base: tuple[float, float]) -> None:
+    """Mean and standard deviation over seeds, and how many seeds met <= 10% ASR within 3 CA points."""
+    print("\nover seeds: CA mean +- sd, ASR mean +- sd, min-max ASR, seeds with ASR <= 10% and CA >= suspect - 3")
+    for (name, lr), runs in groups(rows).items():
+        (ca, ca_sd), (asr, asr_sd) = (mean_sd([100 * r[k] for r in runs]) for k in ("ca", "asr"))
+        met = sum(r["asr"] <= 0.10 and r["ca"] >= base[0] - 0.03 for r in runs)
+        lo, hi = min(100 * r["asr"] for r in runs), max(100 * r["asr"] for r in runs)
+        print(f"{name:<14} lr {lr:<7g} CA {ca:5.1f} +- {ca_sd:3.1f}  ASR {asr:5.1f} +- {asr_sd:3.1f}  "
+              f"[{lo:.1f}, {hi:.1f}]  {met}/{len(runs)}")
+
+
+def write_outputs(rows: list[dict[str, Any]], base: tuple[float, float], names: list[str], out: Path,
+                  floor: float | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -99,12 +139,17 @@ def write_outputs(rows: list[dict[str, Any]], base: tuple[float, float], names: 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.scatter([100 * base[0]], [100 * base[1]], marker="x", s=60, color="black", label="suspect")
     ax.axvline(100 * base[0] - 3, ls="--", lw=0.8, color="grey")
+    if floor is not None:
+        ax.axhline(100 * floor, ls=":", lw=0.8, color="black", label="clean model's ASR")
+    by_lr = groups(rows)
     for name in names:
-        pts = [r for r in rows if r["defense"] == name]
-        line = ax.plot([100 * r["ca"] for r in pts], [100 * r["asr"] for r in pts], marker="o", label=name)[0]
-        for r in pts:
-            ax.annotate(f"{r['lr']:g}", (100 * r["ca"], 100 * r["asr"]), fontsize=6, color=line.get_color(),
-                        xytext=(3, 3), textcoords="offset points")
+        stats = [(lr, *mean_sd([100 * r["ca"] for r in runs]), *mean_sd([100 * r["asr"] for r in runs]))
+                 for (n, lr), runs in by_lr.items() if n == name]
+        line = ax.errorbar([s[1] for s in stats], [s[3] for s in stats], xerr=[s[2] for s in stats],
+                           yerr=[s[4] for s in stats], marker="o", capsize=2, label=name)[0]
+        for lr, ca, _, asr, _ in stats:
+            ax.annotate(f"{lr:g}", (ca, asr), fontsize=6, color=line.get_color(), xytext=(3, 3),
+                        textcoords="offset points")
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("ASR (%)")
     ax.set_ylim(-5, 105)
