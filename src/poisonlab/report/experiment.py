@@ -22,13 +22,21 @@ def _pct(value: float | None) -> str:
 
 
 def ca_asr_scatter(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], path: Path) -> None:
-    """One panel per attack: CA (x) against ASR (y) for the poisoned model and every defense."""
+    """One panel per attack: CA (x) against ASR (y) for the poisoned model and every defense.
+
+    The never-poisoned clean model is drawn too, with a dotted line at its ASR: what the trigger
+    alone does to a model without a backdoor (a patch that hides the object), the floor a cleaned
+    model's ASR is measured against.
+    """
     fig, axes = attack_panels(attacks)
     for ax, attack in zip(axes, attacks, strict=True):
         for (a, defense), m in sorted(table.items()):
-            if a != attack or "asr" not in m or defense == "clean model":
+            if a != attack or "asr" not in m:
                 continue
-            ax.scatter(100 * m["ca"], 100 * m["asr"], s=40, marker="x" if defense == "none" else "o")
+            if defense == "clean model":
+                ax.axhline(100 * m["asr"], ls=":", lw=0.8, color="grey")
+            marker = {"none": "x", "clean model": "*"}.get(defense, "o")
+            ax.scatter(100 * m["ca"], 100 * m["asr"], s=40, marker=marker)
             ax.annotate("poisoned" if defense == "none" else defense, (100 * m["ca"], 100 * m["asr"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     fig.tight_layout()
@@ -95,7 +103,8 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     sections = [
         ("Attack x defense: clean accuracy / ASR (%)", grid,
          "ASR counts triggered test images whose true class is not the target. "
-         "'clean model' is the pre-trained model before poisoning; 'none' is the poisoned model."),
+         "'clean model' is the pre-trained model before poisoning (its ASR is what the trigger does "
+         "without a backdoor); 'none' is the poisoned model."),
         ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
         *([("Distance from the suspect at the end of cleaning", distances,
             "S = mean squared distance between the cleaned and the suspect model's unit embeddings of the last "
