@@ -32,6 +32,7 @@ from poisonlab.report.figure import plt, save_png
 from poisonlab.utils.io import atomic_write
 
 ALLOWANCES = (0.03, 0.06, 0.10)
+TARGET_ASR = 0.10  # issue 4: ASR at most this with CA at most ALLOWANCES[0] below the suspect
 
 
 def clean_once(name: str, lr: float, seed: int, a: argparse.Namespace, suspect: Any, data: Any,
@@ -121,7 +122,7 @@ def spread(rows: list[dict[str, Any]], base: tuple[float, float]) -> None:
     print("\nover seeds: CA mean +- sd, ASR mean +- sd, min-max ASR, seeds with ASR <= 10% and CA >= suspect - 3")
     for (name, lr), runs in groups(rows).items():
         (ca, ca_sd), (asr, asr_sd) = (mean_sd([100 * r[k] for r in runs]) for k in ("ca", "asr"))
-        met = sum(r["asr"] <= 0.10 and r["ca"] >= base[0] - 0.03 for r in runs)
+        met = sum(r["asr"] <= TARGET_ASR and r["ca"] >= base[0] - ALLOWANCES[0] for r in runs)
         lo, hi = min(100 * r["asr"] for r in runs), max(100 * r["asr"] for r in runs)
         print(f"{name:<14} lr {lr:<7g} CA {ca:5.1f} +- {ca_sd:3.1f}  ASR {asr:5.1f} +- {asr_sd:3.1f}  "
               f"[{lo:.1f}, {hi:.1f}]  {met}/{len(runs)}")
