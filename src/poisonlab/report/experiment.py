@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.bench.store import ResultsStore
-from poisonlab.report.figure import attack_panels, save_png
+from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
 from poisonlab.utils.io import atomic_write
 
 BASELINES = ("clean model", "none")
@@ -35,7 +35,7 @@ def ca_asr_scatter(table: dict[tuple[str, str], dict[str, float]], attacks: list
                 continue
             if defense == "clean model":
                 ax.axhline(100 * m["asr"], ls=":", lw=0.8, color="grey")
-            marker = {"none": "x", "clean model": "*"}.get(defense, "o")
+            marker = BASELINE_MARKERS.get(defense, "o")
             ax.scatter(100 * m["ca"], 100 * m["asr"], s=40, marker=marker)
             ax.annotate("poisoned" if defense == "none" else defense, (100 * m["ca"], 100 * m["asr"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")

@@ -14,6 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from poisonlab.utils.io import atomic_write  # noqa: E402
 
+# Markers of the two reference models every CA-vs-ASR picture draws beside the defenses.
+BASELINE_MARKERS = {"none": "x", "clean model": "*"}
+
 
 def attack_panels(attacks: list[str]) -> tuple[Any, list[Any]]:
     """A figure with one CA-vs-ASR panel per attack (three per row); unused cells are hidden."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from poisonlab.bench.store import ResultsStore
-from poisonlab.report.figure import attack_panels, save_png
+from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
 
 Point = tuple[int, float, float]
 
@@ -47,7 +47,7 @@ def repair_curves(store: ResultsStore, experiment: str, attacks: list[str], repa
             end = final.get((attack, repair))
             if end:
                 ax.scatter(100 * end["ca"], 100 * end["asr"], s=90, facecolors="none", edgecolors=colour)
-        for label, marker in (("none", "x"), ("clean model", "*")):
+        for label, marker in BASELINE_MARKERS.items():
             m = final.get((attack, label))
             if m:
                 ax.scatter(100 * m["ca"], 100 * m["asr"], marker=marker, s=60, c="k",
