@@ -7,6 +7,7 @@ is applied lazily by :class:`~poisonlab.attacks.plan.PoisonedDataset`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from poisonlab.attacks.plan import PoisonEntry, PoisonPlan, resolve_count
@@ -38,6 +39,9 @@ class Attack:
     def __call__(self, dataset: ImageCaptionDataset, seed: int = 0) -> PoisonPlan:
         """Make the plan for ``dataset`` with ``seed``."""
         entries = tuple(sorted(self.select(dataset, seed), key=lambda e: e.index))
+        keys = dataset.keys()
+        if keys is not None:
+            entries = tuple(dataclasses.replace(e, key=keys[e.index]) for e in entries)
         trigger = {"name": self.trigger_name, "params": self.trigger_params} if self.trigger_name else None
         return PoisonPlan(
             attack=getattr(type(self), "registered_name", type(self).__name__),

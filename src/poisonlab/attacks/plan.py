@@ -29,13 +29,15 @@ PLAN_FORMAT = "poisonlab.plan/1"
 
 @dataclass(frozen=True)
 class PoisonEntry:
-    """One poisoned item: its index and what replaces the clean caption, label or image."""
+    """One poisoned item: its index (and the item's stable key, for data that has keys) and what
+    replaces the clean caption, label or image."""
 
     index: int
     caption: str | None = None
     label: int | None = None
     image_from: int | None = None
     triggered: bool = True
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,12 @@ class PoisonedDataset(ImageCaptionDataset):
     ``(plan.seed, i)``, so item ``i`` is the same whatever order items are read in.
 
     Raises:
-        InputError: the plan was made for a dataset of another size.
+        InputError: the plan was made for another dataset: another size, an index out of range,
+            a label the dataset has no class for, or an item whose key differs from the plan's.
     """
 
     def __init__(self, base: ImageCaptionDataset, plan: PoisonPlan) -> None:
-        if len(base) != plan.num_samples:
-            raise InputError(f"plan is for {plan.num_samples} samples but the dataset has {len(base)}")
+        check_plan(plan, base)
         self.base = base
         self.plan = plan
         self.entries = {e.index: e for e in plan.entries}
@@ -115,6 +117,16 @@ class PoisonedDataset(ImageCaptionDataset):
 
     def is_poisoned(self, index: int) -> bool:
         return index in self.entries
+
+    def poisoned_indices(self) -> list[int]:
+        return self.plan.indices
+
+    @property
+    def skipped(self) -> int:  # type: ignore[override]
+        return self.base.skipped
+
+    def keys(self) -> list[str] | None:
+        return self.base.keys()
 
     def __getitem__(self, index: int) -> Item:
         entry = self.entries.get(index)
@@ -142,6 +154,30 @@ class PoisonedDataset(ImageCaptionDataset):
 
     def describe(self) -> dict[str, Any]:
         return {"name": "poisoned", "base": self.base.describe(), "plan": self.plan.digest()}
+
+
+def check_plan(plan: PoisonPlan, dataset: ImageCaptionDataset) -> None:
+    """Refuse ``plan`` unless it fits ``dataset`` item for item (see :class:`PoisonedDataset`)."""
+    n = len(dataset)
+    if n != plan.num_samples:
+        raise InputError(f"plan made for another dataset: it is for {plan.num_samples} items, the dataset has {n}")
+    classes = len(dataset.classnames) if dataset.classnames else None
+    for e in plan.entries:
+        for name, value in (("index", e.index), ("image_from", e.image_from)):
+            if value is not None and not 0 <= value < n:
+                raise InputError(f"plan entry {name} {value} is outside the dataset's {n} items")
+        if e.label is not None and classes is not None and not 0 <= e.label < classes:
+            raise InputError(f"plan entry {e.index} sets label {e.label}, but the dataset has classes 0..{classes - 1}")
+    keyed = [e for e in plan.entries if e.key is not None]
+    if not keyed:
+        return
+    keys = dataset.keys()
+    if keys is None:
+        raise InputError("plan made for another dataset: its items have keys, the dataset's items have none")
+    for e in keyed:
+        if keys[e.index] != e.key:
+            raise InputError(f"plan made for another dataset: item {e.index} is key {e.key!r}, "
+                             f"the dataset has {keys[e.index]!r}")
 
 
 def choose(pool: list[int], count: int, generator: torch.Generator) -> list[int]:

@@ -9,7 +9,7 @@ import click
 
 from poisonlab import defenses, detect, triggers
 from poisonlab.cli.clip import train_group
-from poisonlab.cli.common import emit, load_data, parse_params
+from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
@@ -26,6 +26,7 @@ from poisonlab.models.classifier import DEFAULT_CLASSIFIER, ZeroShotClassifier, 
 from poisonlab.train import TrainConfig, init_from_env
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
+from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import atomic_write, write_json
 
 
@@ -89,10 +90,12 @@ def trusted_options(f: Any) -> Any:
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def train_classifier_cmd(dataset: str, arch: str, steps: int | None, epochs: float | None, batch_size: int, lr: float,
                          weight_decay: float, warmup: int, image_size: int, seed: int, checkpoint_every: int,
-                         n: int | None, data_seed: int, resume: bool, out: Path, as_json: bool) -> None:
+                         n: int | None, data_seed: int, resume: bool, out: Path, data_config: DataConfig,
+                         as_json: bool) -> None:
     """Train a timm classifier on labelled (possibly poisoned) data."""
     config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup=warmup, seed=seed, checkpoint_every=checkpoint_every)
@@ -100,9 +103,9 @@ def train_classifier_cmd(dataset: str, arch: str, steps: int | None, epochs: flo
     if not data.classnames:
         raise InputError("classifier training needs labelled data with class names")
     bundle = create_classifier(arch, len(data.classnames), image_size, data.classnames, seed=seed)
-    result = train_classifier(bundle, data, config, out, resume=resume, dist=init_from_env())
+    result = train_classifier(bundle, data, config, out, resume=resume, dist=init_from_env(), data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
-               "seconds": round(result.seconds, 2)}
+               "seconds": round(result.seconds, 2), "data": result.data}
     emit(summary, as_json, [f"trained {result.steps} steps, loss {result.final_loss:.4f}",
                             f"checkpoint: {summary['model']}"])
 

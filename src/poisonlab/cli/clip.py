@@ -9,12 +9,13 @@ import click
 import torch.nn.functional as F
 
 from poisonlab import triggers
-from poisonlab.cli.common import emit, load_data, parse_params
+from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import DEFAULT_MODEL, create_clip, load_clip
 from poisonlab.models.checkpoint import read_sidecar
 from poisonlab.train import TrainConfig, init_from_env, train_clip
 from poisonlab.train.dist import default_device
+from poisonlab.train.stream import DataConfig, data_summary
 from poisonlab.triggers.patch import load_image_tensor
 
 
@@ -54,22 +55,26 @@ def train_group() -> None:
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
+@stream_options()
 @click.option("--json", "as_json", is_flag=True)
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int | None, epochs: float | None,
                    batch_size: int, lr: float, warmup: int, weight_decay: float, schedule: str, seed: int,
-                   checkpoint_every: int, out: Path, resume: bool, n: int | None, data_seed: int, as_json: bool) -> None:
+                   checkpoint_every: int, out: Path, resume: bool, n: int | None, data_seed: int,
+                   data_config: DataConfig, as_json: bool) -> None:
     """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP)."""
     config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
                          weight_decay=weight_decay, schedule=schedule, seed=seed, checkpoint_every=checkpoint_every)
     bundle = open_model(pretrained, None if arch == DEFAULT_MODEL else arch) if pretrained else create_clip(arch, seed=seed)
-    data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed)
+    data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
     dist = init_from_env()
-    result = train_clip(bundle, data, config, out, resume=resume, dist=dist)
+    result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
-               "seconds": round(result.seconds, 2), "samples_per_second": round(result.samples_per_second, 1)}
+               "seconds": round(result.seconds, 2), "samples_per_second": round(result.samples_per_second, 1),
+               "data": data_lines_summary(result.data, data)}
     if dist.is_main:
         emit(summary, as_json, [f"trained {result.steps} steps, loss {result.final_loss:.4f}, "
-                                f"{result.samples_per_second:.0f} samples/s", f"checkpoint: {summary['model']}"])
+                                f"{result.samples_per_second:.0f} samples/s ({data_line(summary['data'])})",
+                                f"checkpoint: {summary['model']}"])
 
 
 @click.command("eval")
@@ -83,15 +88,16 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int |
 @click.option("--target", default=None, help="Target class (ASR, or text Attack II/III goal).")
 @click.option("--source", default=None, help="Source class A of a text-modality attack.")
 @click.option("--target-image", default=None, help="Target image x* of text Attack I.")
+@stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int | None,
              trigger_names: tuple[str, ...], trigger_params: tuple[str, ...], target: str | None, source: str | None,
-             target_image: str | None, as_json: bool) -> None:
+             target_image: str | None, data_config: DataConfig, as_json: bool) -> None:
     """Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply."""
     bundle = open_model(model_path, arch)
     data = load_data(dataset, split=split, size=bundle.image_size, n=n)
-    ev = ClipEvaluator(bundle, data)
-    summary: dict[str, Any] = {"retrieval": ev.retrieval()}
+    ev = ClipEvaluator(bundle, data, data_config=data_config)
+    summary: dict[str, Any] = {"retrieval": ev.retrieval(), "data": data_summary(ev.source)}
     if data.classnames:
         summary["ca"] = ev.clean_accuracy()
     params = parse_params(trigger_params, "--trigger-param")
@@ -112,6 +118,25 @@ def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int
         summary["min_rank"] = res["min_rank"]
         summary["baseline"] = res["baseline"]
     emit(summary, as_json, _table(summary))
+
+
+def data_lines_summary(data: dict[str, Any] | None, dataset: Any) -> dict[str, Any]:
+    """The run's data summary plus the samples the reader skipped while indexing the shards."""
+    out = dict(data or {})
+    if dataset.skipped:
+        out["skipped_samples"] = dataset.skipped
+    return out
+
+
+def data_line(data: dict[str, Any]) -> str:
+    """``stream, 2 workers, 1 skipped`` for the human-readable summary."""
+    parts = [data.get("mode", "?")]
+    if "workers" in data:
+        parts.append(f"{data['workers']} workers")
+    skipped = data.get("skipped_images", 0) + data.get("skipped_samples", 0)
+    if skipped:
+        parts.append(f"{skipped} skipped")
+    return ", ".join(parts)
 
 
 def _table(summary: dict[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.data import open_dataset
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
+from poisonlab.train.stream import MODES, DataConfig
 
 
 def parse_value(text: str) -> Any:
@@ -52,19 +54,45 @@ def data_options(f: Any) -> Any:
     return f
 
 
+def stream_options(training: bool = True) -> Any:
+    """``--data``, ``--workers`` (and, for training, ``--skip-bad-images``), as one ``data_config``
+    keyword argument holding a :class:`~poisonlab.train.stream.DataConfig`."""
+
+    def decorate(f: Any) -> Any:
+        @functools.wraps(f)
+        def wrapper(*args: Any, data_mode: str, workers: int | None, skip_bad_images: bool = False, **kw: Any) -> Any:
+            return f(*args, data_config=DataConfig(data_mode, workers, skip_bad_images=skip_bad_images), **kw)
+
+        if training:
+            wrapper = click.option("--skip-bad-images", is_flag=True,
+                                   help="Skip unreadable images and samples without a caption (counted in the "
+                                        "summary) instead of stopping with exit 2.")(wrapper)
+        wrapper = click.option("--workers", type=click.IntRange(0, 256), default=None,
+                               help="DataLoader worker processes in stream mode (default: the cores available).")(wrapper)
+        return click.option("--data", "data_mode", type=click.Choice(MODES), default="auto", show_default=True,
+                            help="memory: decode the whole set first; stream: decode batch by batch in workers; "
+                                 "auto: stream when the decoded set would exceed 2 GB.")(wrapper)
+
+    return decorate
+
+
 def open_args(spec: str, split: str, image_size: int, n: int | None, data_seed: int) -> dict[str, Any]:
     return {"spec": spec, "split": split, "size": image_size, "n": n, "seed": data_seed}
 
 
-def load_data(spec: str, split: str = "train", size: int = 32, n: int | None = None, seed: int = 0) -> ImageCaptionDataset:
+def load_data(spec: str, split: str = "train", size: int = 32, n: int | None = None, seed: int = 0,
+              skip_bad: bool = False) -> ImageCaptionDataset:
     """A dataset by name, path, or poison plan file (``*.json``: the poisoned dataset it describes)."""
     if spec.endswith(".json"):
-        return open_plan(Path(spec))
-    return open_dataset(spec, split=split, size=size, n=n, seed=seed)
+        return open_plan(Path(spec), skip_bad=skip_bad)
+    return open_dataset(spec, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)
 
 
-def open_plan(path: Path) -> PoisonedDataset:
-    """Rebuild the poisoned dataset a plan file describes (its data paths are relative to it)."""
+def open_plan(path: Path, skip_bad: bool = False) -> PoisonedDataset:
+    """Rebuild the poisoned dataset a plan file describes (its data paths are relative to it).
+
+    Items are read at the image side the plan was made at (``poison --image-size``), where its
+    trigger was drawn; training resizes them to the model's input size after the trigger."""
     plan = PoisonPlan.load(path)
     args = dict(plan.dataset.get("open") or {})
     if "spec" not in args:
@@ -72,7 +100,7 @@ def open_plan(path: Path) -> PoisonedDataset:
     spec = args.pop("spec")
     if not Path(spec).is_absolute() and (path.parent / spec).exists():
         spec = str(path.parent / spec)
-    return PoisonedDataset(open_dataset(spec, **args), plan)
+    return PoisonedDataset(open_dataset(spec, skip_bad=skip_bad, **args), plan)
 
 
 def relative_spec(spec: str, out: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,18 @@ import click
 from poisonlab import defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.clip import open_model
-from poisonlab.cli.common import emit, load_data, parse_params
+from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle
 from poisonlab.train import init_from_env
+from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import atomic_write, write_json
 
 
-def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: list[str], target: str | None) -> dict[str, Any]:
-    ev = ClipEvaluator(bundle, test)
+def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: list[str], target: str | None,
+              data_config: DataConfig | None = None) -> dict[str, Any]:
+    ev = ClipEvaluator(bundle, test, data_config=data_config)
     out: dict[str, Any] = {"ca": ev.clean_accuracy(), "retrieval": ev.retrieval()}
     for name, trig in zip(names, trigger_list, strict=True):
         out.setdefault("backdoor", {})[name] = ev.backdoor(trig, target)  # type: ignore[arg-type]
@@ -47,13 +50,14 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--target", default=None, help="Target class for ASR.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@stream_options()
 @click.option("--json", "as_json", is_flag=True)
 def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: int | None, data_seed: int,
               steps: int | None,
               epochs: float | None, batch_size: int | None, lr: float | None, params: tuple[str, ...],
               test_dataset: str, test_n: int, trigger_names: tuple[str, ...], trigger_params: tuple[str, ...],
               target: str | None, seed: int,
-              out: Path, as_json: bool) -> None:
+              out: Path, data_config: DataConfig, as_json: bool) -> None:
     """Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."""
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     config = {k: v for k, v in given.items() if v is not None} | parse_params(params, "--param")
@@ -65,11 +69,12 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     if trig and target is None:
         raise InputError("--trigger needs --target")
     suspect = open_model(model_path, arch)
-    data = load_data(dataset, size=suspect.image_size, n=n, seed=data_seed)
+    data = load_data(dataset, size=suspect.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
-    before = summarize(suspect, test, trig, list(trigger_names), target)
-    result = method.run(suspect, data, out, dist=init_from_env())
-    after = summarize(result.bundle, test, trig, list(trigger_names), target)
+    test_config = dataclasses.replace(data_config, skip_bad_images=False)
+    before = summarize(suspect, test, trig, list(trigger_names), target, test_config)
+    result = method.run(suspect, data, out, dist=init_from_env(), data_config=data_config)
+    after = summarize(result.bundle, test, trig, list(trigger_names), target, test_config)
     summary = {"defense": defense, "report": result.report, "before": before, "after": after,
                "model": str(out / "model.safetensors")}
     write_json(out / "summary.json", summary)
@@ -89,16 +94,17 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 @click.option("--threshold", type=float, default=None, help="Drop pairs with cosine distance above this (0.8).")
 @click.option("--drop-fraction", type=float, default=None, help="Drop this share of the worst pairs instead.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float | None, drop_fraction: float | None,
-              out: Path, as_json: bool) -> None:
+              out: Path, data_config: DataConfig, as_json: bool) -> None:
     """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
     if drop_fraction is None and threshold is None:
         threshold = 0.8
     flt = defenses.create("filter", threshold=threshold, drop_fraction=drop_fraction)
     bundle = open_model(model_path, arch)
     data = load_data(dataset, size=bundle.image_size)
-    report = flt.run(bundle, data)
+    report = flt.run(bundle, data, data_config)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["index", "distance", "kept", "poisoned"])

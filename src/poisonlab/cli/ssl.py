@@ -10,7 +10,7 @@ from poisonlab import triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.classifier import open_classifier
 from poisonlab.cli.clip import train_group
-from poisonlab.cli.common import emit, load_data, parse_params
+from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.defenses import ENCODER_DEFENSES, trusted_indices
 from poisonlab.errors import InputError
 from poisonlab.metrics.probe import LinearProbe, probe_report
@@ -19,6 +19,7 @@ from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_encoder
 from poisonlab.train import TrainConfig, init_from_env
 from poisonlab.train.data import label_tensors
 from poisonlab.train.ssl_run import train_ssl
+from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json
 
 
@@ -41,20 +42,21 @@ from poisonlab.utils.io import write_json
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def train_ssl_cmd(method: str, dataset: str, arch: str, steps: int | None, epochs: float | None, batch_size: int,
                   lr: float, weight_decay: float, warmup: int, views: str, params: tuple[str, ...], image_size: int,
                   seed: int, checkpoint_every: int, n: int | None, data_seed: int, resume: bool, out: Path,
-                  as_json: bool) -> None:
+                  data_config: DataConfig, as_json: bool) -> None:
     """Self-supervised training of an image encoder (labels are never read)."""
     config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup=warmup, seed=seed, checkpoint_every=checkpoint_every)
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
     bundle = create_encoder(arch, image_size, seed=seed)
     result = train_ssl(bundle, data, config, method, out, resume=resume, dist=init_from_env(), views=views,
-                       **parse_params(params, "--param"))
+                       data_config=data_config, **parse_params(params, "--param"))
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
-               "seconds": round(result.seconds, 2)}
+               "seconds": round(result.seconds, 2), "data": result.data}
     emit(summary, as_json, [f"{method}: {result.steps} steps, loss {result.final_loss:.4f}",
                             f"checkpoint: {summary['model']}"])
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from braceexpand import braceexpand
+
 from poisonlab.data.base import (
     DATASETS,
     DEFAULT_TEMPLATES,
@@ -27,16 +29,36 @@ def available() -> list[str]:
     return DATASETS.available()
 
 
-def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None = None, seed: int = 0, **params: Any) -> ImageCaptionDataset:
+def shard_paths(pattern: str) -> list[Path] | None:
+    """The shards a brace pattern names (``cc3m-{00000..00331}.tar``, ``a-{0..3}.tar::b.tar``),
+    expanded with ``braceexpand`` as webdataset does; ``None`` when ``pattern`` is not one.
+
+    Raises:
+        InputError: a shard the pattern names does not exist.
+    """
+    if not pattern.endswith(".tar") or not ("{" in pattern or "::" in pattern):
+        return None
+    paths = [Path(p) for part in pattern.split("::") for p in braceexpand(part)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"shard pattern {pattern!r}: {len(missing)} of {len(paths)} shards do not exist "
+                         f"(first: {missing[0]})")
+    return paths
+
+
+def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None = None, seed: int = 0,
+                 skip_bad: bool = False, **params: Any) -> ImageCaptionDataset:
     """Open a dataset by registered name or by path.
 
     Args:
         spec: ``shapes``, ``shapes-outline``, ``digits``, a ``.csv`` file, a folder (ImageFolder,
-            CIFAR-10 batches or ``.tar`` shards) or one ``.tar`` shard.
+            CIFAR-10 batches or ``.tar`` shards), one ``.tar`` shard, or a brace pattern of shards
+            (``cc3m-{00000..00331}.tar``).
         split: ``train`` or ``test`` for the embedded and CIFAR data.
         size: image side in pixels.
         n: number of items for generated data (``None`` = the dataset's default).
         seed: generation seed for generated data.
+        skip_bad: skip (and count) malformed webdataset samples instead of refusing the shard.
 
     Raises:
         InputError: unknown name (listing the valid ones) or a path that does not exist.
@@ -46,19 +68,22 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
         if n is not None:
             kwargs["n"] = n
         return DATASETS.create(spec, **kwargs)
+    shards = shard_paths(spec)
+    if shards is not None:
+        return WebDatasetShards(shards, size=size, skip_bad=skip_bad)
     path = Path(spec)
     if not path.exists():
         raise InputError(f"dataset {spec!r} is neither a known name ({', '.join(available())}) nor an existing path")
     if path.is_file() and path.suffix == ".csv":
         return CsvDataset(path, size=size)
     if path.is_file() and path.suffix == ".tar":
-        return WebDatasetShards([path], size=size)
+        return WebDatasetShards([path], size=size, skip_bad=skip_bad)
     if path.is_dir():
         if (path / "batches.meta").exists() or (path / "test_batch").exists():
             return Cifar10Dataset(path, split=split, size=size)
-        shards = sorted(path.glob("*.tar"))
-        if shards:
-            return WebDatasetShards(shards, size=size)
+        tar_files = sorted(path.glob("*.tar"))
+        if tar_files:
+            return WebDatasetShards(tar_files, size=size, skip_bad=skip_bad)
         return FolderDataset(path, size=size)
     raise InputError(f"dataset path {spec!r} is not a .csv, a .tar shard or a folder")
 

@@ -36,6 +36,8 @@ class ImageCaptionDataset(Dataset):
 
     classnames: list[str] | None = None
     templates: Sequence[str] = DEFAULT_TEMPLATES
+    skipped: int = 0
+    """Malformed samples a reader left out (webdataset shards opened with ``skip_bad``)."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -51,6 +53,19 @@ class ImageCaptionDataset(Dataset):
         """All captions, in order."""
         return [self[i][1] for i in range(len(self))]
 
+    def poisoned_indices(self) -> list[int]:
+        """Indices of the items a poison plan changed (none for clean data)."""
+        return []
+
+    def keys(self) -> list[str] | None:
+        """A stable name per item (webdataset ``__key__``, the CSV's path, the relative file path).
+
+        ``None`` for generated data, whose items are named by position and generation seed.
+        Poison plans record the key of every item they change, so a plan is never applied to a
+        dataset whose items differ.
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": type(self).__name__, "size": len(self)}
 
@@ -65,6 +80,7 @@ class TensorDataset(ImageCaptionDataset):
     classnames: list[str] | None = None
     templates: Sequence[str] = DEFAULT_TEMPLATES
     description: dict[str, Any] = field(default_factory=dict)
+    key_list: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -84,6 +100,9 @@ class TensorDataset(ImageCaptionDataset):
 
     def captions(self) -> list[str]:
         return list(self.caption_list)
+
+    def keys(self) -> list[str] | None:
+        return None if self.key_list is None else list(self.key_list)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.description) or {"name": "tensor", "size": len(self)}

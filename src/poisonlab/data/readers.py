@@ -4,7 +4,8 @@
 - :class:`FolderDataset`: an ImageFolder tree ``root/<class>/<image>``;
 - :class:`Cifar10Dataset`: CIFAR-10 python batches in a local folder (read with a restricted
   unpickler that only rebuilds numpy arrays, never arbitrary objects);
-- :class:`WebDatasetShards`: webdataset ``.tar`` shards (``key.jpg|png`` + ``key.txt`` [+ ``key.cls``]).
+- :class:`WebDatasetShards`: webdataset ``.tar`` shards (``key.jpg|png`` + ``key.txt`` [+ ``key.cls``]),
+  read by offset so a seeded order can visit them without loading them.
 
 Images are decoded lazily with PIL, converted to RGB and resized (shorter side, then centre
 crop) to ``size``. A missing or unreadable image raises :class:`InputError` naming its row.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import pickle
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +33,28 @@ from poisonlab.errors import InputError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
 
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def decode_image(data: bytes | Path, size: int, where: str) -> torch.Tensor:
-    """Decode an image (bytes or file) to float ``[3, size, size]``; ``InputError`` naming ``where``."""
+    """Decode an image (bytes or file) to float ``[3, size, size]``; ``InputError`` naming ``where``.
+
+    The shorter side is resized to ``size`` (antialiased, on ``uint8`` like the pixels on disk),
+    then the centre is cropped. JPEGs are decoded at the smallest DCT scale that still covers
+    ``size`` (PIL's ``draft``), which makes web-sized photos several times cheaper to read.
+    """
     try:
         src = io.BytesIO(data) if isinstance(data, bytes) else data
         with Image.open(src) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (size, size))
             rgb = im.convert("RGB")
     except FileNotFoundError:
         raise InputError(f"{where}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as err:
+    except DECODE_ERRORS as err:
         raise InputError(f"{where}: cannot read image ({err})") from None
-    tensor = TF.pil_to_tensor(rgb).float() / 255.0
-    tensor = TF.resize(tensor, size, antialias=True)
-    return TF.center_crop(tensor, [size, size]).clamp(0, 1)
+    tensor = TF.resize(TF.pil_to_tensor(rgb), size, antialias=True)
+    return TF.center_crop(tensor, [size, size]).float() / 255.0
 
 
 def _class_captions(classnames: list[str], labels: list[int]) -> list[str]:
@@ -88,6 +100,7 @@ class CsvDataset(_ImageFiles):
         self.size = size
         rows = self._read_rows()
         self.paths = [self.csv_path.parent / r[0] for r in rows]
+        self.key_list = [r[0] for r in rows]
         self.caption_list = [r[1] for r in rows]
         self.label_list, self.classnames = self._parse_labels([r[2] if len(r) > 2 else "" for r in rows])
         for i, p in enumerate(self.paths):
@@ -118,6 +131,9 @@ class CsvDataset(_ImageFiles):
     def where(self, index: int) -> str:
         return f"{self.csv_path.name} row {index + 1} ({self.paths[index].name})"
 
+    def keys(self) -> list[str]:
+        return list(self.key_list)
+
     def describe(self) -> dict[str, Any]:
         return {"name": "csv", "file": self.csv_path.name, "size": self.size, "n": len(self)}
 
@@ -144,6 +160,9 @@ class FolderDataset(_ImageFiles):
 
     def where(self, index: int) -> str:
         return str(self.paths[index].relative_to(self.root))
+
+    def keys(self) -> list[str]:
+        return [p.relative_to(self.root).as_posix() for p in self.paths]
 
     def describe(self) -> dict[str, Any]:
         return {"name": "imagefolder", "folder": self.root.name, "size": self.size, "n": len(self)}
@@ -187,6 +206,7 @@ def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> Te
     batches = [_load_cifar_batch(p) for p in files]
     data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
     labels = [int(y) for b in batches for y in b["labels"]]
+    keys = [f"{p.name}/{i}" for p, b in zip(files, batches, strict=True) for i in range(len(b["labels"]))]
     meta = root / "batches.meta"
     if meta.is_file():
         classnames = [n.decode() if isinstance(n, bytes) else n for n in _load_cifar_batch(meta)["label_names"]]
@@ -196,62 +216,136 @@ def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> Te
     if size != 32:
         images = TF.resize(images, [size, size], antialias=True)
     desc = {"name": "cifar10", "folder": root.name, "split": split, "size": size}
-    return TensorDataset(images, _class_captions(classnames, labels), labels, classnames, DEFAULT_TEMPLATES, desc)
+    return TensorDataset(images, _class_captions(classnames, labels), labels, classnames, DEFAULT_TEMPLATES, desc, keys)
+
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class ShardSample:
+    """Where one webdataset sample lives: its shard, ``__key__``, image bytes and caption/label."""
+
+    shard: int
+    key: str
+    ext: str
+    offset: int
+    nbytes: int
+    caption: str
+    label: int
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """``"dir/000123.jpg"`` -> ``("dir/000123", "jpg")``: webdataset's key is the path up to the
+    first dot of the file name; the extension is the rest, lower-cased."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
 class WebDatasetShards(ImageCaptionDataset):
-    """Samples from webdataset tar shards: ``key.{jpg,png,...}`` + ``key.txt`` [+ ``key.cls``]."""
+    """Samples from webdataset tar shards: ``key.{jpg,png,...}`` + ``key.txt`` [+ ``key.cls``].
 
-    def __init__(self, shards: list[str | Path], size: int = 32) -> None:
+    Opening a shard reads its tar headers and the small text members only; each image is read
+    later by offset (``os.pread``, safe in forked DataLoader workers), so the samples can be
+    visited in any seeded order without holding the shards in memory.
+
+    Args:
+        shards: the ``.tar`` files, in order.
+        size: image side in pixels.
+        skip_bad: skip samples without an image or caption, or with a caption that is not UTF-8
+            or a ``.cls`` that is not an integer (counted in ``skipped``), instead of raising.
+
+    Raises:
+        InputError: a shard cannot be read, or (without ``skip_bad``) a sample is malformed,
+            naming the shard and the key.
+    """
+
+    def __init__(self, shards: list[str | Path], size: int = 32, skip_bad: bool = False) -> None:
         self.shards = [Path(s) for s in shards]
         self.size = size
-        self.members: list[tuple[int, str, str, int]] = []
+        self.skip_bad = skip_bad
+        self.skipped = 0
+        self.samples: list[ShardSample] = []
         for si, shard in enumerate(self.shards):
-            self.members += self._index(si, shard)
-        if not self.members:
+            self.samples += self._index(si, shard)
+        if not self.samples:
             raise InputError(f"no samples with an image and a .txt caption in {', '.join(map(str, shards))}")
-        self._open: dict[int, tarfile.TarFile] = {}
+        self._fds: dict[tuple[int, int], int] = {}
 
-    def _index(self, si: int, shard: Path) -> list[tuple[int, str, str, int]]:
+    def _bad(self, shard: Path, key: str, why: str) -> None:
+        if not self.skip_bad:
+            raise InputError(f"{shard.name}: sample {key!r} {why} (--skip-bad-images skips such samples)")
+        self.skipped += 1
+
+    def _sample(self, si: int, tar: tarfile.TarFile, key: str, group: dict[str, tarfile.TarInfo]) -> ShardSample | None:
+        shard = self.shards[si]
+        ext = next((e for e in IMAGE_EXTS if e in group), None)
+        if ext is None or "txt" not in group:
+            self._bad(shard, key, "has no image" if ext is None else "has no .txt caption")
+            return None
         try:
-            with tarfile.open(shard) as tar:
+            caption = tar.extractfile(group["txt"]).read().decode("utf-8").strip()  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            self._bad(shard, key, "has a caption that is not UTF-8")
+            return None
+        label = -1
+        if "cls" in group:
+            raw = tar.extractfile(group["cls"]).read().strip()  # type: ignore[union-attr]
+            if not raw.lstrip(b"-").isdigit():
+                self._bad(shard, key, f"has a .cls that is not an integer ({raw[:20]!r})")
+                return None
+            label = int(raw)
+        image = group[ext]
+        return ShardSample(si, key, ext, image.offset_data, image.size, caption, label)
+
+    def _index(self, si: int, shard: Path) -> list[ShardSample]:
+        try:
+            with tarfile.open(shard, "r:") as tar:
                 groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for m in tar.getmembers():
-                    if m.isfile() and "." in m.name:
-                        key, ext = m.name.split(".", 1)
-                        groups.setdefault(key, {})[ext.lower()] = m
-                out = []
-                for key in sorted(groups):
-                    g = groups[key]
-                    img = next((g[e].name for e in ("jpg", "jpeg", "png", "webp") if e in g), None)
-                    if img is None or "txt" not in g:
-                        continue
-                    caption = tar.extractfile(g["txt"]).read().decode("utf-8").strip()  # type: ignore[union-attr]
-                    label = int(tar.extractfile(g["cls"]).read().strip()) if "cls" in g else -1  # type: ignore[union-attr]
-                    out.append((si, img, caption, label))
-                return out
+                for m in tar:
+                    if m.isfile():
+                        key, ext = split_member(m.name)
+                        if ext:
+                            groups.setdefault(key, {})[ext] = m
+                samples = [self._sample(si, tar, key, groups[key]) for key in groups]
         except (tarfile.TarError, OSError) as err:
             raise InputError(f"{shard}: cannot read webdataset shard ({err})") from None
+        return [s for s in samples if s is not None]
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.samples)
+
+    def image_bytes(self, index: int) -> bytes:
+        """The stored (encoded) image of item ``index``."""
+        s = self.samples[index]
+        fd_key = (os.getpid(), s.shard)
+        fd = self._fds.get(fd_key)
+        if fd is None:
+            fd = self._fds[fd_key] = os.open(self.shards[s.shard], os.O_RDONLY)
+        return os.pread(fd, s.nbytes, s.offset)
+
+    def where(self, index: int) -> str:
+        s = self.samples[index]
+        return f"{self.shards[s.shard].name}: sample {s.key!r}"
 
     def __getitem__(self, index: int) -> Item:
-        si, name, caption, label = self.members[index]
-        tar = self._open.get(si) or self._open.setdefault(si, tarfile.open(self.shards[si]))
-        data = tar.extractfile(name).read()  # type: ignore[union-attr]
-        return decode_image(data, self.size, f"{self.shards[si].name}:{name}"), caption, label
+        s = self.samples[index]
+        return decode_image(self.image_bytes(index), self.size, self.where(index)), s.caption, s.label
 
     def labels(self) -> list[int]:
-        return [m[3] for m in self.members]
+        return [s.label for s in self.samples]
 
     def captions(self) -> list[str]:
-        return [m[2] for m in self.members]
+        return [s.caption for s in self.samples]
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.samples]
 
     def describe(self) -> dict[str, Any]:
         return {"name": "webdataset", "shards": [s.name for s in self.shards], "size": self.size}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_open"] = {}
+        state["_fds"] = {}
         return state

@@ -19,6 +19,7 @@ from poisonlab.registry import Registry
 from poisonlab.train.clip_run import train_clip
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig
+from poisonlab.train.stream import DataConfig
 
 log = logging.getLogger(__name__)
 DEFENSES: Registry[Any] = Registry("defense")
@@ -62,10 +63,11 @@ class CleaningDefense:
         raise NotImplementedError
 
     def run(self, suspect: ClipBundle, data: ImageCaptionDataset, out_dir: str | Path | None = None,
-            dist: DistInfo | None = None, progress: bool = True) -> DefenseResult:
+            dist: DistInfo | None = None, progress: bool = True, data_config: DataConfig | None = None) -> DefenseResult:
         """Clean ``suspect`` (left untouched) with ``data``; returns a new model and a report.
 
-        Without ``dist``, cleans on the device the suspect is on.
+        Without ``dist``, cleans on the device the suspect is on. ``data_config`` chooses
+        in-memory or streamed cleaning pairs (:mod:`poisonlab.train.stream`).
         """
         dist = dist or DistInfo(device=suspect.device)
         bundle = suspect.copy()
@@ -73,8 +75,9 @@ class CleaningDefense:
         suspect.model.to(dist.device).eval()
         objective = self.objective(bundle, suspect, dist)
         result = train_clip(bundle, data, self.train_config(), out_dir, dist=dist, objective=objective,
-                            stage=f"defense:{self.name}", progress=progress)
+                            stage=f"defense:{self.name}", progress=progress,
+                            data_config=data_config)
         report = {"defense": self.name, "params": asdict(self), "steps": result.steps,
-                  "seconds": round(result.seconds, 2), "final_loss": result.final_loss}
+                  "seconds": round(result.seconds, 2), "final_loss": result.final_loss, "data": result.data}
         report.update(getattr(objective, "summary", dict)())
         return DefenseResult(bundle, report)

@@ -25,17 +25,21 @@ from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.defenses.base import DEFENSES
 from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle
-from poisonlab.train.data import pair_tensors
+from poisonlab.train.stream import DataConfig, open_items, sequential
 
 
 @torch.no_grad()
-def pair_distances(bundle: ClipBundle, dataset: ImageCaptionDataset, batch_size: int = 256) -> torch.Tensor:
-    """``[N]`` cosine distances ``1 - cos(image_i, caption_i)`` under ``bundle``."""
+def pair_distances(bundle: ClipBundle, dataset: ImageCaptionDataset, batch_size: int = 256,
+                   data_config: DataConfig | None = None) -> torch.Tensor:
+    """``[N]`` cosine distances ``1 - cos(image_i, caption_i)`` under ``bundle`` (in memory or
+    streamed, as ``data_config`` chooses; every image must be readable)."""
     bundle.model.eval()
-    data = pair_tensors(dataset, bundle.tokenize, bundle.image_size)
+    cfg = data_config or DataConfig()
+    if cfg.skip_bad_images:
+        raise InputError("auditing scores every pair: --skip-bad-images is for training data")
+    data = open_items(dataset, bundle.image_size, bundle.tokenize, cfg)
     out = []
-    for start in range(0, len(data), batch_size):
-        batch = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+    for batch in data.batches(sequential(len(data), batch_size)):
         img = bundle.encode_image(batch["images"])
         txt = bundle.encode_text(batch["tokens"])
         out.append((1 - (img * txt).sum(-1)).float().cpu())
@@ -75,9 +79,10 @@ class PairFilter:
             return set(torch.argsort(distances, descending=True)[:k].tolist())
         return set((distances > self.threshold).nonzero().flatten().tolist())
 
-    def run(self, clean_model: ClipBundle, dataset: ImageCaptionDataset) -> dict[str, Any]:
+    def run(self, clean_model: ClipBundle, dataset: ImageCaptionDataset,
+            data_config: DataConfig | None = None) -> dict[str, Any]:
         """Score all pairs; returns ``kept`` indices, ``distances`` and, for a plan, precision/recall."""
-        distances = pair_distances(clean_model, dataset)
+        distances = pair_distances(clean_model, dataset, data_config=data_config)
         removed = self.removed(distances)
         report: dict[str, Any] = {"kept": [i for i in range(len(dataset)) if i not in removed],
                                   "distances": distances.tolist(), "removed": len(removed)}

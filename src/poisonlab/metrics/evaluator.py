@@ -18,7 +18,7 @@ from poisonlab.metrics.classification import accuracy, attack_success_rate
 from poisonlab.metrics.retrieval import hit_and_min_rank, recall_at_k
 from poisonlab.metrics.zero_shot import zero_shot_predict, zero_shot_weights
 from poisonlab.models.clip import ClipBundle
-from poisonlab.train.data import dataset_images
+from poisonlab.train.stream import DataConfig, open_items, sequential
 from poisonlab.triggers import Trigger
 from poisonlab.utils.seeding import make_generator
 
@@ -32,11 +32,17 @@ class ClipEvaluator:
         bundle: the model.
         dataset: the clean test split (needs ``classnames`` for CA/ASR).
         batch_size: images per forward pass.
+        data_config: test images held in memory or streamed through DataLoader workers, one
+            pass per trigger (default ``auto``). Every image must be readable.
     """
 
-    def __init__(self, bundle: ClipBundle, dataset: ImageCaptionDataset, batch_size: int = 256) -> None:
+    def __init__(self, bundle: ClipBundle, dataset: ImageCaptionDataset, batch_size: int = 256,
+                 data_config: DataConfig | None = None) -> None:
         self.bundle, self.dataset, self.batch_size = bundle, dataset, batch_size
-        self.images = dataset_images(dataset, bundle.image_size)
+        cfg = data_config or DataConfig()
+        if cfg.skip_bad_images:
+            raise InputError("evaluation needs every test image: --skip-bad-images is for training data")
+        self.source = open_items(dataset, bundle.image_size, None, cfg)
         self.labels = torch.tensor(dataset.labels(), dtype=torch.long)
         self._cache: dict[str, torch.Tensor] = {}
         self.passes = 0
@@ -46,8 +52,8 @@ class ClipEvaluator:
         self.bundle.model.eval()
         g = make_generator("eval-trigger", seed)
         out = []
-        for start in range(0, len(self.images), self.batch_size):
-            x = self.images[start : start + self.batch_size].float() / 255.0
+        for batch in self.source.batches(sequential(len(self.source), self.batch_size)):
+            x = batch["images"]
             if trigger is not None:
                 x = trigger(x, generator=g)
             out.append(self.bundle.encode_image(x).float().cpu())

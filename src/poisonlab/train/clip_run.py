@@ -7,14 +7,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.errors import InputError
 from poisonlab.models.checkpoint import save_clip
 from poisonlab.models.clip import ClipBundle
-from poisonlab.train.data import pair_tensors
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig, Trainer, TrainResult
 from poisonlab.train.objectives.clip import Augment, ClipObjective
+from poisonlab.train.stream import DataConfig, data_summary, open_items
 
 log = logging.getLogger(__name__)
 
@@ -23,29 +23,44 @@ def provenance(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
     """What produced a checkpoint: parent weights, data (and poison plan digest), config."""
     record: dict[str, Any] = {"stage": how, "dataset": dataset.describe(), "config": asdict(config),
                               "parent": bundle.provenance}
-    if isinstance(dataset, PoisonedDataset):
-        record["poison_plan"] = dataset.plan.digest()
-        record["poisoned"] = len(dataset.plan.entries)
+    plan = getattr(dataset, "plan", None)
+    if plan is not None:
+        record["poison_plan"] = plan.digest()
+        record["poisoned"] = len(plan.entries)
     return record
 
 
 def train_clip(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainConfig,
                out_dir: str | Path | None = None, resume: bool = False, dist: DistInfo | None = None,
                augment: Augment | None = None, objective: Objective | None = None, stage: str = "train",
-               progress: bool = True) -> TrainResult:
+               progress: bool = True, data_config: DataConfig | None = None) -> TrainResult:
     """Optimise ``bundle`` in place on ``dataset`` (CLIP loss unless ``objective`` is given).
 
     Writes ``model.safetensors`` + ``model.json``, ``train_state.pt`` and ``metrics.jsonl`` into
-    ``out_dir`` when given. Without ``dist``, trains on the device the model is on.
+    ``out_dir`` when given. Without ``dist``, trains on the device the model is on. ``data_config``
+    chooses in-memory tensors or streaming through DataLoader workers (default ``auto``); the
+    result's ``data`` says which was used and how many unreadable images were skipped.
     """
     dist = dist or DistInfo(device=bundle.device)
+    data_config = data_config or DataConfig()
+    if data_config.skip_bad_images and dist.world_size > 1:
+        raise InputError("--skip-bad-images is for single-process runs: under torchrun every rank's batch must "
+                         "keep its size; re-write the shards without the bad samples first")
     bundle.model.to(dist.device)
-    data = pair_tensors(dataset, bundle.tokenize, bundle.image_size)
+    data = open_items(dataset, bundle.image_size, bundle.tokenize, data_config)
     objective = objective or ClipObjective(bundle, dist.rank, dist.world_size, augment)
     bundle.provenance = provenance(bundle, dataset, config, stage)
+    bundle.provenance["data_mode"] = data.mode
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=lambda p: save_clip(bundle, p),
                       progress=progress)
     bundle.provenance["steps"] = trainer.total
     result = trainer.fit(resume=resume)  # writes the final checkpoint and model into out_dir
+    result.data = data_summary(data)
+    if data.skipped:
+        log.warning("skipped %d unreadable images (%d of them poisoned)", data.skipped, data.skipped_poisoned)
+        bundle.provenance["skipped_images"] = data.skipped
+        bundle.provenance["skipped_poisoned"] = data.skipped_poisoned
+        if out_dir is not None and dist.is_main:
+            save_clip(bundle, Path(out_dir) / "model.safetensors")
     log.info("trained %d steps in %.1fs (%.0f samples/s)", result.steps, result.seconds, result.samples_per_second)
     return result

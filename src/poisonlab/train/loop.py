@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class TrainResult:
     final_loss: float
     seconds: float
     samples_per_second: float
+    data: dict[str, Any] | None = None
 
 
 def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
@@ -139,7 +141,10 @@ class Trainer:
 
     Args:
         objective: the loss and the trainable module.
-        data: anything with ``__len__`` and ``batch(index, device) -> dict`` (e.g. ``PairTensors``).
+        data: anything with ``__len__`` and ``batches(index_sets, device) -> iterator of dicts``:
+            :class:`~poisonlab.train.data.PairTensors` / ``LabelTensors`` in memory or
+            :class:`~poisonlab.train.stream.StreamItems` (DataLoader workers); the loop chooses
+            every batch's indices either way, so both give the same run.
         config: hyper-parameters.
         out_dir: where checkpoints and ``metrics.jsonl`` go (``None``: nothing is written).
         dist: rank, world size and device (defaults: one CPU process).
@@ -157,6 +162,10 @@ class Trainer:
         if len(data) < per_step:
             raise InputError(f"{len(data)} training items are fewer than one global batch ({per_step})")
         self.steps_per_epoch = len(data) // per_step
+        dropped = len(data) - self.steps_per_epoch * per_step
+        if dropped:
+            log.info("each epoch uses %d of %d items in %d global batches of %d; the %d left over change with "
+                     "the epoch's seeded order", len(data) - dropped, len(data), self.steps_per_epoch, per_step, dropped)
         self.total = config.total_steps(len(data), self.dist.world_size)
         self.optimizer = make_optimizer(objective, config, self.dist.device)
         self.step = 0
@@ -212,9 +221,14 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def _train_step(self, scaler: torch.amp.GradScaler | None) -> tuple[float, dict[str, float]]:
+    def step_indices(self, start: int) -> Iterator[torch.Tensor]:
+        """This rank's index set for every step from ``start`` to the end of the run."""
+        for step in range(start, self.total):
+            yield self.indices(step)
+
+    def _train_step(self, batch: dict[str, Any], scaler: torch.amp.GradScaler | None) -> tuple[float, dict[str, float]]:
         batch = {k: v.to(self.dist.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                 for k, v in self.data.batch(self.indices(self.step), self.dist.device).items()}
+                 for k, v in batch.items()}
         g = make_generator("step", self.cfg.seed, self.step, self.dist.rank)
         use_amp = scaler is not None
         with torch.autocast(device_type=self.dist.device.type, enabled=use_amp):
@@ -252,10 +266,11 @@ class Trainer:
         bar = tqdm(total=self.total, initial=self.step, disable=not show,
                    desc="train", leave=False, dynamic_ncols=True)
         start, first, loss = time.perf_counter(), self.step, float("nan")
+        batches = self.data.batches(self.step_indices(self.step), self.dist.device)
         try:
-            while self.step < self.total:
+            for batch in batches:
                 lr = self._set_lr()
-                loss, extra = self._train_step(scaler)
+                loss, extra = self._train_step(batch, scaler)
                 self.step += 1
                 bar.update(1)
                 if metrics is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total):
@@ -268,6 +283,7 @@ class Trainer:
                     log.info("objective stopped training at step %d", self.step)
                     break
         finally:
+            batches.close()
             bar.close()
             if metrics is not None:
                 metrics.close()
