@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
-from poisonlab.data import open_dataset
+from poisonlab.data import open_dataset, shard_paths
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.train.stream import MODES, DataConfig
@@ -98,13 +98,23 @@ def open_plan(path: Path, skip_bad: bool = False) -> PoisonedDataset:
     if "spec" not in args:
         raise InputError(f"{path}: plan does not say how to reopen its dataset (made outside the CLI?)")
     spec = args.pop("spec")
-    if not Path(spec).is_absolute() and (path.parent / spec).exists():
-        spec = str(path.parent / spec)
+    beside = str(path.parent / spec)
+    if not Path(spec).is_absolute() and (Path(beside).exists() or _shards_exist(beside)):
+        spec = beside
     return PoisonedDataset(open_dataset(spec, skip_bad=skip_bad, **args), plan)
 
 
+def _shards_exist(pattern: str) -> bool:
+    try:
+        return shard_paths(pattern) is not None
+    except InputError:
+        return False
+
+
 def relative_spec(spec: str, out: Path) -> str:
-    """A dataset path as seen from ``out`` (names of embedded data stay as they are)."""
+    """A dataset path (or shard pattern) as seen from ``out`` (names of embedded data stay as they are)."""
+    if shard_paths(spec) is not None:
+        return os.path.join(os.path.relpath(Path(spec).parent.resolve(), out.resolve()), Path(spec).name)
     if not Path(spec).exists():
         return spec
     return os.path.relpath(Path(spec).resolve(), out.resolve())

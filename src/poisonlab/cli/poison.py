@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from pathlib import Path
 
 import click
-import torchvision.utils as vutils
 
 from poisonlab import attacks, triggers
+from poisonlab.attacks.materialize import materialize as materialize_data
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.common import (
     data_options,
@@ -23,7 +21,7 @@ from poisonlab.cli.common import (
 )
 from poisonlab.data import open_dataset
 from poisonlab.report import plan_gallery, trigger_gallery
-from poisonlab.utils.io import atomic_dir, atomic_write
+from poisonlab.utils.io import atomic_dir
 
 
 @click.command()
@@ -39,7 +37,9 @@ from poisonlab.utils.io import atomic_dir, atomic_write
 @click.option("--trigger", default=None, help="Trigger name (image-trigger attacks).")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="Trigger hyper-parameter KEY=VALUE.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--materialize", is_flag=True, help="Also write every image and a data.csv in the reader format.")
+@click.option("--materialize", is_flag=True,
+              help="Also write the poisoned data: webdataset shards for shard input (clean samples copied "
+                   "byte for byte), else every image and a data.csv.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @data_options
 def poison(dataset: str, attack: str, target: str | None, source: str | None, target_index: int | None,
@@ -62,27 +62,13 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
         plan.save(tmp / "plan.json")
         plan_gallery(poisoned, tmp / "poisoned.png")
         if materialize:
-            _materialize(poisoned, tmp)
+            written = materialize_data(poisoned, tmp)
     summary = {"plan": str(out / "plan.json"), "attack": attack, "poisoned": len(plan.entries),
                "total": len(data), "digest": plan.digest(), "materialized": materialize}
+    if materialize:
+        summary["data"] = str(out / written.relative_to(tmp))
     emit(summary, as_json, [f"poisoned {len(plan.entries)} of {len(data)} items with {attack}",
                             f"plan: {out / 'plan.json'}", f"gallery: {out / 'poisoned.png'}"])
-
-
-def _materialize(dataset: PoisonedDataset, out: Path) -> None:
-    """Write ``images/NNNNNN.png`` and ``data.csv`` (``path,caption,label``)."""
-    (out / "images").mkdir()
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "caption", "label"])
-    names = dataset.classnames
-    for i in range(len(dataset)):
-        image, caption, label = dataset[i]
-        name = f"images/{i:06d}.png"
-        vutils.save_image(image, out / name)
-        writer.writerow([name, caption, names[label] if names and label >= 0 else ("" if label < 0 else label)])
-    with atomic_write(out / "data.csv", "w") as f:
-        f.write(buf.getvalue())
 
 
 @click.command()

@@ -91,5 +91,5 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
 __all__ = [
     "DATASETS", "DEFAULT_TEMPLATES", "SHAPES_CLASSNAMES", "Cifar10Dataset", "CsvDataset", "FolderDataset",
     "ImageCaptionDataset", "Item", "TensorDataset", "WebDatasetShards", "available", "make_digits",
-    "make_shapes", "open_dataset",
+    "make_shapes", "open_dataset", "shard_paths",
 ]
