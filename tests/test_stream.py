@@ -57,6 +57,7 @@ def write_shards(folder, shards: int = 3, order=None, corrupt: str | None = None
                 _add(tar, f"{key}.txt", caption.encode())
                 _add(tar, f"{key}.cls", str(label).encode())
         paths.append(path)
+    (folder / "classnames.txt").write_text("\n".join(data.classnames) + "\n")  # clip_benchmark's layout
     return paths
 
 
@@ -76,6 +77,7 @@ def test_brace_pattern_opens_every_shard(shards):
     data = open_dataset(pattern)
     assert len(data) == 3 * N_PER_SHARD
     assert data.keys()[:2] == ["000000", "000001"]
+    assert data.classnames == make_shapes(n=1).classnames and data.classnames_source == "classnames.txt"
     with pytest.raises(InputError, match="do not exist"):
         open_dataset(str(shards[0].parent / "part-{00000..00004}.tar"))
 
@@ -263,3 +265,15 @@ def test_sample_without_caption_is_named_or_skipped(tmp_path):
         open_dataset(str(path))
     data = open_dataset(str(path), skip_bad=True)
     assert len(data) == 1 and data.skipped == 1
+
+
+def test_planning_reads_captions_and_labels_only(shards, monkeypatch):
+    base = open_dataset(str(shards[0].parent))
+
+    def no_images(self, index):
+        raise AssertionError("planning decoded an image")
+
+    monkeypatch.setattr(type(base), "image_bytes", no_images)
+    assert len(_plan(base).entries) == round(0.1 * len(base))
+    text = attacks.create("text-attack-2", source="circle", target="star", count=5)(base, seed=0)
+    assert len(text.entries) == 5 and all(e.key is not None for e in text.entries)

@@ -111,6 +111,7 @@ class PoisonedDataset(ImageCaptionDataset):
         self.trigger = plan.build_trigger()
         self.classnames = base.classnames
         self.templates = base.templates
+        self.classnames_source, self.templates_source = base.classnames_source, base.templates_source
 
     def __len__(self) -> int:
         return len(self.base)

@@ -10,27 +10,49 @@ import torch.nn.functional as F
 
 from poisonlab import triggers
 from poisonlab.cli.common import emit, load_data, parse_params, stream_options
+from poisonlab.data import apply_names
+from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import DEFAULT_MODEL, create_clip, load_clip
 from poisonlab.models.checkpoint import read_sidecar
+from poisonlab.models.clip import HF_HUB_PREFIX, available_models, pretrained_tags
 from poisonlab.train import TrainConfig, init_from_env, train_clip
 from poisonlab.train.dist import default_device
 from poisonlab.train.stream import DataConfig, data_summary
 from poisonlab.triggers.patch import load_image_tensor
 
 
-def open_model(path: str, arch: str | None = None) -> Any:
-    """A CLIP checkpoint: poisonlab's (architecture from the sidecar) or any file with ``--arch``.
+def open_model(model: str, arch: str | None = None, pretrained: str | None = None,
+               cache_dir: str | None = None) -> Any:
+    """A CLIP model as the commands name it, placed on :func:`~poisonlab.train.dist.default_device`.
 
-    The model is placed on :func:`~poisonlab.train.dist.default_device` (the GPU when there is one),
-    where evaluation and cleaning then run.
+    - ``--model ARCH --pretrained TAG`` (an open_clip tag, or a checkpoint file for ``ARCH``);
+    - ``--model hf-hub:ORG/NAME``;
+    - ``--model FILE``: a poisonlab checkpoint (architecture from its sidecar), or any open_clip
+      checkpoint with ``--arch ARCH``.
     """
-    if arch is None and read_sidecar(path) is not None:
-        bundle = load_clip(path)
+    if pretrained is not None:
+        bundle = create_clip(model, pretrained=pretrained, cache_dir=cache_dir)
+    elif model.startswith(HF_HUB_PREFIX):
+        bundle = create_clip(model, cache_dir=cache_dir)
+    elif arch is None and read_sidecar(model) is not None:
+        bundle = load_clip(model)
+    elif arch is None and not Path(model).exists() and model in available_models():
+        tags = ", ".join(pretrained_tags(model)[model]) or "none"
+        raise InputError(f"--model {model} is an architecture: add --pretrained TAG (tags: {tags}) or a checkpoint")
     else:
-        bundle = create_clip(arch or DEFAULT_MODEL, pretrained=path)
+        bundle = create_clip(arch or DEFAULT_MODEL, pretrained=model, cache_dir=cache_dir)
     bundle.model.to(default_device())
     return bundle
+
+
+def model_options(f: Any) -> Any:
+    """``--pretrained`` and ``--cache-dir`` for commands that read a CLIP model with ``--model``."""
+    f = click.option("--cache-dir", default=None,
+                     help="open_clip's download cache (default: the Hugging Face cache, HF_HOME).")(f)
+    return click.option("--pretrained", default=None,
+                        help="With --model ARCH: an open_clip pretrained tag (see `poisonlab models ARCH`) "
+                             "or a checkpoint file.")(f)
 
 
 @click.group("train")
@@ -41,7 +63,9 @@ def train_group() -> None:
 @train_group.command("clip")
 @click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_MODEL, show_default=True, help="open_clip architecture.")
-@click.option("--pretrained", default=None, help="Start from this checkpoint.")
+@click.option("--pretrained", default=None,
+              help="Start from an open_clip pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a checkpoint.")
+@click.option("--cache-dir", default=None, help="open_clip's download cache (default: the Hugging Face cache).")
 @click.option("--steps", type=int, default=None, help="Optimiser steps.")
 @click.option("--epochs", type=float, default=None, help="Epochs (instead of --steps).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -60,11 +84,16 @@ def train_group() -> None:
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int | None, epochs: float | None,
                    batch_size: int, lr: float, warmup: int, weight_decay: float, schedule: str, seed: int,
                    checkpoint_every: int, out: Path, resume: bool, n: int | None, data_seed: int,
-                   data_config: DataConfig, as_json: bool) -> None:
+                   data_config: DataConfig, as_json: bool, cache_dir: str | None) -> None:
     """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP)."""
     config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
                          weight_decay=weight_decay, schedule=schedule, seed=seed, checkpoint_every=checkpoint_every)
-    bundle = open_model(pretrained, None if arch == DEFAULT_MODEL else arch) if pretrained else create_clip(arch, seed=seed)
+    if arch.startswith(HF_HUB_PREFIX) or (pretrained and pretrained in pretrained_tags(arch).get(arch, [])):
+        bundle = open_model(arch, pretrained=pretrained, cache_dir=cache_dir)
+    elif pretrained:
+        bundle = open_model(pretrained, None if arch == DEFAULT_MODEL else arch)
+    else:
+        bundle = create_clip(arch, seed=seed)
     data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
     dist = init_from_env()
     result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
@@ -78,7 +107,9 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int |
 
 
 @click.command("eval")
-@click.option("--model", "model_path", required=True, help="CLIP checkpoint.")
+@click.option("--model", "model_path", required=True,
+              help="CLIP checkpoint, hf-hub:ORG/NAME, or an architecture with --pretrained TAG.")
+@model_options
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Test data: embedded name or path.")
 @click.option("--split", default="test", show_default=True)
@@ -88,17 +119,27 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int |
 @click.option("--target", default=None, help="Target class (ASR, or text Attack II/III goal).")
 @click.option("--source", default=None, help="Source class A of a text-modality attack.")
 @click.option("--target-image", default=None, help="Target image x* of text Attack I.")
+@click.option("--classnames", default=None,
+              help="Zero-shot class names: a file (one per line, in label order) or imagenet1k. Default: the "
+                   "dataset's (classnames.txt beside it, ImageNet names for WordNet-id folders).")
+@click.option("--templates", default=None,
+              help="Zero-shot templates: a file (one per line, {c} for the class), openai (80) or simple (7).")
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int | None,
              trigger_names: tuple[str, ...], trigger_params: tuple[str, ...], target: str | None, source: str | None,
-             target_image: str | None, data_config: DataConfig, as_json: bool) -> None:
+             target_image: str | None, classnames: str | None, templates: str | None, data_config: DataConfig,
+             as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply."""
-    bundle = open_model(model_path, arch)
+    bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, split=split, size=bundle.image_size, n=n)
+    apply_names(data, classnames, templates)
     ev = ClipEvaluator(bundle, data, data_config=data_config)
     summary: dict[str, Any] = {"retrieval": ev.retrieval(), "data": data_summary(ev.source)}
     if data.classnames:
+        summary["classnames"] = {"source": data.classnames_source, "count": len(data.classnames),
+                                 "first": list(data.classnames[:5])}
+        summary["templates"] = {"source": data.templates_source, "count": len(data.templates)}
         summary["ca"] = ev.clean_accuracy()
     params = parse_params(trigger_params, "--trigger-param")
     built = [triggers.create(name, **params) for name in trigger_names]
@@ -142,7 +183,9 @@ def data_line(data: dict[str, Any]) -> str:
 def _table(summary: dict[str, Any]) -> list[str]:
     lines = []
     if "ca" in summary:
-        lines.append(f"CA        {100 * summary['ca']:6.2f}%")
+        names, temps = summary["classnames"], summary["templates"]
+        lines.append(f"CA        {100 * summary['ca']:6.2f}%   ({names['count']} classes from {names['source']}, "
+                     f"{temps['count']} templates from {temps['source']})")
     for name, res in summary.get("backdoor", {}).items():
         lines.append(f"ASR {name:<18} {100 * res['asr']:6.2f}%   (asr_all {100 * res['asr_all']:.2f}%)")
     if "min_rank" in summary:
@@ -152,3 +195,12 @@ def _table(summary: dict[str, Any]) -> list[str]:
     r = summary["retrieval"]
     lines.append("retrieval " + "  ".join(f"{k} {100 * v:.1f}" for k, v in r.items()))
     return lines
+
+
+@click.command("models")
+@click.argument("arch", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def models_cmd(arch: str | None, as_json: bool) -> None:
+    """List CLIP architectures and their open_clip pretrained tags (ARCH: only that one)."""
+    tags = pretrained_tags(arch)
+    emit(tags, as_json, [f"{name:<40} {', '.join(t) or '-'}" for name, t in tags.items()])

@@ -12,7 +12,7 @@ import click
 
 from poisonlab import defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
-from poisonlab.cli.clip import open_model
+from poisonlab.cli.clip import model_options, open_model
 from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
@@ -33,7 +33,9 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 
 @click.command("clean")
 @click.option("--defense", required=True, help="finetune, par or cleanclip.")
-@click.option("--model", "model_path", required=True, help="Suspect CLIP checkpoint.")
+@click.option("--model", "model_path", required=True,
+              help="Suspect CLIP checkpoint, hf-hub:ORG/NAME, or an architecture with --pretrained TAG.")
+@model_options
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated cleaning data.")
@@ -57,7 +59,8 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
               epochs: float | None, batch_size: int | None, lr: float | None, params: tuple[str, ...],
               test_dataset: str, test_n: int, trigger_names: tuple[str, ...], trigger_params: tuple[str, ...],
               target: str | None, seed: int,
-              out: Path, data_config: DataConfig, as_json: bool) -> None:
+              out: Path, data_config: DataConfig, as_json: bool, pretrained: str | None,
+              cache_dir: str | None) -> None:
     """Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."""
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     config = {k: v for k, v in given.items() if v is not None} | parse_params(params, "--param")
@@ -68,7 +71,7 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     trig = [triggers.create(t, **tparams) for t in trigger_names]
     if trig and target is None:
         raise InputError("--trigger needs --target")
-    suspect = open_model(model_path, arch)
+    suspect = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=suspect.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
     test_config = dataclasses.replace(data_config, skip_bad_images=False)
@@ -88,7 +91,9 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 
 
 @click.command("audit")
-@click.option("--model", "model_path", required=True, help="A separate CLEAN CLIP checkpoint to score pairs with.")
+@click.option("--model", "model_path", required=True,
+              help="A separate CLEAN CLIP model to score pairs with (checkpoint, hf-hub:, or ARCH --pretrained TAG).")
+@model_options
 @click.option("--arch", default=None)
 @click.option("--dataset", required=True, help="Pairs to audit: a poison plan (.json), embedded name or path.")
 @click.option("--threshold", type=float, default=None, help="Drop pairs with cosine distance above this (0.8).")
@@ -97,12 +102,13 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float | None, drop_fraction: float | None,
-              out: Path, data_config: DataConfig, as_json: bool) -> None:
+              out: Path, data_config: DataConfig, as_json: bool, pretrained: str | None,
+              cache_dir: str | None) -> None:
     """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
     if drop_fraction is None and threshold is None:
         threshold = 0.8
     flt = defenses.create("filter", threshold=threshold, drop_fraction=drop_fraction)
-    bundle = open_model(model_path, arch)
+    bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
     report = flt.run(bundle, data, data_config)
     buf = io.StringIO()

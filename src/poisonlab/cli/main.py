@@ -10,7 +10,7 @@ import click
 
 from poisonlab import attacks, data, defenses, detect, triggers
 from poisonlab.cli.classifier import detect_cmd, repair_cmd
-from poisonlab.cli.clip import eval_cmd, train_group
+from poisonlab.cli.clip import eval_cmd, models_cmd, train_group
 from poisonlab.cli.common import emit
 from poisonlab.cli.defend import audit_cmd, clean_cmd
 from poisonlab.cli.poison import poison, show
@@ -40,6 +40,7 @@ cli.add_command(poison)
 cli.add_command(show)
 cli.add_command(train_group)
 cli.add_command(eval_cmd)
+cli.add_command(models_cmd)
 cli.add_command(clean_cmd)
 cli.add_command(audit_cmd)
 cli.add_command(repair_cmd)

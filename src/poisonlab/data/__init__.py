@@ -21,6 +21,7 @@ from poisonlab.data.digits import make_digits
 from poisonlab.data.readers import Cifar10Dataset, CsvDataset, FolderDataset, WebDatasetShards
 from poisonlab.data.shapes import CLASSNAMES as SHAPES_CLASSNAMES
 from poisonlab.data.shapes import make_shapes
+from poisonlab.data.zero_shot import apply_names, discover
 from poisonlab.errors import InputError
 
 
@@ -70,10 +71,18 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
         return DATASETS.create(spec, **kwargs)
     shards = shard_paths(spec)
     if shards is not None:
-        return WebDatasetShards(shards, size=size, skip_bad=skip_bad)
+        dataset: ImageCaptionDataset = WebDatasetShards(shards, size=size, skip_bad=skip_bad)
+        discover(dataset, shards[0].parent)
+        return dataset
     path = Path(spec)
     if not path.exists():
         raise InputError(f"dataset {spec!r} is neither a known name ({', '.join(available())}) nor an existing path")
+    dataset = _open_path(path, split, size, skip_bad)
+    discover(dataset, path if path.is_dir() else path.parent)
+    return dataset
+
+
+def _open_path(path: Path, split: str, size: int, skip_bad: bool) -> ImageCaptionDataset:
     if path.is_file() and path.suffix == ".csv":
         return CsvDataset(path, size=size)
     if path.is_file() and path.suffix == ".tar":
@@ -85,11 +94,11 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
         if tar_files:
             return WebDatasetShards(tar_files, size=size, skip_bad=skip_bad)
         return FolderDataset(path, size=size)
-    raise InputError(f"dataset path {spec!r} is not a .csv, a .tar shard or a folder")
+    raise InputError(f"dataset path {str(path)!r} is not a .csv, a .tar shard or a folder")
 
 
 __all__ = [
     "DATASETS", "DEFAULT_TEMPLATES", "SHAPES_CLASSNAMES", "Cifar10Dataset", "CsvDataset", "FolderDataset",
-    "ImageCaptionDataset", "Item", "TensorDataset", "WebDatasetShards", "available", "make_digits",
+    "ImageCaptionDataset", "Item", "apply_names", "TensorDataset", "WebDatasetShards", "available", "make_digits",
     "make_shapes", "open_dataset", "shard_paths",
 ]

@@ -38,6 +38,14 @@ class ImageCaptionDataset(Dataset):
     templates: Sequence[str] = DEFAULT_TEMPLATES
     skipped: int = 0
     """Malformed samples a reader left out (webdataset shards opened with ``skip_bad``)."""
+    classnames_source: str = "dataset"
+    templates_source: str = "poisonlab default"
+
+    def rename_classes(self, names: list[str], source: str) -> None:
+        """Use ``names`` (in label order) as the class names; readers whose captions are made
+        from class names rebuild them."""
+        self.classnames = list(names)
+        self.classnames_source = source
 
     def __len__(self) -> int:
         raise NotImplementedError

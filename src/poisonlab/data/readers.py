@@ -28,6 +28,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 
 from poisonlab.data.base import DEFAULT_TEMPLATES, ImageCaptionDataset, Item, TensorDataset
+from poisonlab.data.zero_shot import BUILTIN_TEMPLATES, synset_classnames
 from poisonlab.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
@@ -134,6 +135,15 @@ class CsvDataset(_ImageFiles):
     def keys(self) -> list[str]:
         return list(self.key_list)
 
+    def rename_classes(self, names: list[str], source: str) -> None:
+        """Names for integer labels, or a new order for the CSV's own class-name labels."""
+        if self.classnames is not None:
+            missing = [c for c in self.classnames if c not in names]
+            if missing:
+                raise InputError(f"{source}: the CSV's label {missing[0]!r} is not among the class names")
+            self.label_list = [names.index(self.classnames[y]) for y in self.label_list]
+        super().rename_classes(names, source)
+
     def describe(self) -> dict[str, Any]:
         return {"name": "csv", "file": self.csv_path.name, "size": self.size, "n": len(self)}
 
@@ -147,7 +157,12 @@ class FolderDataset(_ImageFiles):
         classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
         if not classes:
             raise InputError(f"{self.root}: no class folders (expected root/<class>/<image>)")
-        self.classnames = [c.replace("_", " ") for c in classes]
+        imagenet = synset_classnames(classes)
+        if imagenet is not None:
+            self.classnames, self.classnames_source = imagenet, "imagenet1k (WordNet-id folders, timm synsets)"
+            self.templates, self.templates_source = BUILTIN_TEMPLATES["openai"](), "openai (open_clip zero_shot_metadata)"
+        else:
+            self.classnames, self.classnames_source = [c.replace("_", " ") for c in classes], "folder names"
         self.paths: list[Path] = []
         self.label_list: list[int] = []
         for y, c in enumerate(classes):
@@ -163,6 +178,10 @@ class FolderDataset(_ImageFiles):
 
     def keys(self) -> list[str]:
         return [p.relative_to(self.root).as_posix() for p in self.paths]
+
+    def rename_classes(self, names: list[str], source: str) -> None:
+        super().rename_classes(names, source)
+        self.caption_list = _class_captions(self.classnames, self.label_list)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, Any]:
         return {"name": "imagefolder", "folder": self.root.name, "size": self.size, "n": len(self)}

@@ -33,6 +33,7 @@ from poisonlab.models.normalize import normalize_images
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 DEFAULT_MODEL = "poisonlab-tiny-rn"
+HF_HUB_PREFIX = "hf-hub:"
 _registered = False
 
 
@@ -145,33 +146,145 @@ def _quiet_root_warnings() -> Iterator[None]:
 
 
 def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = None, seed: int = 0,
-                device: str | torch.device = "cpu") -> ClipBundle:
-    """Create an open_clip model by name, randomly initialised with ``seed`` or from a file.
+                device: str | torch.device = "cpu", cache_dir: str | None = None) -> ClipBundle:
+    """Create an open_clip model by name, randomly initialised with ``seed``, from a pretrained tag,
+    from the Hugging Face hub, or from a file.
 
     Args:
-        name: any open_clip architecture (``RN50``, ``ViT-B-32``, ``poisonlab-tiny-rn``, ...).
-        pretrained: a local checkpoint: poisonlab safetensors (with its JSON sidecar), an open_clip
-            ``.pt``/``.bin`` (loaded with ``weights_only=True``) or a plain state dict.
+        name: any open_clip architecture (``RN50``, ``ViT-B-32``, ``poisonlab-tiny-rn``, ...) or
+            ``hf-hub:ORG/NAME`` (config and weights of an open_clip model on the hub).
+        pretrained: an open_clip pretrained tag of ``name`` (``openai``, ``laion2b_s34b_b79k``, ...;
+            see ``poisonlab models``) or a local checkpoint: poisonlab safetensors (with its JSON
+            sidecar), an open_clip ``.pt``/``.bin`` (loaded with ``weights_only=True``) or a plain
+            state dict.
         seed: seed of the random initialisation.
+        cache_dir: where open_clip keeps downloaded weights (default: the Hugging Face cache,
+            ``HF_HOME``). poisonlab itself never downloads: open_clip resolves tags and hub
+            names, from the cache when offline (``HF_HUB_OFFLINE=1``).
 
     Raises:
-        InputError: unknown architecture, or a checkpoint that is missing, unreadable or of
-            another architecture.
+        InputError: unknown architecture or tag, weights neither cached nor downloadable, or a
+            checkpoint that is missing, unreadable or of another architecture.
     """
     register_configs()
+    if name.startswith(HF_HUB_PREFIX):
+        return _from_hub(name[len(HF_HUB_PREFIX):], cache_dir, device)
     if name not in open_clip.list_models():
         raise InputError(f"unknown CLIP architecture {name!r}; bundled: poisonlab-tiny-rn, poisonlab-tiny-vit; "
-                         "any open_clip name (RN50, ViT-B-32, ...) works too")
-    with torch.random.fork_rng(devices=[]), _quiet_root_warnings():
-        torch.manual_seed(seed)
-        model = open_clip.create_model(name, device=device, output_dict=True)
-    config = copy.deepcopy(open_clip.get_model_config(name))
-    pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
-    mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
-    bundle = ClipBundle(model, name, config, mean, std, {"init": "random", "seed": seed})
+                         "any open_clip name (RN50, ViT-B-32, ...) or hf-hub:ORG/NAME works too")
+    if pretrained is not None and not Path(pretrained).exists():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained in tags:
+            return _from_tag(name, pretrained, cache_dir, device)
+        if not any(sep in pretrained for sep in "/\\.") or not tags:
+            raise InputError(f"{pretrained!r} is neither a file nor a pretrained tag of {name} "
+                             f"(tags: {', '.join(tags) or 'none'})")
+    bundle = _random(name, seed, device)
     if pretrained is not None:
         from poisonlab.models.checkpoint import load_weights
 
         load_weights(bundle, pretrained)
     return bundle
+
+
+def _random(name: str, seed: int, device: str | torch.device, quick_gelu: bool = False) -> ClipBundle:
+    with torch.random.fork_rng(devices=[]), _quiet_root_warnings():
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, device=device, output_dict=True, force_quick_gelu=quick_gelu)
+    config = copy.deepcopy(open_clip.get_model_config(name))
+    if quick_gelu:
+        config["quick_gelu"] = True
+    pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+    mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
+    return ClipBundle(model, name, config, mean, std, {"init": "random", "seed": seed})
+
+
+def _where(cache_dir: str | None) -> str:
+    home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+    return f"{cache_dir or home}{offline}"
+
+
+def _fetch(what: str, cache_dir: str | None, get: Any) -> Path:
+    """Run open_clip's resolver ``get()``; any failure becomes one clear ``InputError``."""
+    try:
+        path = get()
+    except Exception as err:  # noqa: BLE001 - network, cache and hub errors all mean "not available"
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise InputError(f"{what}: weights not available offline and not cached in {_where(cache_dir)}; "
+                         f"connect once to download them, or pass --cache-dir to the cache that holds them "
+                         f"({type(err).__name__}{': ' + first if first else ''})") from None
+    if not path or not Path(path).is_file():
+        raise InputError(f"{what}: open_clip returned no weights file (looked in {_where(cache_dir)})")
+    return Path(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _from_tag(name: str, tag: str, cache_dir: str | None, device: str | torch.device) -> ClipBundle:
+    """An open_clip architecture with the weights of one of its pretrained tags."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    path = _fetch(f"model {name}, pretrained {tag!r}", cache_dir,
+                  lambda: open_clip.download_pretrained(cfg, cache_dir=cache_dir))
+    bundle = _random(name, 0, "cpu", quick_gelu=bool(cfg.get("quick_gelu")))
+    try:
+        with _quiet_root_warnings():
+            open_clip.load_checkpoint(bundle.model, str(path), strict=True, weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as err:  # a truncated or foreign cache file
+        raise InputError(f"model {name}, pretrained {tag!r}: the cached file {path} is unreadable or does not "
+                         f"fit ({str(err).splitlines()[0][:160]}); remove it so open_clip downloads it again") from None
+    bundle.mean = tuple(cfg.get("mean", bundle.mean))
+    bundle.std = tuple(cfg.get("std", bundle.std))
+    bundle.provenance = {"init": "pretrained", "model": name, "tag": tag, "file": path.name,
+                         "sha256": file_sha256(path)}
+    bundle.model.to(device)
+    return bundle
+
+
+def _from_hub(model_id: str, cache_dir: str | None, device: str | torch.device) -> ClipBundle:
+    """An open_clip model from the Hugging Face hub (``open_clip_config.json`` + weights)."""
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    from poisonlab.models.checkpoint import load_weights
+
+    what = f"model hf-hub:{model_id}"
+    config_path = _fetch(what, cache_dir, lambda: download_pretrained_from_hf(
+        model_id, filename="open_clip_config.json", cache_dir=cache_dir))
+    try:
+        body = json.loads(config_path.read_text())
+        model_cfg, pre = body["model_cfg"], body.get("preprocess_cfg", {})
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"{what}: open_clip_config.json has no model_cfg ({err})") from None
+    weights = None
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        try:
+            weights = _fetch(what, cache_dir, lambda f=filename: download_pretrained_from_hf(
+                model_id, filename=f, cache_dir=cache_dir))
+            break
+        except InputError as err:
+            last = err
+    if weights is None:
+        raise last
+    bundle = _random(register_config("hf-hub-" + model_id.replace("/", "-"), model_cfg), 0, device)
+    load_weights(bundle, weights)
+    bundle.mean = tuple(pre.get("mean", bundle.mean))
+    bundle.std = tuple(pre.get("std", bundle.std))
+    bundle.provenance = {"init": "pretrained", "model": f"hf-hub:{model_id}", "file": weights.name,
+                         "sha256": file_sha256(weights)}
+    return bundle
+
+
+def pretrained_tags(name: str | None = None) -> dict[str, list[str]]:
+    """Architectures and their open_clip pretrained tags (all, or ``name``'s)."""
+    register_configs()
+    names = [name] if name is not None else open_clip.list_models()
+    if name is not None and name not in open_clip.list_models():
+        raise InputError(f"unknown CLIP architecture {name!r}")
+    return {n: list(open_clip.list_pretrained_tags_by_model(n)) for n in names}

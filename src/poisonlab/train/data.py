@@ -87,7 +87,15 @@ def dataset_images(dataset: ImageCaptionDataset, size: int | None = None) -> tor
     """All images of ``dataset`` as ``uint8 [N, C, H, W]`` (fast path for in-memory data)."""
     if isinstance(dataset, TensorDataset) and (size is None or dataset.images.shape[-1] == size):
         return dataset.images
-    return torch.stack([item_uint8(dataset[i][0], size) for i in range(len(dataset))])
+    first = item_uint8(dataset[0][0], size)
+    out = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)  # filled in place: one copy at peak
+    out[0] = first
+    for i in range(1, len(dataset)):
+        image = item_uint8(dataset[i][0], size)
+        if image.shape != first.shape:
+            raise InputError(f"item {i} has shape {tuple(image.shape)}, item 0 {tuple(first.shape)}")
+        out[i] = image
+    return out
 
 
 def pair_tensors(dataset: ImageCaptionDataset, tokenize: Callable[[list[str]], torch.Tensor],
