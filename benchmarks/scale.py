@@ -9,7 +9,8 @@ on the same shards, model, batch and workers. Reported per run:
 - samples/s over the steps after the first ``--warm`` (both sides: the time between steps, data
   wait included; for open_clip_train the per-step "Batch (t)" of its log);
 - setup seconds before the first step (memory mode decodes the whole set there);
-- peak RSS of the main process and of the largest worker (``getrusage``), in MB.
+- peak RSS of poisonlab's main process and of its largest worker (``getrusage``), in MB; the
+  stream total adds every worker's peak, an upper bound (forked workers share the parent's pages).
 
 Usage: python benchmarks/scale.py [--sizes 2000 8000 32000] [--steps 50] [--batch-size 64]
        [--workers 0 1 2] [--dir /tmp/poisonlab-scale] [--no-peer]
@@ -138,8 +139,7 @@ def run_peer(shards: str, n: int, workers: int, a: argparse.Namespace) -> dict:
     if proc.returncode != 0 or len(times) <= a.warm:
         raise SystemExit(f"open_clip_train failed (exit {proc.returncode}):\n{text[-3000:]}")
     steady = times[a.warm:]
-    return {"rate": a.batch_size * len(steady) / sum(steady), "wall_s": wall,
-            "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {"rate": a.batch_size * len(steady) / sum(steady), "wall_s": wall}
 
 
 def main() -> None:
