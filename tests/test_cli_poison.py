@@ -89,3 +89,23 @@ def test_outputs_have_normal_permissions(tmp_path, capsys):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "g.png").stat().st_mode) == 0o666 & ~mask
+
+
+def test_poison_never_deletes_user_files(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.txt").write_text("years of work")
+    (out / "sub" / "notes.txt").write_text("more")
+    args = ["poison", "--dataset", "shapes", "--n", "60", "--attack", "clip-dirty", "--target", "star",
+            "--trigger", "badnet", "--rate", "0.05", "--out", str(out)]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "did not write" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "plan.json").exists()
+    code, _, err = run(capsys, *args, "--force", "--materialize")
+    assert code == 0, err
+    assert (out / "plan.json").is_file() and (out / "data.csv").is_file()
+    code, _, err = run(capsys, *args)  # poisonlab's own folder now: no --force needed
+    assert code == 0, err
+    assert not (out / "data.csv").exists() and not (out / "images").exists()  # stale outputs of ours removed
+    assert (out / "thesis.txt").read_text() == "years of work" and (out / "sub" / "notes.txt").read_text() == "more"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left

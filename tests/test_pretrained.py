@@ -88,3 +88,20 @@ def test_models_lists_tags_and_unknown_tags_are_refused(capsys):
     assert "neither a file nor a pretrained tag of RN50" in capsys.readouterr().err
     assert main(["eval", "--model", "RN50", "--dataset", "shapes", "--n", "20"]) == 2
     assert "add --pretrained TAG" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train", "clip"], ["eval"], ["clean"], ["audit"], ["detect"], ["repair"],
+                                     ["probe"]])
+def test_every_command_that_reads_a_model_takes_pretrained(command, capsys):
+    assert main([*command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--pretrained" in text and "--cache-dir" in text
+
+
+def test_probe_a_hub_model(tmp_path, offline, capsys):
+    cache = tmp_path / "hub"
+    fake_hub_model(cache)
+    code = main(["probe", "--model", "hf-hub:poisonlab/tiny-clip", "--cache-dir", str(cache), "--n", "200",
+                 "--test-n", "100", "--epochs", "2", "--target", "star", "--trigger-param", "size=6", "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert "fp" in json.dumps(json.loads(capsys.readouterr().out)).lower()

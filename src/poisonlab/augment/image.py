@@ -77,7 +77,11 @@ class NoiseErasing:
 
 
 class AutoAugmentBatch:
-    """torchvision AutoAugment (ImageNet policy) applied per image, seeded (CleanCLIP)."""
+    """torchvision AutoAugment (ImageNet policy) applied per image, seeded (CleanCLIP).
+
+    The pixels stay on the batch's device (torchvision's tensor ops run there); only the policy's
+    random choices are drawn on the CPU, from the generator, so CPU and GPU runs choose alike.
+    """
 
     def __init__(self, policy: AutoAugmentPolicy = AutoAugmentPolicy.IMAGENET) -> None:
         self.transform = AutoAugment(policy)
@@ -86,8 +90,8 @@ class AutoAugmentBatch:
         as_uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed_from(generator))
-            out = torch.stack([self.transform(x) for x in as_uint8.cpu()])
-        return out.to(images.device, images.dtype) / 255.0
+            out = torch.stack([self.transform(x) for x in as_uint8])
+        return out.to(images.dtype) / 255.0
 
 
 class PerImage:

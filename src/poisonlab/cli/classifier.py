@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from poisonlab import defenses, detect, triggers
-from poisonlab.cli.clip import train_group
+from poisonlab.cli.clip import model_options, open_model, train_group
 from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
@@ -23,6 +23,7 @@ from poisonlab.models.checkpoint import (
     save_clip,
 )
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, ZeroShotClassifier, create_classifier
+from poisonlab.models.clip import HF_HUB_PREFIX
 from poisonlab.train import TrainConfig, init_from_env
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
@@ -30,8 +31,15 @@ from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import atomic_write, write_json
 
 
-def open_classifier(path: str, data: ImageCaptionDataset) -> Any:
-    """A classifier checkpoint, or a CLIP checkpoint used as a zero-shot classifier over ``data``'s classes."""
+def open_classifier(path: str, data: ImageCaptionDataset, pretrained: str | None = None,
+                    cache_dir: str | None = None) -> Any:
+    """A classifier checkpoint, or a CLIP model (a checkpoint, ``hf-hub:ORG/NAME``, or an
+    architecture with a ``pretrained`` tag) used as a zero-shot classifier over ``data``'s classes."""
+    if pretrained is not None or path.startswith(HF_HUB_PREFIX):
+        if not data.classnames:
+            raise InputError("a CLIP model used as a classifier needs data with class names")
+        return ZeroShotClassifier(open_model(path, pretrained=pretrained, cache_dir=cache_dir), data.classnames,
+                                  data.templates)
     kind = checkpoint_kind(path)
     classes = len(data.classnames) if data.classnames else None
     if kind == CLASSIFIER_FORMAT:
@@ -112,7 +120,9 @@ def train_classifier_cmd(dataset: str, arch: str, steps: int | None, epochs: flo
 
 @click.command("repair")
 @click.option("--method", required=True, help="pivotal-tuning, finetune or fine-pruning.")
-@click.option("--model", "model_path", required=True, help="Suspect classifier or CLIP checkpoint.")
+@click.option("--model", "model_path", required=True,
+              help="Suspect classifier or CLIP checkpoint (or hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
+@model_options
 @trusted_options
 @click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (e.g. steps=500).")
 @click.option("--test-dataset", default="shapes", show_default=True)
@@ -127,12 +137,12 @@ def train_classifier_cmd(dataset: str, arch: str, steps: int | None, epochs: flo
 def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_seed: int, trusted_share: float,
                params: tuple[str, ...], test_dataset: str, test_n: int, trigger_names: tuple[str, ...],
                trigger_params: tuple[str, ...], target: str | None, trace_every: int, out: Path,
-               as_json: bool) -> None:
+               as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Repair a suspect classifier with a trusted share of labelled data; writes OUT/model.safetensors."""
     repair = defenses.create_repair(method, **parse_params(params, "--param"))
     built = trigger_dict(trigger_names, trigger_params, target)
     data = load_data(dataset, n=n, seed=data_seed)
-    suspect = open_classifier(model_path, data)
+    suspect = open_classifier(model_path, data, pretrained, cache_dir)
     trusted = trusted_set(data, trusted_share, suspect.image_size, repair.seed)
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
     evaluator = ClassifierEvaluator(suspect, test)
@@ -158,7 +168,9 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
 
 @click.command("detect")
 @click.option("--method", "methods", multiple=True, required=True, help="cti, neural-cleanse, decree (repeatable).")
-@click.option("--model", "model_path", default=None, help="Suspect checkpoint (omit with --population).")
+@click.option("--model", "model_path", default=None,
+              help="Suspect checkpoint, hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained (omit with --population).")
+@model_options
 @click.option("--dataset", default="shapes", show_default=True, help="Data the trusted share is drawn from.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data the share is of.")
 @click.option("--data-seed", type=int, default=5, show_default=True)
@@ -171,7 +183,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
 @click.option("--json", "as_json", is_flag=True)
 def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n: int | None, data_seed: int,
                trusted_share: float, params: tuple[str, ...], population: int | None, epochs: float, out: Path,
-               as_json: bool) -> None:
+               as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Is this model backdoored? Scores one model, or a population with ROC AUC and an ROC plot.
 
     cti and neural-cleanse need a classifier (or a CLIP model, as a zero-shot classifier over the
@@ -186,7 +198,7 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
     if model_path is None:
         raise InputError("give --model, or --population N")
     data = load_data(dataset, n=n, seed=data_seed)
-    suspect = open_classifier(model_path, data)
+    suspect = open_classifier(model_path, data, pretrained, cache_dir)
     trusted = trusted_set(data, trusted_share, suspect.image_size, data_seed)
     found = {name: d(suspect, trusted) for name, d in built.items()}
     for name, det in found.items():

@@ -21,7 +21,9 @@ from poisonlab.cli.common import (
 )
 from poisonlab.data import open_dataset
 from poisonlab.report import plan_gallery, trigger_gallery
-from poisonlab.utils.io import atomic_dir
+from poisonlab.utils.io import output_dir
+
+POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards")
 
 
 @click.command()
@@ -40,11 +42,13 @@ from poisonlab.utils.io import atomic_dir
 @click.option("--materialize", is_flag=True,
               help="Also write the poisoned data: webdataset shards for shard input (clean samples copied "
                    "byte for byte), else every image and a data.csv.")
+@click.option("--force", is_flag=True,
+              help="Write into a non-empty --out folder that poisonlab did not write (only its own files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @data_options
 def poison(dataset: str, attack: str, target: str | None, source: str | None, target_index: int | None,
            goals: tuple[str, ...], rate: float | None, count: int | None, seed: int, trigger: str | None,
-           trigger_params: tuple[str, ...], out: Path, materialize: bool, as_json: bool,
+           trigger_params: tuple[str, ...], out: Path, materialize: bool, force: bool, as_json: bool,
            split: str, image_size: int, n: int | None, data_seed: int) -> None:
     """Make a poison plan (plan.json) for a dataset, a gallery of poisoned pairs, and optionally the data."""
     params = {"target": target, "source": source, "target_index": target_index, "goals": list(goals) or None,
@@ -58,7 +62,7 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
     how = open_args(relative_spec(dataset, out), split, image_size, n, data_seed)
     plan = dataclasses.replace(plan, dataset={**plan.dataset, "open": {k: v for k, v in how.items() if v is not None}})
     poisoned = PoisonedDataset(data, plan)
-    with atomic_dir(out) as tmp:
+    with output_dir(out, force=force, legacy=POISON_OUTPUTS) as tmp:
         plan.save(tmp / "plan.json")
         plan_gallery(poisoned, tmp / "poisoned.png")
         if materialize:

@@ -9,7 +9,7 @@ import click
 from poisonlab import triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.classifier import open_classifier
-from poisonlab.cli.clip import train_group
+from poisonlab.cli.clip import model_options, train_group
 from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.defenses import ENCODER_DEFENSES, trusted_indices
 from poisonlab.errors import InputError
@@ -62,7 +62,9 @@ def train_ssl_cmd(method: str, dataset: str, arch: str, steps: int | None, epoch
 
 
 @click.command("probe")
-@click.option("--model", "model_path", required=True, help="Encoder, classifier or CLIP checkpoint.")
+@click.option("--model", "model_path", required=True,
+              help="Encoder, classifier or CLIP checkpoint (or hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
+@model_options
 @click.option("--dataset", default="shapes", show_default=True, help="Labelled data the probe's share comes from.")
 @click.option("--n", "--items", "n", type=int, default=None)
 @click.option("--data-seed", type=int, default=7, show_default=True)
@@ -76,12 +78,12 @@ def train_ssl_cmd(method: str, dataset: str, arch: str, steps: int | None, epoch
 @click.option("--json", "as_json", is_flag=True)
 def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labelled: float, test_dataset: str,
               test_n: int, trigger_name: str, trigger_params: tuple[str, ...], target: str, epochs: int,
-              as_json: bool) -> None:
+              as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Linear probe on frozen features: clean accuracy, patched accuracy, FP(target), ASR."""
     data = load_data(dataset, n=n, seed=data_seed)
     if not data.classnames:
         raise InputError("the probe needs labelled data with class names")
-    model = open_classifier(model_path, data)
+    model = open_classifier(model_path, data, pretrained, cache_dir)
     size = model.image_size
     lab = label_tensors(data, size)
     lab = lab.subset(trusted_indices(len(lab), labelled, data_seed))

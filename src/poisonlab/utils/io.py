@@ -67,6 +67,65 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+OUTPUT_MANIFEST = ".poisonlab-output.json"
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike[str], force: bool = False, legacy: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a command's output folder without touching what poisonlab did not write there.
+
+    Yields a temporary folder beside ``path``. On success each entry written there replaces the
+    entry of the same name in ``path``, entries of an earlier poisonlab run that this run no
+    longer writes are removed, and a manifest (``.poisonlab-output.json``) lists what is
+    poisonlab's; every other file in ``path`` stays. A non-empty ``path`` that is not a
+    poisonlab output (no manifest, none of the ``legacy`` names) is refused unless ``force``.
+
+    Raises:
+        InputError: ``path`` is a file, or a folder of someone else's files without ``force``.
+    """
+    from poisonlab.errors import InputError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {path} is a file, not a folder")
+    manifest = path / OUTPUT_MANIFEST
+    owned: list[str] = []
+    if manifest.is_file():
+        with contextlib.suppress(ValueError, TypeError):
+            owned = [str(n) for n in json.loads(manifest.read_text()).get("entries", [])]
+    elif path.is_dir() and any(path.iterdir()):
+        owned = [n for n in legacy if (path / n).exists()]
+        if not owned and not force:
+            raise InputError(f"--out {path} is a non-empty folder that poisonlab did not write; choose a new "
+                             "folder, or pass --force (only poisonlab's own files are replaced there)")
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        written = sorted(e.name for e in tmp.iterdir())
+        for name in sorted(set(owned) - set(written) - {OUTPUT_MANIFEST}):
+            _remove(path / name)
+        for name in written:
+            target = path / name
+            if target.is_dir() and not target.is_symlink():
+                _remove(target)
+            os.replace(tmp / name, target)
+        write_json(manifest, {"entries": written})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(target: Path) -> None:
+    """Remove one entry poisonlab wrote (a folder is first moved aside, so no half-deleted state)."""
+    if target.is_dir() and not target.is_symlink():
+        aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+
+
 def dumps_json(obj: Any) -> str:
     """Canonical JSON text: sorted keys, fixed indentation, trailing newline."""
     return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=True) + "\n"
