@@ -71,7 +71,7 @@ def stream_options(training: bool = True) -> Any:
                                help="DataLoader worker processes in stream mode (default: the cores available).")(wrapper)
         return click.option("--data", "data_mode", type=click.Choice(MODES), default="auto", show_default=True,
                             help="memory: decode the whole set first; stream: decode batch by batch in workers; "
-                                 "auto: stream when the decoded set would exceed 2 GB.")(wrapper)
+                                 "auto: stream when the decoded set would exceed 2 GiB.")(wrapper)
 
     return decorate
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -62,6 +63,17 @@ class TrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
+        _finite(self, "lr", "weight_decay", "eps", "momentum", "epochs", "grad_clip", *("betas",))
+        for name in ("warmup", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1 or not 0 <= self.seed < 2**63:
+            raise InputError(f"log every must be >= 1 and seed in 0..2^63-1, got {self.log_every}, {self.seed}")
+        if self.weight_decay < 0 or self.eps <= 0 or not all(0 <= b < 1 for b in self.betas):
+            raise InputError(f"weight decay must be >= 0, eps > 0 and betas in [0, 1), got {self.weight_decay}, "
+                             f"{self.eps}, {self.betas}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise InputError(f"grad clip must be > 0 (or off), got {self.grad_clip}")
         if (self.steps is None) == (self.epochs is None):
             raise InputError("give exactly one of steps or epochs")
         if (self.steps is not None and self.steps < 0) or (self.epochs is not None and self.epochs <= 0):
@@ -76,6 +88,19 @@ class TrainConfig:
         if self.steps is not None:
             return self.steps
         return max(1, int(self.epochs * num_samples // (self.batch_size * world_size)))  # type: ignore[operator]
+
+
+def _finite(cfg: Any, *names: str) -> None:
+    """``InputError`` naming the first of ``names`` that is NaN or infinite (``None`` is allowed)."""
+    for name in names:
+        value = getattr(cfg, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if v is not None and not math.isfinite(v):
+                raise InputError(f"{name.replace('_', '-')} must be a finite number, got {v}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops (exit 1) without a final checkpoint."""
 
 
 class Objective:
@@ -266,11 +291,16 @@ class Trainer:
         bar = tqdm(total=self.total, initial=self.step, disable=not show,
                    desc="train", leave=False, dynamic_ncols=True)
         start, first, loss = time.perf_counter(), self.step, float("nan")
+        last_finite = float("nan")
         batches = self.data.batches(self.step_indices(self.step), self.dist.device)
         try:
             for batch in batches:
                 lr = self._set_lr()
                 loss, extra = self._train_step(batch, scaler)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"the loss is {loss} at step {self.step + 1} (last finite loss "
+                                           f"{last_finite:.4f}); lower --lr or check the data; no final checkpoint written")
+                last_finite = loss
                 self.step += 1
                 bar.update(1)
                 if metrics is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total):

@@ -92,8 +92,8 @@ def choose_mode(dataset: ImageCaptionDataset, size: int, config: DataConfig) -> 
         mode = config.mode
     else:
         mode = "stream" if need > config.memory_budget else "memory"
-    log.info("data: %s mode for %d items at %d px (%.2f GB decoded, budget %.2f GB)", mode, len(dataset), size,
-             need / 1e9, config.memory_budget / 1e9)
+    log.info("data: %s mode for %d items at %d px (%.2f GiB decoded, budget %.2f GiB)", mode, len(dataset), size,
+             need / 2**30, config.memory_budget / 2**30)
     return mode
 
 
