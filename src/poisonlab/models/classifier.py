@@ -62,8 +62,11 @@ class ClassifierBundle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize_images(images, self.mean, self.std)
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize_images(images, self.mean, self.std))
+        return self.model(self.normalize(images))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (after global pooling, before the linear head)."""
@@ -173,6 +176,9 @@ class ZeroShotClassifier:
     @property
     def device(self) -> torch.device:
         return self.bundle.device
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return self.bundle.normalize(images)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self.bundle.normalize(images))

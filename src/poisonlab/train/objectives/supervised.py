@@ -15,7 +15,9 @@ class SupervisedObjective(Objective):
     """``CE(f(x), y)`` on a :class:`~poisonlab.models.classifier.Classifier`-like object.
 
     Args:
-        classifier: has ``module`` (trained) and ``logits(images)``.
+        classifier: has ``module`` (trained), ``normalize(images)`` and ``num_classes``. The
+            forward pass goes through ``self.model``, which the loop wraps in DDP under torchrun,
+            so every rank's gradients are averaged.
         label_smoothing: passed to ``F.cross_entropy``.
     """
 
@@ -28,6 +30,6 @@ class SupervisedObjective(Objective):
         labels = batch["labels"]
         if bool((labels < 0).any()) or bool((labels >= self.classifier.num_classes).any()):
             raise InputError(f"labels outside 0..{self.classifier.num_classes - 1}: the data does not fit the model")
-        logits = self.classifier.logits(batch["images"])
+        logits = self.model(self.classifier.normalize(batch["images"]))
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         return loss, {"acc": float((logits.argmax(1) == labels).float().mean())}
