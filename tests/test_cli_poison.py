@@ -109,3 +109,15 @@ def test_poison_never_deletes_user_files(tmp_path, capsys):
     assert not (out / "data.csv").exists() and not (out / "images").exists()  # stale outputs of ours removed
     assert (out / "thesis.txt").read_text() == "years of work" and (out / "sub" / "notes.txt").read_text() == "more"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_data_reopened_at_the_model_size(tmp_path):
+    from poisonlab.cli.common import at_model_size, load_data
+
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        write_png(tmp_path / c / "0.png", size=(80, 60))
+    first = load_data(str(tmp_path))
+    assert at_model_size(str(tmp_path), first, 32, None, 0) is first
+    again = at_model_size(str(tmp_path), first, 64, None, 0)
+    assert again[0][0].shape == (3, 64, 64) and again.classnames == first.classnames

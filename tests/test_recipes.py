@@ -70,7 +70,37 @@ def _cifar_data(work: Path) -> None:
         pickle.dump({b"label_names": names}, f)
 
 
-DATA = {"par-rn50.md": _par_data, "pick-your-poison-cifar10.md": _cifar_data}
+def _csv(path: Path, n: int, seed: int) -> None:
+    from torchvision.utils import save_image
+
+    from poisonlab.data import make_shapes
+
+    data = make_shapes(n=n, seed=seed)
+    (path.parent / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["path,caption,label"]
+    for i in range(n):
+        image, caption, label = data[i]
+        name = f"images/{path.stem}-{i:04d}.png"
+        save_image(image, path.parent / name)
+        rows.append(f"{name},{caption},{data.classnames[label]}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _coco_data(work: Path) -> None:
+    for split, n, seed in (("train", 160, 1), ("clean", 64, 2), ("test", 80, 3)):
+        _csv(work / "coco" / f"{split}.csv", n, seed)
+    (work / "init").mkdir()
+    save_clip(create_clip("poisonlab-tiny-rn", seed=0), work / "init" / "model.safetensors")
+
+
+def _in100_data(work: Path) -> None:
+    synsets = ["n01440764", "n01443537", "n01484850", "n01491361"]  # tench, goldfish, great white shark, tiger shark
+    _imagefolder(work / "in100" / "train", synsets, per=12)
+    _imagefolder(work / "in100" / "val", synsets, per=4)
+
+
+DATA = {"par-rn50.md": _par_data, "pick-your-poison-cifar10.md": _cifar_data, "text-attack-2-coco.md": _coco_data,
+        "ssl-imagenet100.md": _in100_data}
 
 
 def test_every_recipe_has_a_miniature():

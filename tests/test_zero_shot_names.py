@@ -25,7 +25,7 @@ def _imagefolder(root, folders, per=2):
     for i, name in enumerate(folders):
         (root / name).mkdir(parents=True)
         for j in range(per):
-            write_png(root / name / f"{j}.JPEG", rgb=(20 * i, 100, 40 * j))
+            write_png(root / name / f"{j}.JPEG", rgb=(20 * i % 256, 100, 40 * j % 256))
     return root
 
 

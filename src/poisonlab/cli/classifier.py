@@ -9,7 +9,7 @@ import click
 
 from poisonlab import defenses, detect, triggers
 from poisonlab.cli.clip import model_options, open_model, train_group
-from poisonlab.cli.common import emit, load_data, parse_params, stream_options
+from poisonlab.cli.common import at_model_size, emit, load_data, parse_params, stream_options
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
@@ -143,6 +143,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
     built = trigger_dict(trigger_names, trigger_params, target)
     data = load_data(dataset, n=n, seed=data_seed)
     suspect = open_classifier(model_path, data, pretrained, cache_dir)
+    data = at_model_size(dataset, data, suspect.image_size, n, data_seed)
     trusted = trusted_set(data, trusted_share, suspect.image_size, repair.seed)
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
     evaluator = ClassifierEvaluator(suspect, test)
@@ -199,6 +200,7 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
         raise InputError("give --model, or --population N")
     data = load_data(dataset, n=n, seed=data_seed)
     suspect = open_classifier(model_path, data, pretrained, cache_dir)
+    data = at_model_size(dataset, data, suspect.image_size, n, data_seed)
     trusted = trusted_set(data, trusted_share, suspect.image_size, data_seed)
     found = {name: d(suspect, trusted) for name, d in built.items()}
     for name, det in found.items():

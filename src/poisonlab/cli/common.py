@@ -88,6 +88,15 @@ def load_data(spec: str, split: str = "train", size: int = 32, n: int | None = N
     return open_dataset(spec, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)
 
 
+def at_model_size(spec: str, data: ImageCaptionDataset, size: int, n: int | None, seed: int) -> ImageCaptionDataset:
+    """``data`` (opened at the default 32 px to learn its classes) reopened at the model's input
+    size, so images are decoded at the resolution the model reads rather than upsampled.
+    Plans keep the size they were made at."""
+    if size == 32 or spec.endswith(".json"):
+        return data
+    return load_data(spec, size=size, n=n, seed=seed)
+
+
 def open_plan(path: Path, skip_bad: bool = False) -> PoisonedDataset:
     """Rebuild the poisoned dataset a plan file describes (its data paths are relative to it).
 

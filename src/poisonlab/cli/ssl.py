@@ -10,7 +10,7 @@ from poisonlab import triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.classifier import open_classifier
 from poisonlab.cli.clip import model_options, train_group
-from poisonlab.cli.common import emit, load_data, parse_params, stream_options
+from poisonlab.cli.common import at_model_size, emit, load_data, parse_params, stream_options
 from poisonlab.defenses import ENCODER_DEFENSES, trusted_indices
 from poisonlab.errors import InputError
 from poisonlab.metrics.probe import LinearProbe, probe_report
@@ -85,6 +85,7 @@ def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labe
         raise InputError("the probe needs labelled data with class names")
     model = open_classifier(model_path, data, pretrained, cache_dir)
     size = model.image_size
+    data = at_model_size(dataset, data, size, n, data_seed)
     lab = label_tensors(data, size)
     lab = lab.subset(trusted_indices(len(lab), labelled, data_seed))
     test = label_tensors(load_data(test_dataset, split="test", size=size, n=test_n), size)
@@ -113,6 +114,7 @@ def clean_encoder_cmd(defense: str, model_path: str, dataset: str, n: int | None
     method = ENCODER_DEFENSES.create(defense, **parse_params(params, "--param"))
     data = load_data(dataset, n=n, seed=data_seed)
     encoder = open_classifier(model_path, data)
+    data = at_model_size(dataset, data, encoder.image_size, n, data_seed)
     images = label_tensors(data, encoder.image_size)
     if defense == "distill":
         student, report = method.run(encoder, images)

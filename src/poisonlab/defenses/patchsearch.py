@@ -139,7 +139,7 @@ class PatchSearch:
         assign, centers = kmeans.labels_, torch.from_numpy(kmeans.cluster_centers_)
         g = make_generator("patchsearch", self.seed)
         alive, scored, patches, best = list(range(k)), {}, {}, dict.fromkeys(range(k), -1)
-        while len(alive) > self.min_clusters:
+        while not scored or len(alive) > self.min_clusters:  # at least one round, even with few clusters
             todo = []
             for c in alive:
                 members = [i for i in np.flatnonzero(assign == c).tolist() if i not in scored]
