@@ -277,3 +277,28 @@ def test_planning_reads_captions_and_labels_only(shards, monkeypatch):
     assert len(_plan(base).entries) == round(0.1 * len(base))
     text = attacks.create("text-attack-2", source="circle", target="star", count=5)(base, seed=0)
     assert len(text.entries) == 5 and all(e.key is not None for e in text.entries)
+
+
+def test_streamed_eval_skips_target_images_before_decoding(shards, monkeypatch):
+    from poisonlab.metrics import ClipEvaluator
+    from poisonlab.triggers import create as create_trigger
+
+    base = open_dataset(str(shards[0].parent))
+    bundle = create_clip("poisonlab-tiny-rn", seed=0)
+    trig = create_trigger("badnet-stripes", size=5, location="bottom-right")
+    full = ClipEvaluator(bundle, base, batch_size=40, data_config=DataConfig(mode="memory")).backdoor(trig, "star")
+    read = []
+    original = type(base).image_bytes
+
+    def counting(self, index):
+        read.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(type(base), "image_bytes", counting)
+    ev = ClipEvaluator(bundle, base, batch_size=40, data_config=DataConfig(mode="stream", workers=0), skip_target=True)
+    res = ev.backdoor(trig, "star")
+    star = base.classnames.index("star")
+    targets = {i for i, y in enumerate(base.labels()) if y == star}
+    assert targets and not targets & set(read)
+    assert res["target_images_skipped"] == len(targets) and "asr_all" not in res
+    assert res["asr"] == pytest.approx(full["asr"])

@@ -124,17 +124,19 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int |
                    "dataset's (classnames.txt beside it, ImageNet names for WordNet-id folders).")
 @click.option("--templates", default=None,
               help="Zero-shot templates: a file (one per line, {c} for the class), openai (80) or simple (7).")
+@click.option("--skip-target-images", is_flag=True,
+              help="Triggered passes skip the target class's images before decoding them (ASR only, no asr_all).")
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int | None,
              trigger_names: tuple[str, ...], trigger_params: tuple[str, ...], target: str | None, source: str | None,
              target_image: str | None, classnames: str | None, templates: str | None, data_config: DataConfig,
-             as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
+             as_json: bool, pretrained: str | None, cache_dir: str | None, skip_target_images: bool) -> None:
     """Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply."""
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, split=split, size=bundle.image_size, n=n)
     apply_names(data, classnames, templates)
-    ev = ClipEvaluator(bundle, data, data_config=data_config)
+    ev = ClipEvaluator(bundle, data, data_config=data_config, skip_target=skip_target_images)
     summary: dict[str, Any] = {"retrieval": ev.retrieval(), "data": data_summary(ev.source)}
     if data.classnames:
         summary["classnames"] = {"source": data.classnames_source, "count": len(data.classnames),
@@ -187,7 +189,9 @@ def _table(summary: dict[str, Any]) -> list[str]:
         lines.append(f"CA        {100 * summary['ca']:6.2f}%   ({names['count']} classes from {names['source']}, "
                      f"{temps['count']} templates from {temps['source']})")
     for name, res in summary.get("backdoor", {}).items():
-        lines.append(f"ASR {name:<18} {100 * res['asr']:6.2f}%   (asr_all {100 * res['asr_all']:.2f}%)")
+        extra = (f"asr_all {100 * res['asr_all']:.2f}%" if "asr_all" in res
+                 else f"{res['target_images_skipped']} target-class images skipped")
+        lines.append(f"ASR {name:<18} {100 * res['asr']:6.2f}%   ({extra})")
     if "min_rank" in summary:
         hits = "  ".join(f"{k} {v:.3f}" for k, v in summary["hit_at_k"].items())
         lines.append(f"text attack: {hits}  MinRank {summary['min_rank']:.2f} "

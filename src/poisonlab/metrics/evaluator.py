@@ -34,11 +34,15 @@ class ClipEvaluator:
         batch_size: images per forward pass.
         data_config: test images held in memory or streamed through DataLoader workers, one
             pass per trigger (default ``auto``). Every image must be readable.
+        skip_target: triggered passes read only the images whose class is not the target (the
+            CleanCLIP protocol: ImageNet val minus the target class), so those are never decoded;
+            ``backdoor`` then reports ``asr`` without ``asr_all``.
     """
 
     def __init__(self, bundle: ClipBundle, dataset: ImageCaptionDataset, batch_size: int = 256,
-                 data_config: DataConfig | None = None) -> None:
+                 data_config: DataConfig | None = None, skip_target: bool = False) -> None:
         self.bundle, self.dataset, self.batch_size = bundle, dataset, batch_size
+        self.skip_target = skip_target
         cfg = data_config or DataConfig()
         if cfg.skip_bad_images:
             raise InputError("evaluation needs every test image: --skip-bad-images is for training data")
@@ -48,11 +52,13 @@ class ClipEvaluator:
         self.passes = 0
 
     @torch.no_grad()
-    def _embed_images(self, trigger: Trigger | None, seed: int) -> torch.Tensor:
+    def _embed_images(self, trigger: Trigger | None, seed: int, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of all images (or those at ``index``, in order), triggered if given."""
         self.bundle.model.eval()
         g = make_generator("eval-trigger", seed)
         out = []
-        for batch in self.source.batches(sequential(len(self.source), self.batch_size)):
+        chunks = sequential(len(self.source), self.batch_size) if index is None else list(index.split(self.batch_size))
+        for batch in self.source.batches(chunks):
             x = batch["images"]
             if trigger is not None:
                 x = trigger(x, generator=g)
@@ -94,9 +100,19 @@ class ClipEvaluator:
         return accuracy(zero_shot_predict(self.image_embeddings(), self.class_weights()), self.labels)
 
     def backdoor(self, trigger: Trigger, target: str, seed: int = 0) -> dict[str, float]:
-        """``asr`` (non-target images only) and ``asr_all`` of ``trigger`` toward ``target``."""
-        preds = zero_shot_predict(self.image_embeddings(trigger, seed), self.class_weights())
-        return attack_success_rate(preds, self.labels, self.target_index(target))
+        """``asr`` (non-target images only) and ``asr_all`` of ``trigger`` toward ``target``
+        (``asr`` alone, and the images left out, when the evaluator skips the target class)."""
+        t = self.target_index(target)
+        if not self.skip_target:
+            preds = zero_shot_predict(self.image_embeddings(trigger, seed), self.class_weights())
+            return attack_success_rate(preds, self.labels, t)
+        keep = (self.labels != t).nonzero().flatten()
+        key = f"{trigger!r}/{seed}/without-{t}"
+        if key not in self._cache:
+            self._cache[key] = self._embed_images(trigger, seed, keep)
+        preds = zero_shot_predict(self._cache[key], self.class_weights())
+        return {"asr": float((preds == t).double().mean()) if len(keep) else float("nan"),
+                "target_images_skipped": len(self.labels) - len(keep)}
 
     def retrieval(self) -> dict[str, float]:
         return recall_at_k(self.image_embeddings(), self.text_embeddings())
