@@ -101,7 +101,9 @@ def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labe
 
 @click.command("clean-encoder")
 @click.option("--defense", required=True, help="distill or patchsearch.")
-@click.option("--model", "model_path", required=True, help="Suspect encoder checkpoint.")
+@click.option("--model", "model_path", required=True,
+              help="Suspect encoder checkpoint (or a CLIP one, hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
+@model_options
 @click.option("--dataset", required=True, help="distill: clean unlabeled images; patchsearch: the training set (plan).")
 @click.option("--n", "--items", "n", type=int, default=None)
 @click.option("--data-seed", type=int, default=2, show_default=True)
@@ -109,11 +111,12 @@ def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labe
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def clean_encoder_cmd(defense: str, model_path: str, dataset: str, n: int | None, data_seed: int,
-                      params: tuple[str, ...], out: Path, as_json: bool) -> None:
+                      params: tuple[str, ...], out: Path, as_json: bool, pretrained: str | None,
+                      cache_dir: str | None) -> None:
     """Distil a suspect encoder into a clean student, or find poisoned training images (PatchSearch)."""
     method = ENCODER_DEFENSES.create(defense, **parse_params(params, "--param"))
     data = load_data(dataset, n=n, seed=data_seed)
-    encoder = open_classifier(model_path, data)
+    encoder = open_classifier(model_path, data, pretrained, cache_dir)
     data = at_model_size(dataset, data, encoder.image_size, n, data_seed)
     images = label_tensors(data, encoder.image_size)
     if defense == "distill":
