@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed.nn.functional
 
 from poisonlab.augment.image import NOISE_FORMS, NoiseErasing
 from poisonlab.defenses.base import DEFENSES, CleaningDefense
@@ -54,7 +55,7 @@ class ParObjective(ClipObjective):
     def __init__(self, bundle: ClipBundle, suspect: ClipBundle, tau: float = 2.15, weight: float = 0.5,
                  rank: int = 0, world_size: int = 1, augment: Any = None) -> None:
         super().__init__(bundle, rank, world_size, augment, freeze_logit_scale=True)
-        self.suspect, self.tau, self.weight = suspect, tau, weight
+        self.suspect, self.tau, self.weight, self.world_size = suspect, tau, weight, world_size
         self._last: dict[str, float] = {}
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,11 +67,19 @@ class ParObjective(ClipObjective):
         with torch.no_grad():
             ref = self.suspect.model(x, batch["tokens"])
         l_clip = self.clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
-        s_img = (out["image_features"] - ref["image_features"]).pow(2).sum(-1).mean()
-        s_txt = (out["text_features"] - ref["text_features"]).pow(2).sum(-1).mean()
+        s_img = self.global_mean((out["image_features"] - ref["image_features"]).pow(2).sum(-1))
+        s_txt = self.global_mean((out["text_features"] - ref["text_features"]).pow(2).sum(-1))
         loss = l_clip - self.weight * (threshold(s_img, self.tau) + threshold(s_txt, self.tau))
         self._last = {"l_clip": float(l_clip.detach()), "s_img": float(s_img.detach()), "s_txt": float(s_txt.detach())}
         return loss, dict(self._last)
+
+    def global_mean(self, per_pair: torch.Tensor) -> torch.Tensor:
+        """Mean over the global batch: under torchrun the per-pair distances of every rank are
+        gathered with gradients (as ClipLoss gathers features), so S and the threshold decision
+        are those of the concatenated batch, as in the authors' code."""
+        if self.world_size == 1:
+            return per_pair.mean()
+        return torch.cat(torch.distributed.nn.functional.all_gather(per_pair)).mean()
 
     def summary(self) -> dict[str, float]:
         return {f"final_{k}": v for k, v in self._last.items()}

@@ -1,0 +1,82 @@
+"""Training under 2-rank DDP (gloo) equals one process: classifiers keep one set of weights, PAR's S is global."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from poisonlab.data import make_shapes
+from poisonlab.models.classifier import create_classifier
+from poisonlab.train import DistInfo, TrainConfig, Trainer
+from poisonlab.train.data import label_tensors
+from poisonlab.train.objectives.supervised import SupervisedObjective
+
+
+def _worker(rank, world, init_file, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    data = make_shapes(n=128, seed=3)
+    bundle = create_classifier("poisonlab-resnet-tiny", len(data.classnames), 32, data.classnames, seed=0)
+    cfg = TrainConfig(steps=3, batch_size=16, lr=1e-2, seed=1)
+    Trainer(SupervisedObjective(bundle), label_tensors(data), cfg, dist=DistInfo(rank=rank, world_size=world),
+            progress=False).fit()
+    params = {n: p.detach().clone() for n, p in bundle.model.named_parameters()}  # BN statistics are per rank
+    torch.save(params, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_end_with_the_same_classifier(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    start = dict(create_classifier("poisonlab-resnet-tiny", 10, 32, make_shapes(n=1).classnames, seed=0)
+                 .model.named_parameters())
+    moved = max(float((a[k] - start[k].detach()).abs().max()) for k in a)
+    assert moved > 0  # the ranks trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def _par_worker(rank, world, init_file, batch, out_dir):
+    from poisonlab.defenses.par import ParObjective
+    from poisonlab.models import create_clip
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    suspect = create_clip("poisonlab-tiny-vit", seed=1)
+    bundle = suspect.copy()
+    with torch.no_grad():  # move the trainable copy away a little, so S differs per pair
+        for p in bundle.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    objective = ParObjective(bundle, suspect, tau=10.0, rank=rank, world_size=world)
+    objective.model = torch.nn.parallel.DistributedDataParallel(bundle.model)
+    half = batch["images"].shape[0] // world
+    local = {k: v[rank * half:(rank + 1) * half] for k, v in batch.items()}
+    loss, extra = objective.loss(local, torch.Generator())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in bundle.model.named_parameters() if p.grad is not None}
+    torch.save({"loss": loss.detach(), "s_img": extra["s_img"], "grads": grads}, os.path.join(out_dir, f"par{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_par_distance_over_the_global_batch(tmp_path):
+    from poisonlab.defenses.par import ParObjective
+    from poisonlab.models import create_clip
+
+    data = make_shapes(n=16, seed=4)
+    suspect = create_clip("poisonlab-tiny-vit", seed=1)
+    batch = {"images": data.images.float() / 255, "tokens": suspect.tokenize(data.caption_list)}
+    mp.spawn(_par_worker, args=(2, str(tmp_path / "init"), batch, str(tmp_path)), nprocs=2, join=True)
+    bundle = suspect.copy()
+    with torch.no_grad():
+        for p in bundle.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    loss, extra = ParObjective(bundle, suspect, tau=10.0).loss(batch, torch.Generator())
+    loss.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"par{rank}.pt", weights_only=True)
+        assert got["s_img"] == pytest.approx(extra["s_img"], rel=1e-5)
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+        for n, p in bundle.model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(got["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
