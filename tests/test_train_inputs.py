@@ -32,3 +32,19 @@ def test_diverging_loss_stops_with_exit_1_and_no_checkpoint(tmp_path, capsys):
     assert code == 1, err
     assert "the loss is" in err and "no final checkpoint" in err and len(err.strip().splitlines()) == 1
     assert not (out / "model.safetensors").exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_objects_are_refused_for_safety(tmp_path, capsys):
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": _Evil()}))
+    code = main(["eval", "--model", str(evil), "--arch", "poisonlab-tiny-rn", "--dataset", "shapes", "--n", "20"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "this must never run" not in out
+    assert "refused for safety" in err and "weights_only=False" not in err and len(err.strip().splitlines()) == 1

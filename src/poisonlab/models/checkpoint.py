@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from poisonlab.errors import InputError
-from poisonlab.utils.io import atomic_write, write_json
+from poisonlab.utils.io import atomic_write, load_tensors, write_json
 
 log = logging.getLogger(__name__)
 SIDECAR_FORMAT = "poisonlab.clip/1"
@@ -91,14 +91,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix != ".safetensors":
+        state = load_tensors(path)
+    else:
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {msg}") from None
+        except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {msg}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from poisonlab.errors import InputError
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.schedule import SCHEDULES, multiplier
-from poisonlab.utils.io import atomic_write
+from poisonlab.utils.io import atomic_write, load_tensors
 from poisonlab.utils.seeding import derive_seed, make_generator
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,7 @@ class Trainer:
         path = self.out / STATE_FILE if self.out is not None else None
         if path is None or not path.is_file():
             return False
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError) as err:
-            raise InputError(f"cannot resume from {path}: {err}") from None
+        state = load_tensors(path, "resume state")
         model = self.objective.model
         (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

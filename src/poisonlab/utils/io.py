@@ -126,6 +126,31 @@ def _remove(target: Path) -> None:
             target.unlink()
 
 
+def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary
+    Python objects. A file that needs more is refused with one line that says why; any other
+    unreadable file is one line too (``InputError`` both).
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    from poisonlab.errors import InputError
+
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(f"{what} {path} refused for safety: it holds Python objects beyond tensors, and "
+                         "poisonlab loads pickled files only as tensors (weights_only); convert it to "
+                         "safetensors where it was made") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read {what} {path} (truncated or not a {what}?): {msg[:200]}") from None
+
+
 def dumps_json(obj: Any) -> str:
     """Canonical JSON text: sorted keys, fixed indentation, trailing newline."""
     return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=True) + "\n"
