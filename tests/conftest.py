@@ -20,3 +20,14 @@ def write_png(path, rgb=(255, 0, 0), size=(12, 10)) -> None:
     arr[:] = rgb
     arr[::2, ::3] = 255 - np.array(rgb, dtype=np.uint8)
     Image.fromarray(arr).save(path)
+
+
+def rank_loss_and_grads(objective, model, batch, rank: int, world: int) -> dict:
+    """This rank's loss, extra scalars and DDP-averaged gradients on its half of ``batch``."""
+    objective.model = torch.nn.parallel.DistributedDataParallel(model)
+    half = batch["images"].shape[0] // world
+    local = {k: v[rank * half : (rank + 1) * half] for k, v in batch.items()}
+    loss, extra = objective.loss(local, torch.Generator())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"loss": loss.detach(), "grads": grads, **extra}

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import rank_loss_and_grads
 
 from poisonlab import attacks
 from poisonlab.cli import main
@@ -150,14 +151,8 @@ def _ddp_worker(rank, world, init_file, batch, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     bundle = create_clip("poisonlab-tiny-vit", seed=0)
-    objective = ClipObjective(bundle, rank=rank, world_size=world)
-    objective.model = torch.nn.parallel.DistributedDataParallel(bundle.model)
-    half = batch["images"].shape[0] // world
-    local = {k: v[rank * half : (rank + 1) * half] for k, v in batch.items()}
-    loss, _ = objective.loss(local, torch.Generator())
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in bundle.model.named_parameters() if p.grad is not None}
-    torch.save({"loss": loss.detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    got = rank_loss_and_grads(ClipObjective(bundle, rank=rank, world_size=world), bundle.model, batch, rank, world)
+    torch.save({"loss": got["loss"], "grads": got["grads"]}, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 

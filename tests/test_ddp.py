@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import rank_loss_and_grads
 
 from poisonlab.data import make_shapes
 from poisonlab.models.classifier import create_classifier
@@ -49,13 +50,8 @@ def _par_worker(rank, world, init_file, batch, out_dir):
         for p in bundle.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     objective = ParObjective(bundle, suspect, tau=10.0, rank=rank, world_size=world)
-    objective.model = torch.nn.parallel.DistributedDataParallel(bundle.model)
-    half = batch["images"].shape[0] // world
-    local = {k: v[rank * half:(rank + 1) * half] for k, v in batch.items()}
-    loss, extra = objective.loss(local, torch.Generator())
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in bundle.model.named_parameters() if p.grad is not None}
-    torch.save({"loss": loss.detach(), "s_img": extra["s_img"], "grads": grads}, os.path.join(out_dir, f"par{rank}.pt"))
+    got = rank_loss_and_grads(objective, bundle.model, batch, rank, world)
+    torch.save(got, os.path.join(out_dir, f"par{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
