@@ -99,7 +99,7 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int |
     result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "samples_per_second": round(result.samples_per_second, 1),
-               "data": data_lines_summary(result.data, data)}
+               "data": result.data}
     if dist.is_main:
         emit(summary, as_json, [f"trained {result.steps} steps, loss {result.final_loss:.4f}, "
                                 f"{result.samples_per_second:.0f} samples/s ({data_line(summary['data'])})",
@@ -137,7 +137,7 @@ def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int
     data = load_data(dataset, split=split, size=bundle.image_size, n=n)
     apply_names(data, classnames, templates)
     ev = ClipEvaluator(bundle, data, data_config=data_config, skip_target=skip_target_images)
-    summary: dict[str, Any] = {"retrieval": ev.retrieval(), "data": data_summary(ev.source)}
+    summary: dict[str, Any] = {"retrieval": ev.retrieval(), "data": data_summary(ev.source, data)}
     if data.classnames:
         summary["classnames"] = {"source": data.classnames_source, "count": len(data.classnames),
                                  "first": list(data.classnames[:5])}
@@ -161,14 +161,6 @@ def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int
         summary["min_rank"] = res["min_rank"]
         summary["baseline"] = res["baseline"]
     emit(summary, as_json, _table(summary))
-
-
-def data_lines_summary(data: dict[str, Any] | None, dataset: Any) -> dict[str, Any]:
-    """The run's data summary plus the samples the reader skipped while indexing the shards."""
-    out = dict(data or {})
-    if dataset.skipped:
-        out["skipped_samples"] = dataset.skipped
-    return out
 
 
 def data_line(data: dict[str, Any]) -> str:

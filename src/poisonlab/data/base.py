@@ -38,6 +38,8 @@ class ImageCaptionDataset(Dataset):
     templates: Sequence[str] = DEFAULT_TEMPLATES
     skipped: int = 0
     """Malformed samples a reader left out (webdataset shards opened with ``skip_bad``)."""
+    plan: Any = None
+    """The poison plan applied to the items (:class:`~poisonlab.attacks.PoisonedDataset`), else None."""
     classnames_source: str = "dataset"
     templates_source: str = "poisonlab default"
 

@@ -55,7 +55,7 @@ class ParObjective(ClipObjective):
     def __init__(self, bundle: ClipBundle, suspect: ClipBundle, tau: float = 2.15, weight: float = 0.5,
                  rank: int = 0, world_size: int = 1, augment: Any = None) -> None:
         super().__init__(bundle, rank, world_size, augment, freeze_logit_scale=True)
-        self.suspect, self.tau, self.weight, self.world_size = suspect, tau, weight, world_size
+        self.suspect, self.tau, self.weight = suspect, tau, weight
         self._last: dict[str, float] = {}
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -77,7 +77,7 @@ class ParObjective(ClipObjective):
         """Mean over the global batch: under torchrun the per-pair distances of every rank are
         gathered with gradients (as ClipLoss gathers features), so S and the threshold decision
         are those of the concatenated batch, as in the authors' code."""
-        if self.world_size == 1:
+        if self.clip_loss.world_size == 1:
             return per_pair.mean()
         return torch.cat(torch.distributed.nn.functional.all_gather(per_pair)).mean()
 

@@ -66,10 +66,13 @@ class ClipEvaluator:
         self.passes += 1
         return torch.cat(out)
 
-    def image_embeddings(self, trigger: Trigger | None = None, seed: int = 0) -> torch.Tensor:
-        key = "clean" if trigger is None else f"{trigger!r}/{seed}"
+    def image_embeddings(self, trigger: Trigger | None = None, seed: int = 0, without: int | None = None) -> torch.Tensor:
+        """Embeddings of every test image (``without``: of those whose class is not ``without``),
+        computed once per trigger and seed."""
+        key = ("clean" if trigger is None else f"{trigger!r}/{seed}") + ("" if without is None else f"/without-{without}")
         if key not in self._cache:
-            self._cache[key] = self._embed_images(trigger, seed)
+            index = None if without is None else (self.labels != without).nonzero().flatten()
+            self._cache[key] = self._embed_images(trigger, seed, index)
         return self._cache[key]
 
     @torch.no_grad()
@@ -106,13 +109,9 @@ class ClipEvaluator:
         if not self.skip_target:
             preds = zero_shot_predict(self.image_embeddings(trigger, seed), self.class_weights())
             return attack_success_rate(preds, self.labels, t)
-        keep = (self.labels != t).nonzero().flatten()
-        key = f"{trigger!r}/{seed}/without-{t}"
-        if key not in self._cache:
-            self._cache[key] = self._embed_images(trigger, seed, keep)
-        preds = zero_shot_predict(self._cache[key], self.class_weights())
-        return {"asr": float((preds == t).double().mean()) if len(keep) else float("nan"),
-                "target_images_skipped": len(self.labels) - len(keep)}
+        preds = zero_shot_predict(self.image_embeddings(trigger, seed, without=t), self.class_weights())
+        return {"asr": float((preds == t).double().mean()) if len(preds) else float("nan"),
+                "target_images_skipped": len(self.labels) - len(preds)}
 
     def retrieval(self) -> dict[str, float]:
         return recall_at_k(self.image_embeddings(), self.text_embeddings())

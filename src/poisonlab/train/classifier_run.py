@@ -41,6 +41,6 @@ def train_classifier(bundle: Any, dataset: ImageCaptionDataset, config: TrainCon
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=lambda p: save_classifier(bundle, p),
                       progress=progress)
     result = trainer.fit(resume=resume)
-    result.data = data_summary(data)
+    result.data = data_summary(data, dataset)
     log.info("trained %d steps in %.1fs (%.0f samples/s)", result.steps, result.seconds, result.samples_per_second)
     return result

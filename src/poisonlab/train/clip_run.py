@@ -23,10 +23,9 @@ def provenance(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
     """What produced a checkpoint: parent weights, data (and poison plan digest), config."""
     record: dict[str, Any] = {"stage": how, "dataset": dataset.describe(), "config": asdict(config),
                               "parent": bundle.provenance}
-    plan = getattr(dataset, "plan", None)
-    if plan is not None:
-        record["poison_plan"] = plan.digest()
-        record["poisoned"] = len(plan.entries)
+    if dataset.plan is not None:
+        record["poison_plan"] = dataset.plan.digest()
+        record["poisoned"] = len(dataset.plan.entries)
     return record
 
 
@@ -55,7 +54,7 @@ def train_clip(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
                       progress=progress)
     bundle.provenance["steps"] = trainer.total
     result = trainer.fit(resume=resume)  # writes the final checkpoint and model into out_dir
-    result.data = data_summary(data)
+    result.data = data_summary(data, dataset)
     if data.skipped:
         log.warning("skipped %d unreadable images (%d of them poisoned)", data.skipped, data.skipped_poisoned)
         bundle.provenance["skipped_images"] = data.skipped

@@ -38,6 +38,6 @@ def train_ssl(bundle: Any, dataset: ImageCaptionDataset | LabelTensors, config: 
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=lambda p: save_classifier(bundle, p),
                       progress=progress)
     result = trainer.fit(resume=resume)
-    result.data = data_summary(data)
+    result.data = data_summary(data, dataset)
     log.info("%s: %d steps in %.1fs (%.0f samples/s)", method, result.steps, result.seconds, result.samples_per_second)
     return result

@@ -216,7 +216,11 @@ class StreamItems:
 
     def batch(self, index: torch.Tensor, device: torch.device | None = None) -> dict[str, Any]:
         """One batch (for callers that index directly)."""
-        return next(iter(self.batches([index], device)))
+        one = self.batches([index], device)
+        try:
+            return next(one)
+        finally:
+            one.close()
 
     def close(self) -> None:
         """Stop the workers."""
@@ -250,12 +254,15 @@ def open_items(dataset: ImageCaptionDataset, size: int,
     return label_tensors(dataset, size)
 
 
-def data_summary(source: Any) -> dict[str, Any]:
-    """What a run's ``--json`` summary and metadata say about its data path."""
+def data_summary(source: Any, dataset: ImageCaptionDataset) -> dict[str, Any]:
+    """What a run's ``--json`` summary and metadata say about its data path: the mode, the images
+    dropped while reading and the malformed samples the reader left out of ``dataset``."""
     out: dict[str, Any] = {"mode": source.mode, "items": len(source)}
     if source.mode == "stream":
         out["workers"] = source.workers
     out["skipped_images"] = source.skipped
     if source.skipped_poisoned:
         out["skipped_poisoned"] = source.skipped_poisoned
+    if dataset.skipped:
+        out["skipped_samples"] = dataset.skipped
     return out
