@@ -32,7 +32,7 @@ from poisonlab.report.figure import plt, save_png
 from poisonlab.utils.io import atomic_write
 
 ALLOWANCES = (0.03, 0.06, 0.10)
-TARGET_ASR = 0.10  # issue 4: ASR at most this with CA at most ALLOWANCES[0] below the suspect
+TARGET_ASR = 0.10  # the cleaning target: ASR at most this with CA at most ALLOWANCES[0] below the suspect
 
 
 def clean_once(name: str, lr: float, seed: int, a: argparse.Namespace, suspect: Any, data: Any,
