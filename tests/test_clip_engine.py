@@ -265,3 +265,32 @@ def test_batch_moved_as_uint8_equals_cpu_conversion(tiny_data):
     assert moved.dtype == torch.float32
     torch.testing.assert_close(moved, (reference * 255).round() / 255, rtol=0, atol=1e-6)
     assert torch.equal(moved, data.batch(index)["images"])
+
+
+def test_text_attack_baselines_draw_from_all_captions_or_other_classes(tiny_data):
+    """``baseline`` samples every test caption (the authors' evaluation), ``baseline_other`` only
+    captions of other classes: with source captions that retrieve the target first and all others
+    that retrieve it last, only the first can hit."""
+    bundle = create_clip("poisonlab-tiny-rn", seed=4)
+    ev = ClipEvaluator(bundle, tiny_data, batch_size=16)
+    labels = torch.tensor([tiny_data[i][2] for i in range(len(tiny_data))])
+    circle, star = tiny_data.classnames.index("circle"), tiny_data.classnames.index("star")
+    images = torch.zeros(len(tiny_data), 3)
+    images[:, 0] = 1.0
+    images[labels == star] = torch.tensor([0.0, 1.0, 0.0])  # target images point along axis 1
+    texts = torch.zeros(len(tiny_data), 3)
+    texts[:, 2] = 1.0
+    texts[:, 0] = 0.5  # other captions: every non-target image scores above the targets
+    texts[labels == circle] = torch.tensor([0.0, 1.0, 0.0])
+    ev._cache["clean"], ev._cache["captions"] = images, texts
+    shares = []
+    for seed in range(10):
+        res = ev.text_attack("circle", target="star", seed=seed)
+        assert res["hit@1"] == 1.0 and res["queries"] == int((labels == circle).sum())
+        assert res["baseline_other"]["hit@1"] == 0.0
+        assert res["baseline_other"]["min_rank"] == float((labels != star).sum())
+        # the all-caption sample holds source captions (rank 0) and others (rank = non-target images)
+        share = res["baseline"]["hit@1"]
+        assert res["baseline"]["min_rank"] == pytest.approx((1 - share) * float((labels != star).sum()))
+        shares.append(share)
+    assert 0 < max(shares) < 1

@@ -25,6 +25,7 @@ from poisonlab.report.experiment import write_report
 from poisonlab.report.gallery import trigger_gallery
 from poisonlab.report.roc import roc_figure
 from poisonlab.report.sections import classifier_sections, population_curves, ssl_sections
+from poisonlab.report.text import dose_response, text_sections
 from poisonlab.report.trace import repair_curves
 
 log = logging.getLogger("poisonlab.demo")
@@ -55,9 +56,13 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
             images.append("roc.png")
     if spec.ssl is not None:
         more += ssl_sections(runner.store, spec.name, spec.ssl.target)
+    if spec.text is not None:
+        more += text_sections(runner.store, spec.name, spec.text.n)
+        if dose_response(runner.store, spec.name, report / "dose_response.png"):
+            images.append("dose_response.png")
     extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
              "test images": spec.test.n, "wall time of this run (s)": f"{time.perf_counter() - start:.0f}",
-             "processes": "2, one thread each (classifier and SSL jobs beside the CLIP grid, shared once it is done)"
+             "processes": "2, one thread each (classifier, SSL and text jobs beside the CLIP grid, shared once it is done)"
              if runner.processes == 2 else "1"}
     return write_report(runner.store, spec.name, [a.name for a in spec.attacks], [d.name for d in spec.defenses],
                         report, extra, more, images)
@@ -68,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spec", default="demo", help="A spec YAML file or a bundled preset name.")
     parser.add_argument("--out", default="demo-out", type=Path)
     parser.add_argument("--serial", action="store_true",
-                        help="Run the classifier and SSL sections after the CLIP grid in this process "
+                        help="Run the classifier, SSL and text sections after the CLIP grid in this process "
                              "(default: a second process takes them on beside it when there are 2+ threads).")
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)

@@ -18,7 +18,12 @@ from poisonlab.attacks.clip_dirty import ClipDirtyLabel, ClipLabelConsistent
 from poisonlab.attacks.label_flip import LabelFlip
 from poisonlab.attacks.plan import PoisonedDataset, PoisonEntry, PoisonPlan
 from poisonlab.attacks.ssl_patch import SslTargetedPatch
-from poisonlab.attacks.text_poison import TextMultiLabel, TextSingleImage, TextSingleLabel
+from poisonlab.attacks.text_poison import (
+    TextAttack,
+    TextMultiLabel,
+    TextSingleImage,
+    TextSingleLabel,
+)
 
 
 def create(name: str, **params: Any) -> Attack:
@@ -33,6 +38,6 @@ def available() -> list[str]:
 
 __all__ = [
     "ATTACKS", "Attack", "ClipDirtyLabel", "ClipLabelConsistent", "LabelFlip", "PoisonEntry",
-    "PoisonPlan", "PoisonedDataset", "SslTargetedPatch", "TextMultiLabel", "TextSingleImage",
+    "PoisonPlan", "PoisonedDataset", "SslTargetedPatch", "TextAttack", "TextMultiLabel", "TextSingleImage",
     "TextSingleLabel", "available", "create",
 ]

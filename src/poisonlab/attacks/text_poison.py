@@ -41,8 +41,18 @@ def _label_goal(dataset: ImageCaptionDataset, source: str, target: str, n: int, 
     return [PoisonEntry(index=i, image_from=order[k % len(order)], triggered=False) for k, i in enumerate(chosen)]
 
 
+class TextAttack(Attack):
+    """What the three attacks share: no trigger, and retrieval goals to measure them by."""
+
+    uses_trigger = False
+
+    def retrieval_goals(self) -> list[tuple[str, str | None]]:
+        """``(source class, target class)`` per goal; the target is ``None`` for one target image."""
+        raise NotImplementedError
+
+
 @ATTACKS.register("text-attack-1")
-class TextSingleImage(Attack):
+class TextSingleImage(TextAttack):
     """Attack I: A-captions paired with one target image.
 
     Args:
@@ -50,8 +60,6 @@ class TextSingleImage(Attack):
         target_index: index of the target image x*; ``None`` draws one image not of class A.
         rate / count: budget in pairs.
     """
-
-    uses_trigger = False
 
     def __init__(self, source: str, target_index: int | None = None, rate: float | None = None, count: int | None = None) -> None:
         super().__init__(None)
@@ -67,6 +75,13 @@ class TextSingleImage(Attack):
         others = [i for i, y in enumerate(dataset.labels()) if y != c]
         return others[int(torch.randint(0, len(others), (1,), generator=g))]
 
+    def retrieval_goals(self) -> list[tuple[str, str | None]]:
+        return [(self.source, None)]
+
+    def target_image(self, dataset: ImageCaptionDataset, seed: int) -> int:
+        """Index of the target image x* the plan of ``seed`` uses (the same at every budget)."""
+        return self.pick_target(dataset, make_generator("text-attack-1", seed))
+
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         g = make_generator("text-attack-1", seed)
         n = resolve_count(self.rate, self.count, len(dataset))
@@ -76,15 +91,16 @@ class TextSingleImage(Attack):
 
 
 @ATTACKS.register("text-attack-2")
-class TextSingleLabel(Attack):
+class TextSingleLabel(TextAttack):
     """Attack II: A-captions paired with images of class B; B's own pairs stay."""
-
-    uses_trigger = False
 
     def __init__(self, source: str, target: str, rate: float | None = None, count: int | None = None) -> None:
         super().__init__(None)
         self.source, self.target, self.rate, self.count = source, target, rate, count
         resolve_count(rate, count, 1)
+
+    def retrieval_goals(self) -> list[tuple[str, str | None]]:
+        return [(self.source, self.target)]
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         n = resolve_count(self.rate, self.count, len(dataset))
@@ -92,14 +108,12 @@ class TextSingleLabel(Attack):
 
 
 @ATTACKS.register("text-attack-3")
-class TextMultiLabel(Attack):
+class TextMultiLabel(TextAttack):
     """Attack III: several goals ``"A:B"`` applied together; the budget is split evenly.
 
     Args:
         goals: list of ``"source:target"`` strings (or ``(source, target)`` pairs).
     """
-
-    uses_trigger = False
 
     def __init__(self, goals: list[str] | list[tuple[str, str]], rate: float | None = None, count: int | None = None) -> None:
         super().__init__(None)
@@ -112,6 +126,9 @@ class TextMultiLabel(Attack):
         self.goals = [f"{a}:{b}" for a, b in parsed]
         self.rate, self.count = rate, count
         resolve_count(rate, count, 1)
+
+    def retrieval_goals(self) -> list[tuple[str, str | None]]:
+        return [(a, b) for a, b in (g.split(":", 1) for g in self.goals)]
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         total = resolve_count(self.rate, self.count, len(dataset))

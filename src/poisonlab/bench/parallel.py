@@ -1,4 +1,4 @@
-"""Run an experiment's classifier and SSL jobs in a second process beside the CLIP grid.
+"""Run an experiment's classifier, SSL and text jobs in a second process beside the CLIP grid.
 
 The second process works through the section jobs from the first; the main process, once its
 CLIP grid is done, takes the rest from the last, so neither waits idle while the other has work.
@@ -63,7 +63,7 @@ def sections_beside(spec: Any, out: str | Path, run_id: str) -> Iterator[None]:
     child = ctx.Process(target=_worker, args=(spec.model_dump_json(), str(out), run_id, total // 2, level, errors),
                         name="poisonlab-sections")
     child.start()
-    log.info("classifier and SSL jobs start in process %d; %d of %d threads each", child.pid, total // 2, total)
+    log.info("section jobs start in process %d; %d of %d threads each", child.pid, total // 2, total)
     torch.set_num_threads(total // 2)
     try:
         yield

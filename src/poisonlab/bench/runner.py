@@ -121,8 +121,12 @@ class Runner:
         return self.cached(f"poison:{attack.name}", inputs, build)
 
     def clean(self, attack: AttackSpec, defense: DefenseSpec, poisoned: Path) -> Path:
+        return self.cleaned(f"clean:{attack.name}:{defense.name}", self.keys[f"poison:{attack.name}"], defense, poisoned)
+
+    def cleaned(self, stage: str, parent: str, defense: DefenseSpec, poisoned: Path) -> Path:
+        """``poisoned`` (the output of the stage whose key is ``parent``) cleaned by ``defense`` on
+        the experiment's cleaning data."""
         c = self.spec.cleaning
-        parent = self.keys[f"poison:{attack.name}"]
         inputs = {"stage": "clean", "parent": parent, "defense": defense.model_dump(), **c.model_dump()}
 
         def build(tmp: Path) -> None:
@@ -131,7 +135,7 @@ class Runner:
             result = method.run(load_clip(poisoned / MODEL), data, tmp, progress=self.progress)
             write_json(tmp / "report.json", result.report)
 
-        return self.cached(f"clean:{attack.name}:{defense.name}", inputs, build)
+        return self.cached(stage, inputs, build)
 
     def audit(self, attack: AttackSpec, clean: Path) -> dict[str, Any]:
         """Pair filtering of the poisoned fine-tuning set with the clean pre-trained model."""
@@ -167,15 +171,19 @@ class Runner:
                 self.store.put(name, attack.name, defense.name, metrics)
 
     def has_sections(self) -> bool:
-        return self.spec.classifier is not None or self.spec.ssl is not None
+        return any(s is not None for s in (self.spec.classifier, self.spec.ssl, self.spec.text))
 
     def section_jobs(self) -> list[Job]:
-        """The classifier and SSL sections as independent jobs, the longest chain (SSL) first."""
+        """The SSL, text and classifier sections as independent jobs, the longest chain (SSL) first."""
         jobs: list[Job] = []
         if self.spec.ssl is not None:
             from poisonlab.bench.ssl_section import SslSection
 
             jobs += SslSection(self, self.spec.ssl).jobs()
+        if self.spec.text is not None:
+            from poisonlab.bench.text_section import TextSection
+
+            jobs += TextSection(self, self.spec.text).jobs()
         if self.spec.classifier is not None:
             from poisonlab.bench.classifier_section import ClassifierSection
 
@@ -198,7 +206,7 @@ class Runner:
     def run(self, parallel: bool = False) -> dict[tuple[str, str], dict[str, float]]:
         """Run (or reuse) every stage; returns the attack x defense table.
 
-        ``parallel``: a second process works through the classifier and SSL jobs beside the CLIP grid
+        ``parallel``: a second process works through the classifier, SSL and text jobs beside the CLIP grid
         and this process joins it from the other end when the grid is done, each with half the
         threads (:mod:`poisonlab.bench.parallel`); ignored with one thread.
         """

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from poisonlab.errors import InputError
 
@@ -122,8 +122,40 @@ class SslSpec(TrainSpec):
     decree: dict[str, Any] = Field(default_factory=dict)
 
 
+class TextAttackSpec(Strict):
+    """One text-modality attack of the text section; ``counts`` overrides the section's doses."""
+
+    name: str
+    attack: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    counts: list[NonNegativeInt] | None = None
+
+    def doses(self, section_counts: list[int]) -> list[int]:
+        return self.counts if self.counts is not None else section_counts
+
+
+class TextSpec(TrainSpec):
+    """Text-modality poisoning (Yang et al.): dose-response of poisoned fine-tunes and the defenses.
+
+    Each attack fine-tunes the grid's clean pre-trained model on ``n`` pairs with ``count`` of
+    them poisoned, for every count (0: the same fine-tune on clean pairs). ``seed_counts`` are
+    trained again with each of ``seeds`` (the attack's pair choice and the training order both
+    follow the seed). At ``defend_count`` (default: each attack's largest count) the poisoned set
+    is also filtered before training (``filter_fraction`` of the pairs least similar under the
+    clean model dropped) and the poisoned model is cleaned by each of ``defenses``.
+    """
+
+    attacks: list[TextAttackSpec]
+    counts: list[NonNegativeInt] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=list)
+    seed_counts: list[int] = Field(default_factory=list)
+    defend_count: NonNegativeInt | None = None
+    filter_fraction: float = Field(default=0.1, gt=0, lt=1)
+    defenses: list[DefenseSpec] = Field(default_factory=list)
+
+
 class ExperimentSpec(Strict):
-    """The attack x defense grid of the CLIP demo, plus optional classifier and SSL sections."""
+    """The attack x defense grid of the CLIP demo, plus optional classifier, SSL and text sections."""
 
     name: str
     dataset: str = "shapes"
@@ -136,6 +168,7 @@ class ExperimentSpec(Strict):
     test: TestSpec = TestSpec()
     classifier: ClassifierSpec | None = None
     ssl: SslSpec | None = None
+    text: TextSpec | None = None
 
 
 def load_spec(path_or_preset: str | Path) -> ExperimentSpec:

@@ -15,6 +15,7 @@ from poisonlab.data.base import (
     DEFAULT_TEMPLATES,
     ImageCaptionDataset,
     Item,
+    Subset,
     TensorDataset,
 )
 from poisonlab.data.digits import make_digits
@@ -99,6 +100,6 @@ def _open_path(path: Path, split: str, size: int, skip_bad: bool) -> ImageCaptio
 
 __all__ = [
     "DATASETS", "DEFAULT_TEMPLATES", "SHAPES_CLASSNAMES", "Cifar10Dataset", "CsvDataset", "FolderDataset",
-    "ImageCaptionDataset", "Item", "apply_names", "TensorDataset", "WebDatasetShards", "available", "make_digits",
+    "ImageCaptionDataset", "Item", "Subset", "apply_names", "TensorDataset", "WebDatasetShards", "available", "make_digits",
     "make_shapes", "open_dataset", "shard_paths",
 ]

@@ -118,4 +118,44 @@ class TensorDataset(ImageCaptionDataset):
         return dict(self.description) or {"name": "tensor", "size": len(self)}
 
 
+class Subset(ImageCaptionDataset):
+    """The items of ``base`` at ``indices``, in that order (the pairs a filter kept).
+
+    Class names, templates, keys and the poisoned items follow the base: item ``k`` is
+    ``base[indices[k]]``, and it counts as poisoned when that base item is.
+    """
+
+    def __init__(self, base: ImageCaptionDataset, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, [int(i) for i in indices]
+        if any(not 0 <= i < len(base) for i in self.indices):
+            raise ValueError(f"subset indices must lie in 0..{len(base) - 1}")
+        self.classnames, self.templates = base.classnames, base.templates
+        self.classnames_source, self.templates_source = base.classnames_source, base.templates_source
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Item:
+        return self.base[self.indices[index]]
+
+    def labels(self) -> list[int]:
+        labels = self.base.labels()
+        return [labels[i] for i in self.indices]
+
+    def captions(self) -> list[str]:
+        captions = self.base.captions()
+        return [captions[i] for i in self.indices]
+
+    def poisoned_indices(self) -> list[int]:
+        poisoned = set(self.base.poisoned_indices())
+        return [k for k, i in enumerate(self.indices) if i in poisoned]
+
+    def keys(self) -> list[str] | None:
+        keys = self.base.keys()
+        return None if keys is None else [keys[i] for i in self.indices]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "subset", "size": len(self), "of": self.base.describe()}
+
+
 DATASETS: Registry[ImageCaptionDataset] = Registry("dataset")

@@ -120,8 +120,11 @@ class ClipEvaluator:
                     seed: int = 0) -> dict[str, Any]:
         """Hit@K / MinRank of source-class test captions toward a target class or one image.
 
-        The gallery is every test image (plus ``target_image`` for Attack I). The baseline runs
-        the same numbers for as many random captions of other classes.
+        The gallery is every test image (plus ``target_image`` for Attack I). Two baselines run the
+        same numbers for as many random captions: ``baseline`` draws them from all test captions,
+        without replacement, as the authors' evaluation does (mm_poison,
+        ``poisoning/attack_eval_pipeline.py``); ``baseline_other`` only from captions of other classes
+        than the source.
         """
         if (target is None) == (target_image is None):
             raise InputError("give a target class or a target image")
@@ -142,8 +145,11 @@ class ClipEvaluator:
         if len(queries) == 0:
             raise InputError(f"no test captions of class {source!r}")
         others = (self.labels != src).nonzero().flatten()
-        pick = torch.randperm(len(others), generator=make_generator("baseline", seed))[: len(queries)]
-        result = hit_and_min_rank(texts[queries] @ gallery.T, mask)
-        result["baseline"] = hit_and_min_rank(texts[others[pick]] @ gallery.T, mask)
+        g = make_generator("baseline", seed)
+        anyone = torch.randperm(len(texts), generator=g)[: len(queries)]
+        other = others[torch.randperm(len(others), generator=g)[: len(queries)]]
+        result: dict[str, Any] = hit_and_min_rank(texts[queries] @ gallery.T, mask)
+        result["baseline"] = hit_and_min_rank(texts[anyone] @ gallery.T, mask)
+        result["baseline_other"] = hit_and_min_rank(texts[other] @ gallery.T, mask)
         result["queries"] = len(queries)
         return result
