@@ -48,3 +48,59 @@ def test_pickled_objects_are_refused_for_safety(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and "this must never run" not in out
     assert "refused for safety" in err and "weights_only=False" not in err and len(err.strip().splitlines()) == 1
+
+
+def _metrics_steps(out) -> list[int]:
+    import json
+
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_refuses_another_run_and_says_when_there_is_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([*BASE, "--steps", "4", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing to resume" in err and not (out / "model.safetensors").exists()
+    assert main([*BASE, "--steps", "4", "--checkpoint-every", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    for other, field in ((["--lr", "0.01"], "lr"), (["--seed", "3"], "seed"), (["--batch-size", "16"], "batch_size")):
+        argv = [*BASE, "--steps", "4", "--checkpoint-every", "2", *other, "--resume", "--out", str(out)]
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and field in err and len(err.strip().splitlines()) == 1, err
+    other_data = [a if a != "64" else "96" for a in BASE]
+    code = main([*other_data, "--steps", "4", "--checkpoint-every", "2", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataset" in err, err
+    code = main([*BASE, "--steps", "4", "--checkpoint-every", "2", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "finished" in err, err
+
+
+def test_resume_keeps_each_metrics_step_once(tmp_path, capsys, monkeypatch):
+    """A run killed at step 22 (metrics logged every 10 steps, its last checkpoint at step 15) resumes
+    at 15: metrics has each logged step once, and the weights are the uninterrupted run's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from poisonlab.train.loop import Trainer
+
+    argv = [*BASE, "--steps", "24", "--checkpoint-every", "15"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    step = Trainer._train_step
+
+    def killed_at_4(self, *args):
+        if self.step == 22:
+            raise RuntimeError("killed")
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", killed_at_4)
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) == 1
+    assert _metrics_steps(out) == [10, 20]
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    assert main([*argv, "--resume", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert _metrics_steps(out) == [10, 20, 24] == _metrics_steps(tmp_path / "whole")
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run ends with the uninterrupted weights"

@@ -39,8 +39,9 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
     runner.run(parallel=parallel)
     report = out / "report"
     samples = open_dataset(spec.dataset, split="test", size=64, n=4, seed=spec.test.data_seed)
-    trigger_gallery(samples, [(a.name, triggers.create(a.trigger, **a.params)) for a in spec.attacks],
-                    report / "triggers.png")
+    if spec.attacks:
+        trigger_gallery(samples, [(a.name, triggers.create(a.trigger, **a.params)) for a in spec.attacks],
+                        report / "triggers.png")
     more, images = [], []
     if spec.classifier is not None:
         c = spec.classifier

@@ -17,6 +17,10 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -62,6 +66,8 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} has no parameter {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(accepted or ()))}"
             )
+        for key, value in params.items():
+            check_type(f"{self.kind} {name!r}: {key}", value, _hints(factory).get(key))
         try:
             return factory(**params)
         except (TypeError, ValueError) as err:
@@ -88,3 +94,42 @@ def _parameter_names(factory: Callable[..., Any]) -> set[str] | None:
             names.add(p.name)
     names.discard("self")
     return names
+
+
+def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of a factory's parameters (empty where they cannot be resolved)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation only means no type check
+        return {}
+
+
+def check_type(what: str, value: Any, hint: Any) -> None:
+    """``InputError`` unless ``value`` fits a scalar annotation (``int``, ``float``, ``str``,
+    ``bool``, optionally ``| None``): integers for ``int``, finite numbers for ``float``.
+
+    Other annotations (lists, tuples, mappings, ``Any``) are left to the method itself.
+    """
+    if hint is None:
+        return
+    allowed = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else {hint}
+    if value is None and type(None) in allowed:
+        return
+    scalar = allowed & {int, float, str, bool}
+    if not scalar or len(allowed - {type(None)}) != len(scalar):
+        return
+    if bool in scalar and isinstance(value, bool):
+        return
+    if float in scalar and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"{what} must be a finite number, got {value!r}")
+        return
+    if int in scalar and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if str in scalar and isinstance(value, str):
+        return
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    expected = " or ".join(names[t] for t in (int, float, str, bool) if t in scalar)
+    raise InputError(f"{what} must be {expected}, got {value!r}")

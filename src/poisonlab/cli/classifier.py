@@ -85,7 +85,7 @@ def trusted_options(f: Any) -> Any:
 @train_group.command("classifier")
 @click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_CLASSIFIER, show_default=True, help="Bundled or timm architecture.")
-@click.option("--steps", type=int, default=None)
+@click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--epochs", type=float, default=None)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)

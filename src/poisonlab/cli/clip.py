@@ -66,7 +66,7 @@ def train_group() -> None:
 @click.option("--pretrained", default=None,
               help="Start from an open_clip pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a checkpoint.")
 @click.option("--cache-dir", default=None, help="open_clip's download cache (default: the Hugging Face cache).")
-@click.option("--steps", type=int, default=None, help="Optimiser steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimiser steps.")
 @click.option("--epochs", type=float, default=None, help="Epochs (instead of --steps).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)

@@ -40,7 +40,7 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated cleaning data.")
 @click.option("--data-seed", type=int, default=2, show_default=True, help="Seed of generated cleaning data.")
-@click.option("--steps", type=int, default=None)
+@click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--epochs", type=float, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)

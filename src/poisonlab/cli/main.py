@@ -49,6 +49,11 @@ cli.add_command(probe_cmd)
 cli.add_command(clean_encoder_cmd)
 
 
+# Errors about a path itself (a folder under a regular file, no permission, a file where a folder
+# must be) are bad input; other OS errors (a full disk, a lost mount) are failures of the run.
+PATH_ERRORS = (NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; returns the exit code instead of exiting (tests call this)."""
     try:
@@ -64,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
+    except PATH_ERRORS as err:  # a path the user gave that cannot be used as asked
+        click.echo(f"error: cannot use {err.filename}: {err.strerror or err}", err=True)
+        return 2
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
         logging.getLogger("poisonlab").debug("failure", exc_info=True)
         click.echo(f"error: {type(err).__name__}: {err}", err=True)

@@ -80,7 +80,7 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
 @click.option("--triggers", "names", default=None, help="Comma-separated triggers (default: all without a file).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Show the first poisoned pairs of this plan instead.")
-@click.option("--rows", type=int, default=4, show_default=True, help="Images per trigger.")
+@click.option("--rows", type=click.IntRange(min=1), default=4, show_default=True, help="Images per trigger.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @data_options

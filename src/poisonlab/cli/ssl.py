@@ -27,7 +27,7 @@ from poisonlab.utils.io import write_json
 @click.option("--method", default="moco", show_default=True, help="moco, byol or simclr.")
 @click.option("--dataset", required=True, help="Unlabeled images: embedded name, path, or poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_CLASSIFIER, show_default=True, help="Bundled or timm backbone.")
-@click.option("--steps", type=int, default=None)
+@click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--epochs", type=float, default=None)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)
@@ -74,7 +74,7 @@ def train_ssl_cmd(method: str, dataset: str, arch: str, steps: int | None, epoch
 @click.option("--trigger", "trigger_name", default="patch-image", show_default=True)
 @click.option("--trigger-param", "trigger_params", multiple=True)
 @click.option("--target", required=True, help="Target class of the backdoor.")
-@click.option("--epochs", type=int, default=100, show_default=True, help="Probe training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Probe training epochs.")
 @click.option("--json", "as_json", is_flag=True)
 def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labelled: float, test_dataset: str,
               test_n: int, trigger_name: str, trigger_params: tuple[str, ...], target: str, epochs: int,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import numbers
 import os
 import pickle
 import tarfile
@@ -109,8 +110,19 @@ class CsvDataset(_ImageFiles):
                 raise InputError(f"{self.csv_path.name} row {i + 1}: image {rows[i][0]!r} not found")
 
     def _read_rows(self) -> list[list[str]]:
-        with open(self.csv_path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f) if r]
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, 1 << 26))  # a long caption is kept (the tokenizer truncates it)
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.reader(f) if r]
+        except UnicodeDecodeError as err:
+            line = self.csv_path.read_bytes()[: err.start].count(b"\n") + 1
+            raise InputError(f"{self.csv_path.name} line {line}: not UTF-8 text (byte {err.object[err.start]:#x}); "
+                             "save the CSV as UTF-8") from None
+        except csv.Error as err:
+            raise InputError(f"{self.csv_path.name}: not a readable CSV ({err})") from None
+        finally:
+            csv.field_size_limit(limit)
         if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "caption"]:
             rows = rows[1:]
         for i, r in enumerate(rows):
@@ -212,7 +224,21 @@ def _load_cifar_batch(path: Path) -> dict[str, Any]:
             raw = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError) as err:
         raise InputError(f"{path.name}: not a CIFAR-10 python batch ({err})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path.name}: not a CIFAR-10 python batch (a {type(raw).__name__}, not a dict)")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+def _check_cifar_batch(path: Path, batch: dict[str, Any]) -> None:
+    """``InputError`` unless the batch has ``data`` ``uint8 [N, 3072]`` and ``N`` integer ``labels`` in 0..9."""
+    if "data" not in batch or "labels" not in batch:
+        raise InputError(f"{path.name}: a CIFAR-10 batch needs 'data' and 'labels' (found: {', '.join(map(str, batch))})")
+    data, labels = batch["data"], batch["labels"]
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        shape = getattr(data, "shape", type(data).__name__)
+        raise InputError(f"{path.name}: 'data' must be uint8 [N, 3072] (32x32 RGB rows), got {shape}")
+    if len(labels) != data.shape[0] or not all(isinstance(y, numbers.Integral) and 0 <= y < 10 for y in labels):
+        raise InputError(f"{path.name}: 'labels' must be {data.shape[0]} integers in 0..9")
 
 
 def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> TensorDataset:  # noqa: N802
@@ -223,6 +249,8 @@ def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> Te
     if not files:
         raise InputError(f"{root}: no CIFAR-10 {split} batches ({', '.join(names)})")
     batches = [_load_cifar_batch(p) for p in files]
+    for p, b in zip(files, batches, strict=True):
+        _check_cifar_batch(p, b)
     data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
     labels = [int(y) for b in batches for y in b["labels"]]
     keys = [f"{p.name}/{i}" for p, b in zip(files, batches, strict=True) for i in range(len(b["labels"]))]

@@ -69,6 +69,12 @@ class LinearProbe:
     batch_size: int = 256
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or not 0 <= self.momentum < 1 \
+                or not self.weight_decay >= 0:
+            raise InputError(f"linear probe needs epochs >= 1, batch size >= 1, lr > 0, momentum in [0, 1) and "
+                             f"weight decay >= 0; got {self}")
+
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Train on ``features`` and return ``predict(features) -> classes``."""
         if len(features) == 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,27 @@ def _sidecar_body(path: str | Path) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else {}
 
 
+def checked_preprocess(body: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """A sidecar's ``preprocess_cfg``, checked: ``size`` a positive integer, ``mean`` and ``std`` one
+    finite number per channel (``std`` above 0); absent keys stay absent."""
+    pre = body.get("preprocess_cfg", {})
+    if not isinstance(pre, dict):
+        raise InputError(f"{where}: preprocess_cfg must be a mapping, got {pre!r}")
+    size = pre.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise InputError(f"{where}: preprocess_cfg size must be a positive integer, got {size!r}")
+    for key in ("mean", "std"):
+        value = pre.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, list) and len(value) in (1, 3) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok or (key == "std" and min(value) <= 0):
+            raise InputError(f"{where}: preprocess_cfg {key} must be 1 or 3 finite numbers"
+                             f"{' above 0' if key == 'std' else ''}, got {value!r}")
+    return pre
+
+
 def checkpoint_kind(path: str | Path) -> str | None:
     """The sidecar's format (``poisonlab.clip/1``, ``poisonlab.classifier/1``, ...) or ``None``."""
     body = _sidecar_body(path)
@@ -82,7 +104,7 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     meta = body.get("poisonlab")
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or "model_cfg" not in body:
         raise InputError(f"{side}: not a poisonlab checkpoint sidecar")
-    pre = body.get("preprocess_cfg", {})
+    pre = checked_preprocess(body, side)
     return {**meta, "model_config": body["model_cfg"], "mean": pre.get("mean"), "std": pre.get("std")}
 
 
@@ -169,11 +191,16 @@ def load_classifier(path: str | Path, num_classes: int | None = None) -> Any:
     meta = (body or {}).get("poisonlab") or {}
     if meta.get("format") != CLASSIFIER_FORMAT:
         raise InputError(f"{path}: not a poisonlab classifier checkpoint (no {CLASSIFIER_FORMAT} sidecar)")
+    missing = [k for k in ("model_name", "timm_name", "timm_kwargs", "num_classes") if k not in meta]
+    if missing:
+        raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks {', '.join(missing)}")
     if num_classes is not None and num_classes != meta["num_classes"]:
         raise InputError(f"{path} has {meta['num_classes']} classes but the data has {num_classes}")
     import timm
 
-    pre = body.get("preprocess_cfg", {})  # type: ignore[union-attr]
+    pre = checked_preprocess(body, sidecar_path(path))  # type: ignore[arg-type]
+    if "mean" not in pre or "std" not in pre:
+        raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks preprocess_cfg mean and std")
     model = timm.create_model(meta["timm_name"], pretrained=False, num_classes=meta["num_classes"], **meta["timm_kwargs"])
     bundle = ClassifierBundle(model, meta["model_name"], meta["timm_name"], meta["timm_kwargs"], meta["num_classes"],
                               int(pre.get("size", 32)), meta.get("classnames"), tuple(pre.get("mean")),

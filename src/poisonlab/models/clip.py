@@ -252,16 +252,17 @@ def _from_hub(model_id: str, cache_dir: str | None, device: str | torch.device) 
     """An open_clip model from the Hugging Face hub (``open_clip_config.json`` + weights)."""
     from open_clip.pretrained import download_pretrained_from_hf
 
-    from poisonlab.models.checkpoint import load_weights
+    from poisonlab.models.checkpoint import checked_preprocess, load_weights
 
     what = f"model hf-hub:{model_id}"
     config_path = _fetch(what, cache_dir, lambda: download_pretrained_from_hf(
         model_id, filename="open_clip_config.json", cache_dir=cache_dir))
     try:
         body = json.loads(config_path.read_text())
-        model_cfg, pre = body["model_cfg"], body.get("preprocess_cfg", {})
+        model_cfg = body["model_cfg"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise InputError(f"{what}: open_clip_config.json has no model_cfg ({err})") from None
+    pre = checked_preprocess(body, f"{what}: open_clip_config.json")
     weights = None
     for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
         try:

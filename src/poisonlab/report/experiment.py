@@ -94,13 +94,14 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     """Write ``out/README.md``, ``out/index.html`` and ``out/ca_vs_asr.png``; returns the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
     table = store.table(experiment)
-    ca_asr_scatter(table, attacks, out / "ca_vs_asr.png")
+    if attacks:
+        ca_asr_scatter(table, attacks, out / "ca_vs_asr.png")
     grid = _grid(table, attacks, list(BASELINES) + defenses)
     audit = _audit(table, attacks)
     distances = _distances(table, attacks, defenses)
     stages = [["stage", "seconds", "cached"]] + [[s, "-" if sec is None else f"{sec:.1f}", "yes" if c else "no"]
                                                  for s, sec, c in store.stages(experiment)]
-    sections = [
+    grid_sections = [
         ("Attack x defense: clean accuracy / ASR (%)", grid,
          "ASR counts triggered test images whose true class is not the target. "
          "'clean model' is the pre-trained model before poisoning (its ASR is what the trigger does "
@@ -109,7 +110,10 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
         *([("Distance from the suspect at the end of cleaning", distances,
             "S = mean squared distance between the cleaned and the suspect model's unit embeddings of the last "
             "training batch (0-4). PAR pushes while S is below its tau (2.15 by default) and stops above it.")]
-          if distances else []),
+          if distances else [])
+    ] if attacks else []
+    sections = [
+        *grid_sections,
         *(more or []),
         ("Wall time of each stage", stages, "'cached: yes' marks a stage reused from an earlier run instead of recomputed; its seconds are "
          "what it took when that run built it."),
@@ -117,7 +121,7 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     md = [f"# poisonlab report: {experiment}", ""]
     if extra:
         md += [f"- {k}: {v}" for k, v in extra.items()] + [""]
-    pictures = ["triggers.png", "ca_vs_asr.png", *(images or [])]
+    pictures = [*(["triggers.png", "ca_vs_asr.png"] if attacks else []), *(images or [])]
     md += [f"![{p[:-4]}]({p})\n" for p in pictures]
     body = [f"<h1>poisonlab report: {html.escape(experiment)}</h1>"]
     if extra:

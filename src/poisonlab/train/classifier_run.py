@@ -9,7 +9,7 @@ from typing import Any
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.models.checkpoint import save_classifier
-from poisonlab.train.clip_run import provenance
+from poisonlab.train.clip_run import provenance, run_identity
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig, Trainer, TrainResult
 from poisonlab.train.objectives.supervised import SupervisedObjective
@@ -39,7 +39,7 @@ def train_classifier(bundle: Any, dataset: ImageCaptionDataset, config: TrainCon
     objective = objective or SupervisedObjective(bundle)
     bundle.provenance = provenance(bundle, dataset, config, stage)
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=lambda p: save_classifier(bundle, p),
-                      progress=progress)
+                      progress=progress, identity=run_identity(bundle.provenance))
     result = trainer.fit(resume=resume)
     result.data = data_summary(data, dataset)
     log.info("trained %d steps in %.1fs (%.0f samples/s)", result.steps, result.seconds, result.samples_per_second)

@@ -29,6 +29,13 @@ def provenance(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
     return record
 
 
+def run_identity(record: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: the data and the poison plan (not the
+    data path, memory or stream, which gives the same batches)."""
+    record = record or {}
+    return {"dataset": record.get("dataset"), "poison_plan": record.get("poison_plan")}
+
+
 def train_clip(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainConfig,
                out_dir: str | Path | None = None, resume: bool = False, dist: DistInfo | None = None,
                augment: Augment | None = None, objective: Objective | None = None, stage: str = "train",
@@ -51,7 +58,7 @@ def train_clip(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
     bundle.provenance = provenance(bundle, dataset, config, stage)
     bundle.provenance["data_mode"] = data.mode
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=lambda p: save_clip(bundle, p),
-                      progress=progress)
+                      progress=progress, identity=run_identity(bundle.provenance))
     bundle.provenance["steps"] = trainer.total
     result = trainer.fit(resume=resume)  # writes the final checkpoint and model into out_dir
     result.data = data_summary(data, dataset)

@@ -37,6 +37,8 @@ from poisonlab.utils.seeding import derive_seed, make_generator
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
+# Config fields a resumed run may change: how often it logs and saves, not what it computes.
+BOOKKEEPING = {"checkpoint_every", "log_every"}
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -174,11 +176,15 @@ class Trainer:
         out_dir: where checkpoints and ``metrics.jsonl`` go (``None``: nothing is written).
         dist: rank, world size and device (defaults: one CPU process).
         save_model: ``save_model(path)`` writes the model checkpoint (rank 0 only).
+        identity: what the run trains on (dataset description, poison plan digest), kept in the
+            resume state: ``--resume`` refuses a state saved for other data or another config.
     """
 
     def __init__(self, objective: Objective, data: Any, config: TrainConfig, out_dir: str | Path | None = None,
-                 dist: DistInfo | None = None, save_model: Any = None, progress: bool = True) -> None:
+                 dist: DistInfo | None = None, save_model: Any = None, progress: bool = True,
+                 identity: dict[str, Any] | None = None) -> None:
         self.objective, self.data, self.cfg = objective, data, config
+        self.identity = json.loads(json.dumps(identity or {}, sort_keys=True, default=str))
         self.out = Path(out_dir) if out_dir is not None else None
         self.dist = dist or DistInfo()
         self.save_model = save_model
@@ -212,7 +218,8 @@ class Trainer:
         model = self.objective.model
         model = model.module if hasattr(model, "module") else model
         return {"step": self.step, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": torch.get_rng_state(), "config": json.dumps(asdict(self.cfg), sort_keys=True)}
+                "rng": torch.get_rng_state(), "config": json.dumps(asdict(self.cfg), sort_keys=True),
+                "identity": json.dumps(self.identity, sort_keys=True)}
 
     def save_checkpoint(self) -> None:
         if self.out is None or not self.dist.is_main:
@@ -222,19 +229,50 @@ class Trainer:
         if self.save_model is not None:
             self.save_model(self.out / "model.safetensors")
 
-    def resume(self) -> bool:
-        """Load ``out_dir/train_state.pt`` if present (``weights_only``); True if resumed."""
+    def resume(self) -> None:
+        """Continue from ``out_dir/train_state.pt`` (loaded ``weights_only``).
+
+        Raises:
+            InputError: there is no saved state, the state is not a training state, the saved run
+                had another config or other data (the differing fields are named), or it is finished.
+        """
         path = self.out / STATE_FILE if self.out is not None else None
         if path is None or not path.is_file():
-            return False
+            raise InputError(f"nothing to resume: no {STATE_FILE} in {self.out} (run without --resume to start)")
         state = load_tensors(path, "resume state")
+        if not isinstance(state, dict) or not {"step", "model", "optimizer", "rng", "config"} <= set(state):
+            raise InputError(f"{path} is not a poisonlab training state (no step, model, optimizer and config)")
+        self.check_same_run(json.loads(state["config"]), json.loads(state.get("identity", "{}")), path)
+        step = int(state["step"])
+        if step >= self.total:
+            raise InputError(f"the run in {self.out} is finished ({step} of {self.total} steps): nothing to resume")
         model = self.objective.model
         (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        self.step = step
+        self._drop_metrics_after(step)
         log.info("resumed from %s at step %d", path, self.step)
-        return True
+
+    def check_same_run(self, config: dict[str, Any], identity: dict[str, Any], path: Path) -> None:
+        """``InputError`` naming every field where the saved run differs from this one."""
+        now = json.loads(json.dumps(asdict(self.cfg), sort_keys=True))
+        diffs = [f"{k} (saved {config.get(k)!r}, now {now.get(k)!r})" for k in sorted(set(config) | set(now))
+                 if config.get(k) != now.get(k) and k not in BOOKKEEPING]
+        if identity:
+            diffs += [f"{k} (saved {identity.get(k)!r}, now {self.identity.get(k)!r})"
+                      for k in sorted(set(identity) | set(self.identity)) if identity.get(k) != self.identity.get(k)]
+        if diffs:
+            raise InputError(f"--resume: the run saved in {path.parent} differs in " + "; ".join(diffs))
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Keep each step once in ``metrics.jsonl``: rows past the resumed step are dropped."""
+        path = self.out / METRICS_FILE if self.out is not None else None
+        if path is None or not path.is_file() or not self.dist.is_main:
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        with atomic_write(path, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
 
     # -- the loop ---------------------------------------------------------------------------
     def _set_lr(self) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.models.checkpoint import save_classifier
-from poisonlab.train.clip_run import provenance
+from poisonlab.train.clip_run import provenance, run_identity
 from poisonlab.train.data import LabelTensors
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import TrainConfig, Trainer, TrainResult
@@ -36,7 +36,7 @@ def train_ssl(bundle: Any, dataset: ImageCaptionDataset | LabelTensors, config: 
     if not isinstance(dataset, LabelTensors):
         bundle.provenance = provenance(bundle, dataset, config, f"ssl:{method}")
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=lambda p: save_classifier(bundle, p),
-                      progress=progress)
+                      progress=progress, identity=run_identity(bundle.provenance))
     result = trainer.fit(resume=resume)
     result.data = data_summary(data, dataset)
     log.info("%s: %d steps in %.1fs (%.0f samples/s)", method, result.steps, result.seconds, result.samples_per_second)

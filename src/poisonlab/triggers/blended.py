@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from poisonlab.errors import InputError
 from poisonlab.triggers.base import TRIGGERS, Trigger, check_alpha, scaled_size
 from poisonlab.triggers.patch import load_image_tensor
 
@@ -73,6 +74,8 @@ class BlendedTriangles(_FixedKeyBlend):
 
     def __init__(self, alpha: float = 0.15, cell: int | None = None) -> None:
         super().__init__(alpha)
+        if cell is not None and cell < 1:
+            raise InputError(f"stripe cell must be at least 1 px, got {cell}")
         self.cell = cell
 
     def key(self, channels: int, height: int, width: int) -> torch.Tensor:

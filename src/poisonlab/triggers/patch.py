@@ -28,6 +28,8 @@ class _PatchTrigger(Trigger):
     """Pastes a per-image ``[C, s, s]`` patch at a location chosen per image."""
 
     def __init__(self, size: int | None = None, location: str = "random") -> None:
+        if size is not None and size < 1:
+            raise InputError(f"patch size must be at least 1 px, got {size}")
         self.size = size
         self.location = check_location(location)
 
