@@ -238,3 +238,27 @@ def test_csv_with_a_huge_caption_reads(tmp_path):
 
 def test_the_table_has_at_least_60_cases():
     assert len(CASES) >= 60
+
+
+def test_checkpoint_bytes_are_the_same_for_the_same_tensors(tmp_path):
+    """safetensors writes its header in hash order; saved checkpoints are byte-identical anyway
+    and load back to the same tensors."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    from poisonlab.models.checkpoint import safetensors_bytes
+
+    state = {name: torch.randn(3, 2, generator=torch.Generator().manual_seed(i)) for i, name in enumerate("abcdefgh")}
+    blobs = {safetensors_bytes(state, {"format": "x", "model": "y", "more": "z"}) for _ in range(20)}
+    assert len(blobs) == 1
+    bundle = create_clip("poisonlab-tiny-rn")
+    digests = set()
+    for k in range(3):
+        path = save_clip(bundle, tmp_path / f"m{k}.safetensors")
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    (path,) = [tmp_path / "m0.safetensors"]
+    loaded = load_file(path)
+    assert all(torch.equal(loaded[k], v) for k, v in bundle.model.state_dict().items())

@@ -104,3 +104,27 @@ def test_resume_keeps_each_metrics_step_once(tmp_path, capsys, monkeypatch):
     assert _metrics_steps(out) == [10, 20, 24] == _metrics_steps(tmp_path / "whole")
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run ends with the uninterrupted weights"
+
+
+def test_a_second_writer_is_refused_and_stale_temp_files_are_cleared(tmp_path, capsys):
+    """While one run holds ``--out``, another exits 2 naming it; the next run there removes the
+    temp files a killed run left (and only those)."""
+    import os
+
+    from poisonlab.utils.io import run_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".train_state.pt.a1b2c3d4.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    mine = out / "notes.tmp"
+    mine.write_text("the user's")
+    with run_lock(out):
+        code = main([*BASE, "--steps", "2", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"pid {os.getpid()}" in err and len(err.strip().splitlines()) == 1
+        assert not (out / "model.safetensors").exists()
+    assert not stale.exists(), "run_lock cleared the stale temp file"
+    assert main([*BASE, "--steps", "2", "--out", str(out)]) == 0
+    assert mine.read_text() == "the user's"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and p != mine]

@@ -1,4 +1,4 @@
-"""Models: CLIP through open_clip (SSL backbones and classifiers come with their issues)."""
+"""Models: CLIP through open_clip, timm classifiers and SSL backbones, and their checkpoints."""
 
 from poisonlab.models.checkpoint import load_clip, load_weights, read_sidecar, save_clip
 from poisonlab.models.clip import (

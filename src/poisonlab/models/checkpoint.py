@@ -38,12 +38,23 @@ def sidecar_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors file of ``state``, the same bytes for the same tensors: the library writes
+    its JSON header in hash order, so the header is re-written with sorted keys (the tensor data
+    and their offsets are unchanged; the header stays space-padded to 8 bytes)."""
+    raw = save(state, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + raw[8 + n :]
+
+
 def save_clip(bundle: Any, path: str | Path) -> Path:
     """Write ``bundle`` as safetensors + JSON sidecar (both atomically); returns the weights path."""
     path = Path(path).with_suffix(".safetensors")
     state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
     with atomic_write(path) as f:
-        f.write(save(state, metadata={"format": SIDECAR_FORMAT, "model": bundle.name}))
+        f.write(safetensors_bytes(state, {"format": SIDECAR_FORMAT, "model": bundle.name}))
     meta = {
         "format": SIDECAR_FORMAT,
         "model_name": bundle.name,
@@ -169,7 +180,7 @@ def save_classifier(bundle: Any, path: str | Path) -> Path:
     path = Path(path).with_suffix(".safetensors")
     state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
     with atomic_write(path) as f:
-        f.write(save(state, metadata={"format": CLASSIFIER_FORMAT, "model": bundle.name}))
+        f.write(safetensors_bytes(state, {"format": CLASSIFIER_FORMAT, "model": bundle.name}))
     meta = {"format": CLASSIFIER_FORMAT, "model_name": bundle.name, "timm_name": bundle.timm_name,
             "timm_kwargs": bundle.timm_kwargs, "num_classes": bundle.num_classes, "classnames": bundle.classnames, "kind": bundle.kind,
             "provenance": bundle.provenance}

@@ -1,6 +1,6 @@
 """Image classifiers through timm, and CLIP used as a zero-shot classifier, behind one interface.
 
-Every repair and detection method of the classifier issue works on a :class:`Classifier`:
+Every repair and detection method of the classifier part (Pick your Poison) works on a :class:`Classifier`:
 ``logits(x)`` and ``features(x)`` on ``[0, 1]`` images (normalisation happens inside),
 ``head(z)`` from penultimate features to logits, ``module`` (what fine-tuning updates) and
 ``copy()``. Two implementations:
@@ -9,7 +9,7 @@ Every repair and detection method of the classifier issue works on a :class:`Cla
   bundled narrow variant such as ``poisonlab-resnet-tiny`` for the CPU);
 - :class:`ZeroShotClassifier`: a CLIP image tower with a fixed text head built from class names
   and the template ensemble (features = normalised image embedding), so the same methods serve
-  the CLIP models of the other issues.
+  the CLIP models as well.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from poisonlab.errors import InputError
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.schedule import SCHEDULES, multiplier
-from poisonlab.utils.io import atomic_write, load_tensors
+from poisonlab.utils.io import atomic_write, load_tensors, run_lock
 from poisonlab.utils.seeding import derive_seed, make_generator
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,17 @@ class Trainer:
         return float(loss.detach()), extra
 
     def fit(self, resume: bool = False) -> TrainResult:
-        """Train to ``total`` steps (continuing from a checkpoint when ``resume``)."""
+        """Train to ``total`` steps (continuing from a checkpoint when ``resume``).
+
+        The output folder is locked for the run (a second writer exits with a clear error) and
+        cleared of the temp files an interrupted run left there.
+        """
+        if self.out is None or not self.dist.is_main:
+            return self._fit(resume)
+        with run_lock(self.out):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         if resume:
             self.resume()
         original = self.objective.model

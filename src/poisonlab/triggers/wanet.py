@@ -33,8 +33,8 @@ class WaNet(Trigger):
     def __init__(self, k: int = 4, s: float = 0.5, seed: int = 0) -> None:
         if k < 2:
             raise InputError(f"wanet grid size k must be >= 2, got {k}")
-        if s <= 0:
-            raise InputError(f"wanet warp strength s must be > 0, got {s}")
+        if s < 0:
+            raise InputError(f"wanet warp strength s must be >= 0 (0: no warp), got {s}")
         self.k = int(k)
         self.s = float(s)
         self.seed = int(seed)

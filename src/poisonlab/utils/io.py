@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from poisonlab.errors import InputError
+
+log = logging.getLogger(__name__)
+LOCK_NAME = ".poisonlab.lock"
 
 
 def _umask() -> int:
@@ -83,7 +90,6 @@ def output_dir(path: str | os.PathLike[str], force: bool = False, legacy: tuple[
     Raises:
         InputError: ``path`` is a file, or a folder of someone else's files without ``force``.
     """
-    from poisonlab.errors import InputError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -136,7 +142,6 @@ def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
 
     import torch
 
-    from poisonlab.errors import InputError
 
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
@@ -190,3 +195,41 @@ def claim(path: str | os.PathLike[str]) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what atomic_write / atomic_dir / output_dir create
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold ``folder/.poisonlab.lock`` for one writer at a time, and clear the folder of the temp
+    files a killed run of poisonlab left (names ``.NAME.XXXXXXXX.tmp``; nothing else is touched).
+
+    Raises:
+        InputError: another process holds the lock (its pid is named); the lock of a dead process
+            is free, since the operating system drops it.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            other = f.read().strip() or "unknown"
+            raise InputError(f"{folder} is in use by another poisonlab run (pid {other}); wait for it or use "
+                             "another --out") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            for entry in folder.iterdir():
+                if TEMP_NAME.match(entry.name):
+                    log.info("removing %s, left by an interrupted run", entry)
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
