@@ -121,3 +121,31 @@ def test_data_reopened_at_the_model_size(tmp_path):
     assert at_model_size(str(tmp_path), first, 32, None, 0) is first
     again = at_model_size(str(tmp_path), first, 64, None, 0)
     assert again[0][0].shape == (3, 64, 64) and again.classnames == first.classnames
+
+
+def test_poison_clears_a_killed_runs_temp_folder_but_not_a_live_one(tmp_path, capsys):
+    """A temp folder beside ``--out`` that no live process holds is a killed run's: the next run
+    for that ``--out`` removes it; one a live writer holds stays."""
+    import fcntl
+    import os
+
+    from poisonlab.cli import main
+
+    out = tmp_path / "plan"
+    dead = tmp_path / ".plan.dead0001.tmp"
+    dead.mkdir()
+    (dead / "plan.json").write_text("half")
+    live = tmp_path / ".plan.live0001.tmp"
+    live.mkdir()
+    other = tmp_path / ".other.dead0001.tmp"
+    other.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        code = main(["poison", "--dataset", "shapes", "--n", "40", "--attack", "clip-dirty", "--target", "star",
+                     "--rate", "0.1", "--trigger", "badnet", "--out", str(out)])
+    finally:
+        os.close(fd)
+    capsys.readouterr()
+    assert code == 0 and (out / "plan.json").is_file()
+    assert not dead.exists() and live.exists() and other.exists()

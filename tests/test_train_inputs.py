@@ -128,3 +128,36 @@ def test_a_second_writer_is_refused_and_stale_temp_files_are_cleared(tmp_path, c
     assert main([*BASE, "--steps", "2", "--out", str(out)]) == 0
     assert mine.read_text() == "the user's"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and p != mine]
+
+
+def test_kill_9_during_training_then_resume(tmp_path):
+    """``kill -9`` while a run writes checkpoints, then ``--resume``: no temp file left at the end and
+    the weights equal an uninterrupted run's (each run in its own process, one thread)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "poisonlab", *BASE[:-2], "--batch-size", "16", "--steps", "60",
+            "--checkpoint-every", "3"]
+    whole = subprocess.run([*argv, "--out", str(tmp_path / "whole")], env=env, capture_output=True)
+    assert whole.returncode == 0, whole.stderr.decode()[-500:]
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*argv, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "train_state.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run([*argv, "--resume", "--out", str(out)], env=env, capture_output=True)
+    assert again.returncode == 0, again.stderr.decode()[-500:]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [line for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == len(set(steps)) == 6

@@ -6,6 +6,7 @@ An interrupted run therefore never leaves a half-written file or folder behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -105,7 +106,9 @@ def output_dir(path: str | os.PathLike[str], force: bool = False, legacy: tuple[
             raise InputError(f"--out {path} is a non-empty folder that poisonlab did not write; choose a new "
                              "folder, or pass --force (only poisonlab's own files are replaced there)")
     path.mkdir(parents=True, exist_ok=True)
+    _clear_stale_beside(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    held = _hold(tmp)
     try:
         yield tmp
         written = sorted(e.name for e in tmp.iterdir())
@@ -119,6 +122,37 @@ def output_dir(path: str | os.PathLike[str], force: bool = False, legacy: tuple[
         write_json(manifest, {"entries": written})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(held)
+
+
+def _hold(folder: Path) -> int:
+    """An open descriptor holding an exclusive ``flock`` on ``folder``: the mark of a live writer
+    (the operating system drops it when the process dies, ``kill -9`` included)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _clear_stale_beside(path: Path) -> None:
+    """Remove the temp folders (``.NAME.XXXXXXXX.tmp`` beside ``path``) of killed runs for ``path``;
+    one a live run still holds is left alone."""
+    import fcntl
+
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if not (entry.is_dir() and TEMP_NAME.match(entry.name)):
+            continue
+        fd = os.open(entry, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            log.info("removing %s, left by an interrupted run", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _remove(target: Path) -> None:
