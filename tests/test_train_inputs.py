@@ -161,3 +161,17 @@ def test_kill_9_during_training_then_resume(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [line for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == len(set(steps)) == 6
+
+
+def test_resume_refuses_a_state_of_another_kind(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"step": 3, "model": {}}, out / "train_state.pt")  # no optimiser, no config
+    code = main([*BASE, "--steps", "4", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a poisonlab training state" in err and len(err.strip().splitlines()) == 1
+    torch.save([1, 2, 3], out / "train_state.pt")
+    assert main([*BASE, "--steps", "4", "--resume", "--out", str(out)]) == 2
+    assert not (out / "model.safetensors").exists()
