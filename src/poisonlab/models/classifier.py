@@ -153,7 +153,7 @@ class ZeroShotClassifier:
     kind = "clip-zero-shot"
 
     def __init__(self, bundle: Any, classnames: list[str], templates: Any, logit_scale: float | None = None) -> None:
-        from poisonlab.metrics.zero_shot import zero_shot_weights
+        from poisonlab.models.zero_shot import zero_shot_weights
 
         self.bundle = bundle
         self.classnames = list(classnames)
