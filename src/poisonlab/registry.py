@@ -66,8 +66,9 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} has no parameter {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(accepted or ()))}"
             )
+        hints = _hints(factory)
         for key, value in params.items():
-            check_type(f"{self.kind} {name!r}: {key}", value, _hints(factory).get(key))
+            check_type(f"{self.kind} {name!r}: {key}", value, hints.get(key))
         try:
             return factory(**params)
         except (TypeError, ValueError) as err:

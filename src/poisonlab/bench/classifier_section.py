@@ -29,7 +29,6 @@ from poisonlab.detect.population import (
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models.checkpoint import load_classifier, save_classifier
 from poisonlab.models.classifier import create_classifier
-from poisonlab.train import TrainConfig
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import label_tensors
 from poisonlab.utils.io import write_json
@@ -56,8 +55,7 @@ class ClassifierSection:
                 data = PoisonedDataset(data, atk(data, seed=c.seed))
             model = create_classifier(c.model, len(data.classnames), self.runner.spec.image_size, data.classnames,
                                       seed=c.seed)
-            config = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, warmup=c.warmup,
-                                 weight_decay=0.05, seed=c.seed)
+            config = c.train_config(weight_decay=0.05)
             train_classifier(model, data, config, tmp, stage="classifier", progress=self.runner.progress)
 
         return self.runner.cached(f"classifier:{label}", inputs, build)

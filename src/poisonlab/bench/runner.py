@@ -28,7 +28,7 @@ from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
-from poisonlab.train import TrainConfig, train_clip
+from poisonlab.train import train_clip
 from poisonlab.utils.io import atomic_dir, claim, file_lock, write_json
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Runner:
 
         def build(tmp: Path) -> None:
             bundle = create_clip(p.model, seed=p.seed)
-            config = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, warmup=p.warmup, seed=p.seed)
+            config = p.train_config()
             train_clip(bundle, self.data(self.spec.dataset, p.n, p.data_seed), config, tmp, progress=self.progress)
 
         return self.cached("pretrain", inputs, build)
@@ -115,7 +115,7 @@ class Runner:
         def build(tmp: Path) -> None:
             data = self.plan(attack)
             data.plan.save(tmp / "plan.json")
-            config = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, warmup=p.warmup, seed=p.seed)
+            config = p.train_config()
             train_clip(load_clip(clean / MODEL), data, config, tmp, stage="poison", progress=self.progress)
 
         return self.cached(f"poison:{attack.name}", inputs, build)

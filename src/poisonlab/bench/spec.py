@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from poisonlab.errors import InputError
+from poisonlab.train.loop import TrainConfig
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
@@ -27,6 +28,11 @@ class TrainSpec(Strict):
     batch_size: int = Field(default=128, gt=0)
     warmup: int = 0
     seed: int = 0
+
+    def train_config(self, seed: int | None = None, **more: Any) -> TrainConfig:
+        """The loop's config for this budget (``seed``: another training seed; ``more``: other fields)."""
+        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, warmup=self.warmup,
+                           seed=self.seed if seed is None else seed, **more)
 
 
 class PretrainSpec(TrainSpec):

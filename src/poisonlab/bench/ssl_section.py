@@ -20,7 +20,6 @@ from poisonlab.bench.spec import SslSpec
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.checkpoint import load_classifier, save_classifier
 from poisonlab.models.classifier import create_encoder
-from poisonlab.train import TrainConfig
 from poisonlab.train.data import label_tensors
 from poisonlab.train.ssl_run import train_ssl
 from poisonlab.utils.io import write_json
@@ -49,8 +48,7 @@ class SslSection:
 
     def _train(self, data: Any, tmp: Path) -> None:
         s = self.spec
-        config = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, warmup=s.warmup, weight_decay=1e-4,
-                             seed=s.seed)
+        config = s.train_config(weight_decay=1e-4)
         train_ssl(create_encoder(s.model, self.runner.spec.image_size, seed=s.seed), data, config, s.method, tmp,
                   progress=self.runner.progress, min_scale=s.min_scale)
 

@@ -29,7 +29,7 @@ from poisonlab.data import ImageCaptionDataset, Subset
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import load_clip
-from poisonlab.train import TrainConfig, train_clip
+from poisonlab.train import train_clip
 from poisonlab.utils.io import write_json
 
 BUDGET = {"n", "data_seed", "epochs", "lr", "batch_size", "warmup"}
@@ -85,7 +85,7 @@ class TextSection:
                 data = Subset(data, report["kept"])
             if isinstance(data, PoisonedDataset):
                 data.plan.save(tmp / "plan.json")
-            config = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, warmup=s.warmup, seed=seed)
+            config = s.train_config(seed)
             train_clip(load_clip(clean / MODEL), data, config, tmp, stage="poison", progress=self.runner.progress)
 
         return stage, self.runner.cached(stage, inputs, build)

@@ -256,12 +256,13 @@ class Trainer:
 
     def check_same_run(self, config: dict[str, Any], identity: dict[str, Any], path: Path) -> None:
         """``InputError`` naming every field where the saved run differs from this one."""
-        now = json.loads(json.dumps(asdict(self.cfg), sort_keys=True))
-        diffs = [f"{k} (saved {config.get(k)!r}, now {now.get(k)!r})" for k in sorted(set(config) | set(now))
-                 if config.get(k) != now.get(k) and k not in BOOKKEEPING]
+        def differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+            return [f"{k} (saved {saved.get(k)!r}, now {now.get(k)!r})" for k in sorted(set(saved) | set(now))
+                    if saved.get(k) != now.get(k) and k not in BOOKKEEPING]
+
+        diffs = differ(config, json.loads(json.dumps(asdict(self.cfg), sort_keys=True)))
         if identity:
-            diffs += [f"{k} (saved {identity.get(k)!r}, now {self.identity.get(k)!r})"
-                      for k in sorted(set(identity) | set(self.identity)) if identity.get(k) != self.identity.get(k)]
+            diffs += differ(identity, self.identity)
         if diffs:
             raise InputError(f"--resume: the run saved in {path.parent} differs in " + "; ".join(diffs))
 
