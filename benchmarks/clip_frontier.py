@@ -38,8 +38,8 @@ TARGET_ASR = 0.10  # the cleaning target: ASR at most this with CA at most ALLOW
 def clean_once(name: str, lr: float, seed: int, a: argparse.Namespace, suspect: Any, data: Any,
                extra: dict[str, Any]) -> Any:
     params = {"seed": seed, **extra}
-    method = defenses.create("par" if name == "par-synthetic" else name, epochs=a.epochs, lr=lr, **params)
-    return method.run(suspect, data, None, progress=False)
+    method = defenses.create("par" if name == "par-synthetic" else name, family="clip", epochs=a.epochs, lr=lr, **params)
+    return method.run(suspect, data, progress=False)
 
 
 def main() -> None:
@@ -84,7 +84,7 @@ def main() -> None:
         for lr in a.lrs:
             for seed in a.seeds:
                 result = clean_once(name, lr, seed, a, suspect, data, extra.get(name, {}))
-                ca, asr = score(result.bundle)
+                ca, asr = score(result.model)
                 rows.append({"defense": name, "lr": lr, "seed": seed, "ca": ca, "asr": asr,
                              "steps": result.report["steps"], "seconds": result.report["seconds"],
                              "s_img": result.report.get("final_s_img", "")})

@@ -46,7 +46,7 @@ def main() -> None:
         start = time.perf_counter()
         suspect = load_classifier(path)
         torch.manual_seed(0)
-        repaired = PivotalTuning(check_every=0).run(suspect, trusted).classifier
+        repaired = PivotalTuning(check_every=0).run(suspect, trusted).model
         cells = []
         for rms in radii:
             torch.manual_seed(0)

@@ -75,9 +75,9 @@ def main() -> None:
         for run in a.runs:
             steps, lr = run.split(":")
             with latent_form(form):
-                res = defenses.create_repair("pivotal-tuning", steps=int(steps), lr=float(lr), check_every=0).run(
+                res = defenses.create("pivotal-tuning", family="classifier", steps=int(steps), lr=float(lr), check_every=0).run(
                     model, trusted)
-            row(f"{form}, {steps}, {lr}", res.classifier)
+            row(f"{form}, {steps}, {lr}", res.model)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Trains (or reuses, from --cache) one dirty-label poisoned classifier on ``shapes`` and repairs it
 with pivotal-tuning, finetune and fine-pruning; prints CA / ASR / ARR on 1,000 test images
-(the calibration table of docs/benchmarks.md section 6). ``--suspect`` repairs a given checkpoint
+(the calibration table of docs/results/classifiers.md section 6). ``--suspect`` repairs a given checkpoint
 instead (e.g. the demo's cached poisoned classifier); ``--latents`` sweeps Pivotal Tuning's
 ``l_latent``.
 
@@ -76,11 +76,11 @@ def main() -> None:
         trusted = pool.subset(defenses.trusted_indices(len(pool), share, 0))
         for method, lr, extra in grid(a.methods, a.lrs, sweeps):
             start = time.perf_counter()
-            res = defenses.create_repair(method, lr=lr, **shared, **extra).run(model, trusted)
+            res = defenses.create(method, family="classifier", lr=lr, **shared, **extra).run(model, trusted)
             stop = res.report.get("stopped_at")
             tags = "".join(f" {k} {v:g}" for k, v in extra.items())
             row(f"{method} {100 * share:g}% lr {lr:g}{tags} ({time.perf_counter() - start:.0f} s"
-                f"{', floor stop at step ' + str(stop) if stop else ''})", res.classifier)
+                f"{', floor stop at step ' + str(stop) if stop else ''})", res.model)
 
 
 def parse_sweep(item: str) -> tuple[str, list[float]]:

@@ -15,7 +15,7 @@ from PIL import Image
 from poisonlab.cli import main
 from poisonlab.models import create_clip
 from poisonlab.models.checkpoint import save_classifier, save_clip
-from poisonlab.models.classifier import create_classifier
+from poisonlab.models.classifier import create_classifier, create_encoder
 from tests.conftest import write_png
 
 
@@ -47,6 +47,7 @@ def files(tmp_path_factory):
     f["clip"] = str(save_clip(create_clip("poisonlab-tiny-rn"), d / "clip" / "model.safetensors"))
     names = ["circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring", "crescent", "heart"]
     f["clf"] = str(save_classifier(create_classifier("poisonlab-resnet-tiny", 10, 32, names), d / "clf" / "model.safetensors"))
+    f["enc"] = str(save_classifier(create_encoder("poisonlab-resnet-tiny", 32), d / "enc" / "model.safetensors"))
     side = json.loads((d / "clf" / "model.json").read_text())
     (d / "clf-noarch").mkdir()
     (d / "clf-noarch" / "model.safetensors").write_bytes((d / "clf" / "model.safetensors").read_bytes())
@@ -208,6 +209,14 @@ CASES = {
                               "--out", "{out}"],
     "detect share zero": ["detect", "--method", "cti", "--model", "{clf}", "--dataset", "shapes", "--n", "200",
                           "--trusted-share", "0", "--out", "{out}"],
+    "detect cti on an encoder": ["detect", "--method", "cti", "--model", "{enc}", "--dataset", "shapes", "--n", "200",
+                                 "--out", "{out}"],
+    "clean with a filter": ["clean", "--defense", "filter", "--model", "{clip}", "--dataset", "shapes", "--n", "20",
+                            "--steps", "1", "--out", "{out}"],
+    "repair with a clip defense": ["repair", "--method", "par", "--model", "{clf}", "--dataset", "shapes", "--n", "200",
+                                   "--out", "{out}"],
+    "clean-encoder with a clip defense": ["clean-encoder", "--defense", "cleanclip", "--model", "{clf}", "--dataset",
+                                          "shapes", "--n", "40", "--out", "{out}"],
     "clean-encoder unknown defense": ["clean-encoder", "--defense", "nope", "--model", "{clf}", "--dataset", "shapes",
                                       "--n", "40", "--out", "{out}"],
 }

@@ -86,7 +86,7 @@ def small():
 
 def test_pivotal_loss_is_the_sum_of_its_terms(small):
     model, data = small
-    cfg = defenses.create_repair("pivotal-tuning", augment=False, l_latent=0.3, l_param=50.0)
+    cfg = defenses.create("pivotal-tuning", family="classifier", augment=False, l_latent=0.3, l_param=50.0)
     tuned, pivot = model.copy(), model.copy()
     with torch.no_grad():
         for p in tuned.module.parameters():
@@ -107,56 +107,56 @@ def test_pivotal_loss_is_the_sum_of_its_terms(small):
 @pytest.mark.parametrize("method", ["pivotal-tuning", "finetune"])
 def test_repair_with_zero_steps_returns_the_model_unchanged(small, method):
     model, data = small
-    result = defenses.create_repair(method, steps=0).run(model, data)
+    result = defenses.create(method, family="classifier", steps=0).run(model, data)
     assert result.report["steps"] == 0
-    for (k, a), b in zip(model.module.state_dict().items(), result.classifier.module.state_dict().values(), strict=True):
+    for (k, a), b in zip(model.module.state_dict().items(), result.model.module.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert result.classifier.module is not model.module
+    assert result.model.module is not model.module
 
 
 def test_repair_changes_the_copy_not_the_suspect(small):
     model, data = small
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    result = defenses.create_repair("pivotal-tuning", steps=3, check_every=0).run(model, data)
+    result = defenses.create("pivotal-tuning", family="classifier", steps=3, check_every=0).run(model, data)
     assert all(torch.equal(before[k], v) for k, v in model.module.state_dict().items())
-    assert any(not torch.equal(before[k], v) for k, v in result.classifier.module.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in result.model.module.state_dict().items())
 
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_norm_keeps_the_running_statistics(small, freeze):
     model, data = small
-    result = defenses.create_repair("finetune", steps=3, check_every=0, freeze_norm=freeze).run(model, data)
+    result = defenses.create("finetune", family="classifier", steps=3, check_every=0, freeze_norm=freeze).run(model, data)
     stats = [k for k in model.module.state_dict() if k.endswith("running_mean")]
     assert stats
-    tuned, suspect = result.classifier.module.state_dict(), model.module.state_dict()
+    tuned, suspect = result.model.module.state_dict(), model.module.state_dict()
     same = [torch.equal(tuned[k], suspect[k]) for k in stats]
     assert all(same) if freeze else not any(same)
 
 
 def test_monitor_traces_the_repair_without_changing_it(small):
     model, data = small
-    repair = defenses.create_repair("finetune", steps=4, check_every=0)
+    repair = defenses.create("finetune", family="classifier", steps=4, check_every=0)
     seen = []
 
     def monitor(clf):
         seen.append(clf)
         return {"ca": float(len(seen))}
 
-    traced = repair.run(model, data, monitor, monitor_every=2)
+    traced = repair.run(model, data, monitor=monitor, monitor_every=2)
     plain = repair.run(model, data)
     assert traced.report["trace"] == [{"step": 2, "ca": 1.0}, {"step": 4, "ca": 2.0}]
     assert "trace" not in plain.report
-    assert all(clf is traced.classifier for clf in seen)
-    for a, b in zip(traced.classifier.module.state_dict().values(), plain.classifier.module.state_dict().values(),
+    assert all(clf is traced.model for clf in seen)
+    for a, b in zip(traced.model.module.state_dict().values(), plain.model.module.state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)
 
 
 def test_fine_pruning_cuts_units_off_the_head(small):
     model, data = small
-    result = defenses.create_repair("fine-pruning", steps=2, max_prune_drop=1.0, max_prune=0.5,
+    result = defenses.create("fine-pruning", family="classifier", steps=2, max_prune_drop=1.0, max_prune=0.5,
                                     check_every=0).run(model, data)
-    w = result.classifier.module.get_classifier().weight
+    w = result.model.module.get_classifier().weight
     dead = (w == 0).all(0)
     assert int(dead.sum()) == result.report["pruned_units"] == int(0.5 * w.shape[1])
 
@@ -173,6 +173,8 @@ def test_trusted_indices_rejects_bad_shares():
 
 class Toy:
     """A linear classifier on raw pixels that the tests can read."""
+
+    family = "classifier"
 
     def __init__(self, linear: nn.Linear, size: int = 8) -> None:
         self.module, self.num_classes, self.image_size = linear, linear.out_features, size
@@ -219,8 +221,10 @@ def test_cti_scores_a_backdoor_and_nothing_when_models_agree():
     data = LabelTensors((torch.rand(80, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.arange(80) % 4)
     cti = detect.create("cti", steps=40, lr=0.05)
     suspect, repaired = _toy_pair(200.0)
+    suspect.module.train()
     found = cti(suspect, data, repaired=repaired)
     assert found.details["suspected_target"] == 2 and found.verdict
+    assert suspect.module.training and suspect.module.weight.requires_grad  # left as the caller had it
     same = cti(repaired, data, repaired=repaired)
     assert same.details["class_scores"] == [0.0] * 4 and not same.verdict
 
@@ -329,8 +333,8 @@ def test_repair_and_detect_a_clip_zero_shot_classifier(tmp_path, capsys):
     zs = ZeroShotClassifier(bundle, data.classnames, data.templates)
     assert zs.logits(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     text_before = {k: v.clone() for k, v in bundle.model.state_dict().items() if not k.startswith("visual.")}
-    result = defenses.create_repair("pivotal-tuning", steps=2, check_every=0).run(zs, label_tensors(data))
-    tuned = result.classifier.to_clip()
+    result = defenses.create("pivotal-tuning", family="classifier", steps=2, check_every=0).run(zs, label_tensors(data))
+    tuned = result.model.to_clip()
     assert all(torch.equal(v, tuned.model.state_dict()[k]) for k, v in text_before.items())
     assert any(not torch.equal(v, tuned.model.state_dict()[k]) for k, v in bundle.model.state_dict().items()
                if k.startswith("visual."))

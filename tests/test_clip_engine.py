@@ -211,7 +211,7 @@ def test_cli_clean_and_audit(tmp_path, capsys):
     assert (tmp_path / "c" / "model.safetensors").is_file()
     for argv, needle in [
         (["--defense", "nope"], "valid: cleanclip"),
-        (["--defense", "filter"], "no parameter"),
+        (["--defense", "filter"], "is a filter method, not a cleaning one"),
     ]:
         code = main(["clean", *argv, "--model", ckpt, "--dataset", "shapes", "--out", str(tmp_path / "x")])
         assert code == 2 and needle in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Training under 2-rank DDP (gloo) equals one process: classifiers keep one set of weights, PAR's S is global."""
+"""Training under 2-rank DDP (gloo): every family (classifier, CLIP, SSL) keeps one set of weights on both ranks; PAR's S is global."""
 
 from __future__ import annotations
 
@@ -76,3 +76,37 @@ def test_par_distance_over_the_global_batch(tmp_path):
         for n, p in bundle.model.named_parameters():
             if p.grad is not None:
                 torch.testing.assert_close(got["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def _family_worker(rank, world, init_file, out_dir):
+    """A few steps of each family's trainer on 2 ranks; saves this rank's start and end parameters."""
+    from poisonlab.models import create_clip
+    from poisonlab.models.classifier import create_encoder
+    from poisonlab.train import train_clip
+    from poisonlab.train.ssl_run import train_ssl
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    data, dist = make_shapes(n=64, seed=3), DistInfo(rank=rank, world_size=world)
+    cfg = TrainConfig(steps=3, batch_size=16, lr=1e-2, seed=1)
+    for family in ("clip", "simclr", "byol"):
+        model = create_clip("poisonlab-tiny-vit", seed=0) if family == "clip" else \
+            create_encoder("poisonlab-resnet-tiny", 32, seed=0)
+        start = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+        if family == "clip":
+            train_clip(model, data, cfg, None, dist=dist, progress=False)
+        else:
+            train_ssl(model, label_tensors(data), cfg, family, None, dist=dist, progress=False)
+        end = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+        torch.save({"start": start, "end": end}, os.path.join(out_dir, f"{family}{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_end_with_the_same_weights(tmp_path):
+    """CLIP and SSL training (SimCLR; BYOL with its momentum encoder) keep one model over 2 ranks:
+    each rank sees other images, so only averaged gradients keep the weights equal."""
+    mp.spawn(_family_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for family in ("clip", "simclr", "byol"):
+        a, b = (torch.load(tmp_path / f"{family}{r}.pt", weights_only=True) for r in range(2))
+        assert max(float((a["end"][k] - a["start"][k]).abs().max()) for k in a["end"]) > 0, family  # it trained
+        for k in a["end"]:
+            torch.testing.assert_close(a["end"][k], b["end"][k], rtol=0, atol=1e-6, msg=f"{family}: {k}")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import inspect
+import json
 import random
 
 import pytest
@@ -93,7 +95,7 @@ def test_par_run_keeps_logit_scale_and_suspect(setup):
     data, suspect, _, _ = setup
     before = {k: v.clone() for k, v in suspect.model.state_dict().items()}
     result = defenses.create("par", steps=3, batch_size=16, lr=1e-3).run(suspect, data, progress=False)
-    after = result.bundle.model.state_dict()
+    after = result.model.model.state_dict()
     assert torch.equal(after["logit_scale"], before["logit_scale"])
     assert any(not torch.equal(after[k], before[k]) for k in before if k != "logit_scale")
     for k, v in suspect.model.state_dict().items():
@@ -152,19 +154,43 @@ class ColourModel:
         return F.normalize(torch.tensor([COLORS[list(COLORS)[t]] for t in tokens.tolist()]) + 0.05, dim=-1)
 
 
-def test_filter_removes_mismatched_pairs():
+def test_filter_removes_mismatched_pairs(tmp_path):
     names = ["red", "blue", "green"] * 10
     images = torch.stack([torch.tensor(COLORS[c]).view(3, 1, 1).expand(3, 8, 8) for c in names])
     base = TensorDataset((images * 255).to(torch.uint8), [f"a {c} square" for c in names], [0] * 30, ["square"])
     entries = tuple(PoisonEntry(index=i, caption="a blue square") for i in (0, 3, 6))  # red images, blue caption
     plan = PoisonPlan("manual", {}, 0, base.describe(), 30, None, entries)
-    report = defenses.create("filter", threshold=0.8).run(ColourModel(), PoisonedDataset(base, plan))
+    found = defenses.create("filter", threshold=0.8).run(ColourModel(), PoisonedDataset(base, plan), out=tmp_path)
+    report = found.report
+    assert found.model is None and found.kept == [i for i in range(30) if i not in (0, 3, 6)]
+    assert json.loads((tmp_path / "kept.json").read_text())["kept"] == found.kept
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert rows[0] == "index,distance,kept,poisoned" and rows[1].endswith(",0,1") and rows[2].endswith(",1,0")
     assert report["precision"] == 1.0 and report["recall"] == 1.0 and report["clean_lost"] == 0
     ref = 1 - float(F.normalize(torch.tensor([1.05, 0.05, 0.05]), dim=0) @ F.normalize(torch.tensor([0.05, 0.05, 1.05]), dim=0))
     assert report["distances"][0] == pytest.approx(ref, rel=1e-5)
     assert report["distances"][1] == pytest.approx(0.0, abs=1e-6)
     frac = defenses.create("filter", threshold=None, drop_fraction=0.1).run(ColourModel(), PoisonedDataset(base, plan))
-    assert frac["removed"] == 3 and frac["recall"] == 1.0
+    assert frac.report["removed"] == 3 and frac.report["recall"] == 1.0
+
+
+def test_one_registry_one_contract():
+    """Every defense says its family and kind and is called as run(suspect, data, *, out=None, ...)."""
+    entries = defenses.DEFENSES.entries()
+    assert {(e.family, e.kind) for e in entries} == {("clip", "cleaning"), ("clip", "filter"), ("classifier", "repair"),
+                                                     ("encoder", "cleaning"), ("encoder", "filter")}
+    for e in entries:
+        params = inspect.signature(e.factory.run).parameters
+        assert list(params)[:3] == ["self", "suspect", "data"], e.name
+        assert params["out"].kind is inspect.Parameter.KEYWORD_ONLY and params["out"].default is None, e.name
+    assert type(defenses.create("finetune", family="clip")).__name__ == "FineTune"
+    assert type(defenses.create("finetune", family="classifier")).__name__ == "ClassifierFineTune"
+    with pytest.raises(InputError, match="exists for classifier, clip models"):
+        defenses.create("finetune")
+    with pytest.raises(InputError, match="'filter' is a filter method, not a cleaning one; valid: cleanclip, finetune, par"):
+        defenses.create("filter", family="clip", kind="cleaning")
+    with pytest.raises(InputError, match="unknown defense 'par' for encoder models; valid: distill, patchsearch"):
+        defenses.create("par", family="encoder")
 
 
 def test_bad_defense_input():

@@ -105,6 +105,8 @@ def test_mean_pairwise_cosine_reference():
 class ToyEncoder:
     """Linear features; with ``backdoor`` a bright top-left red pixel collapses every embedding."""
 
+    family = "encoder"
+
     def __init__(self, backdoor: bool) -> None:
         torch.manual_seed(0)
         self.module = nn.Linear(3 * 64, 16)
@@ -123,7 +125,10 @@ def test_decree_finds_a_small_trigger_only_in_the_backdoored_encoder():
     g = torch.Generator().manual_seed(5)
     data = LabelTensors((torch.rand(32, 3, 8, 8, generator=g) * 200).to(torch.uint8), torch.zeros(32, dtype=torch.long))
     decree = Decree(steps=300, images=32)
-    bad, good = decree(ToyEncoder(True), data), decree(ToyEncoder(False), data)
+    suspect = ToyEncoder(True)
+    suspect.module.train().requires_grad_(True)
+    bad, good = decree(suspect, data), decree(ToyEncoder(False), data)
+    assert suspect.module.training and all(p.requires_grad for p in suspect.module.parameters())  # as it was
     assert bad.verdict and not good.verdict
     assert bad.score < 0.1 < good.score
 

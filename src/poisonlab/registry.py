@@ -16,12 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import numbers
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from poisonlab.errors import InputError
@@ -29,36 +31,69 @@ from poisonlab.errors import InputError
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One registered method: its name, factory and, for defenses and detectors, the model
+    family it works on (``clip``, ``classifier``, ``encoder``) and its kind (``cleaning``,
+    ``repair``, ``filter``, ``detector``)."""
+
+    name: str
+    factory: Callable[..., Any]
+    family: str | None = None
+    kind: str | None = None
+
+
 class Registry(Generic[T]):
-    """A named collection of factories of one kind (``"trigger"``, ``"attack"``, ...)."""
+    """A named collection of factories of one kind (``"trigger"``, ``"attack"``, ...).
+
+    A name may be registered once per model family (``finetune`` cleans a CLIP model and repairs
+    a classifier); :meth:`get` with the family picks the entry, without it the name must be
+    unambiguous.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._items: dict[str, Callable[..., T]] = {}
+        self._items: dict[tuple[str, str | None], Entry] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers a class (or factory) under ``name``."""
+        """Decorator that registers a class (or factory) under ``name``.
+
+        The factory's class attributes ``family`` and ``kind`` (when it has them) are the entry's.
+        """
 
         def wrap(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._items:
+            family, kind = getattr(factory, "family", None), getattr(factory, "kind", None)
+            if (name, family) in self._items:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = factory
+            self._items[(name, family)] = Entry(name, factory, family, kind)
             factory.registered_name = name  # type: ignore[attr-defined]
             return factory
 
         return wrap
 
-    def get(self, name: str) -> Callable[..., T]:
-        """The factory registered under ``name``; ``InputError`` listing valid names if none."""
-        try:
-            return self._items[name]
-        except KeyError:
-            valid = ", ".join(self.available())
-            raise InputError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+    def entry(self, name: str, family: str | None = None, kind: str | None = None) -> Entry:
+        """The entry registered as ``name`` (for ``family``, of ``kind``); ``InputError`` naming
+        the valid choices otherwise."""
+        found = [e for e in self._items.values() if e.name == name and family in (None, e.family)]
+        if not found:
+            valid = ", ".join(self.available(family, kind))
+            where = f" for {family} models" if family else ""
+            raise InputError(f"unknown {self.kind} {name!r}{where}; valid: {valid}")
+        if len(found) > 1:
+            families = ", ".join(sorted(str(e.family) for e in found))
+            raise InputError(f"{self.kind} {name!r} exists for {families} models; say which family")
+        if kind is not None and found[0].kind != kind:
+            valid = ", ".join(self.available(family, kind))
+            raise InputError(f"{self.kind} {name!r} is a {found[0].kind} method, not a {kind} one; valid: {valid}")
+        return found[0]
 
-    def create(self, name: str, **params: Any) -> T:
+    def get(self, name: str, family: str | None = None, kind: str | None = None) -> Callable[..., T]:
+        """The factory registered under ``name``; ``InputError`` listing valid names if none."""
+        return self.entry(name, family, kind).factory
+
+    def create(self, name: str, /, *, family: str | None = None, kind: str | None = None, **params: Any) -> T:
         """Build the ``name`` method with ``params``; unknown parameters are an ``InputError``."""
-        factory = self.get(name)
+        factory = self.get(name, family, kind)
         accepted = _parameter_names(factory)
         unknown = sorted(set(params) - accepted) if accepted is not None else []
         if unknown:
@@ -76,12 +111,32 @@ class Registry(Generic[T]):
                 raise
             raise InputError(f"{self.kind} {name!r}: {err}") from err
 
-    def available(self) -> list[str]:
-        """Registered names, sorted."""
-        return sorted(self._items)
+    def available(self, family: str | None = None, kind: str | None = None) -> list[str]:
+        """Registered names (of ``family`` and ``kind`` when given), sorted."""
+        return sorted({e.name for e in self.entries(family, kind)})
+
+    def entries(self, family: str | None = None, kind: str | None = None) -> list[Entry]:
+        """Registered entries (of ``family`` and ``kind`` when given), by name and family."""
+        chosen = [e for e in self._items.values() if family in (None, e.family) and kind in (None, e.kind)]
+        return sorted(chosen, key=lambda e: (e.name, str(e.family)))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return any(e.name == name for e in self._items.values())
+
+
+def parameters(factory: Callable[..., Any]) -> dict[str, Any]:
+    """A method's keyword parameters and their defaults (``inspect.Parameter.empty`` if none)."""
+    if dataclasses.is_dataclass(factory):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(factory):
+            if f.init:
+                empty = f.default_factory() if f.default_factory is not dataclasses.MISSING else inspect.Parameter.empty
+                out[f.name] = f.default if f.default is not dataclasses.MISSING else empty
+        return out
+    sig = inspect.signature(factory)
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and p.name != "self"}
 
 
 def _parameter_names(factory: Callable[..., Any]) -> set[str] | None:

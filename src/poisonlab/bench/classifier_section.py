@@ -27,7 +27,7 @@ from poisonlab.detect.population import (
     train_population,
 )
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
-from poisonlab.models.checkpoint import load_classifier, save_classifier
+from poisonlab.models.checkpoint import load_classifier
 from poisonlab.models.classifier import create_classifier
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import label_tensors
@@ -74,9 +74,9 @@ class ClassifierSection:
 
         def build(tmp: Path) -> None:
             model = load_classifier(suspect / MODEL)
-            result = defenses.create_repair(repair.repair, **repair.params).run(
-                model, self.trusted(), self.monitor(model, attack), self.spec.trace_every)
-            save_classifier(result.classifier, tmp / MODEL)
+            result = defenses.create(repair.repair, family="classifier", kind="repair", **repair.params).run(
+                model, self.trusted(), out=tmp, monitor=self.monitor(model, attack),
+                monitor_every=self.spec.trace_every)
             write_json(tmp / "report.json", result.report)
 
         return self.runner.cached(f"repair:{attack.name}:{repair.name}", inputs, build)

@@ -130,9 +130,9 @@ class Runner:
         inputs = {"stage": "clean", "parent": parent, "defense": defense.model_dump(), **c.model_dump()}
 
         def build(tmp: Path) -> None:
-            method = defenses.create(defense.defense, **defense.params)
+            method = defenses.create(defense.defense, family="clip", kind="cleaning", **defense.params)
             data = self.data(defense.dataset, c.n, c.data_seed)
-            result = method.run(load_clip(poisoned / MODEL), data, tmp, progress=self.progress)
+            result = method.run(load_clip(poisoned / MODEL), data, out=tmp, progress=self.progress)
             write_json(tmp / "report.json", result.report)
 
         return self.cached(stage, inputs, build)
@@ -140,7 +140,7 @@ class Runner:
     def audit(self, attack: AttackSpec, clean: Path) -> dict[str, Any]:
         """Pair filtering of the poisoned fine-tuning set with the clean pre-trained model."""
         report = defenses.create("filter", threshold=None, drop_fraction=attack.poison_rate(self.spec.poison.rate) * 2).run(
-            load_clip(clean / MODEL), self.plan(attack))
+            load_clip(clean / MODEL), self.plan(attack)).report
         return {k: report[k] for k in ("precision", "recall", "removed", "caught", "clean_lost")}
 
     # -- evaluation ------------------------------------------------------------------------

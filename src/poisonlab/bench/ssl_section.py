@@ -18,7 +18,7 @@ from poisonlab.attacks.plan import PoisonedDataset, class_index
 from poisonlab.bench.runner import Job
 from poisonlab.bench.spec import SslSpec
 from poisonlab.metrics.probe import LinearProbe, probe_report
-from poisonlab.models.checkpoint import load_classifier, save_classifier
+from poisonlab.models.checkpoint import load_classifier
 from poisonlab.models.classifier import create_encoder
 from poisonlab.train.data import label_tensors
 from poisonlab.train.ssl_run import train_ssl
@@ -69,9 +69,8 @@ class SslSection:
         def build(tmp: Path) -> None:
             # the defender's clean subset: clean copies of the first distill_n training images
             clean = label_tensors(self.runner.data(s.dataset, s.distill_n, s.data_seed))
-            student, report = defenses.Distill(**s.distill).run(load_classifier(poisoned / MODEL), clean)
-            save_classifier(student, tmp / MODEL)
-            write_json(tmp / "report.json", report)
+            result = defenses.Distill(**s.distill).run(load_classifier(poisoned / MODEL), clean, out=tmp)
+            write_json(tmp / "report.json", result.report)
 
         return self.runner.cached("ssl:distill", inputs, build)
 
@@ -82,10 +81,10 @@ class SslSection:
         def build(tmp: Path) -> None:
             data = self.poisoned_data()
             images = label_tensors(data)
-            report = defenses.PatchSearch(**s.patchsearch).run(load_classifier(poisoned / MODEL), images,
-                                                               set(data.plan.indices))
-            self._train(images.subset(report["kept"]), tmp)
-            write_json(tmp / "report.json", report)
+            found = defenses.PatchSearch(**s.patchsearch).run(load_classifier(poisoned / MODEL), images,
+                                                              poisoned=set(data.plan.indices))
+            self._train(images.subset(found.kept), tmp)
+            write_json(tmp / "report.json", {**found.report, "kept": found.kept})
 
         return self.runner.cached("ssl:patchsearch", inputs, build)
 

@@ -79,10 +79,10 @@ class TextSection:
         def build(tmp: Path) -> None:
             data = self.train_set(attack, count, seed)
             if filtered:
-                report = defenses.create("filter", threshold=None, drop_fraction=s.filter_fraction).run(
+                found = defenses.create("filter", threshold=None, drop_fraction=s.filter_fraction).run(
                     load_clip(clean / MODEL), data)
-                write_json(tmp / "filter.json", {k: report[k] for k in FILTER_KEYS})
-                data = Subset(data, report["kept"])
+                write_json(tmp / "filter.json", {k: found.report[k] for k in FILTER_KEYS})
+                data = Subset(data, found.kept)
             if isinstance(data, PoisonedDataset):
                 data.plan.save(tmp / "plan.json")
             config = s.train_config(seed)

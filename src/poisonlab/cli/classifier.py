@@ -8,56 +8,34 @@ from typing import Any
 import click
 
 from poisonlab import defenses, detect, triggers
-from poisonlab.cli.clip import model_options, open_model, train_group
-from poisonlab.cli.common import at_model_size, emit, load_data, parse_params, stream_options
+from poisonlab.cli.clip import model_options, train_group
+from poisonlab.cli.common import (
+    at_model_size,
+    emit,
+    load_data,
+    method_help,
+    parse_params,
+    stream_options,
+)
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
-from poisonlab.models.checkpoint import (
-    CLASSIFIER_FORMAT,
-    SIDECAR_FORMAT,
-    checkpoint_kind,
-    load_classifier,
-    load_clip,
-    save_classifier,
-    save_clip,
-)
-from poisonlab.models.classifier import DEFAULT_CLASSIFIER, ZeroShotClassifier, create_classifier
-from poisonlab.models.clip import HF_HUB_PREFIX
+from poisonlab.models import open as models_open
+from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_classifier
+from poisonlab.models.protocols import fits
 from poisonlab.train import TrainConfig, init_from_env
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
+from poisonlab.train.dist import default_device
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import atomic_write, write_json
 
 
 def open_classifier(path: str, data: ImageCaptionDataset, pretrained: str | None = None,
                     cache_dir: str | None = None) -> Any:
-    """A classifier checkpoint, or a CLIP model (a checkpoint, ``hf-hub:ORG/NAME``, or an
-    architecture with a ``pretrained`` tag) used as a zero-shot classifier over ``data``'s classes."""
-    if pretrained is not None or path.startswith(HF_HUB_PREFIX):
-        if not data.classnames:
-            raise InputError("a CLIP model used as a classifier needs data with class names")
-        return ZeroShotClassifier(open_model(path, pretrained=pretrained, cache_dir=cache_dir), data.classnames,
-                                  data.templates)
-    kind = checkpoint_kind(path)
-    classes = len(data.classnames) if data.classnames else None
-    if kind == CLASSIFIER_FORMAT:
-        model = load_classifier(path)
-        if model.kind != "encoder" and classes is not None and classes != model.num_classes:
-            raise InputError(f"{path} has {model.num_classes} classes but the data has {classes}")
-        return model
-    if kind == SIDECAR_FORMAT:
-        if not data.classnames:
-            raise InputError("a CLIP model used as a classifier needs data with class names")
-        return ZeroShotClassifier(load_clip(path), data.classnames, data.templates)
-    raise InputError(f"{path}: not a poisonlab classifier or CLIP checkpoint (no sidecar)")
-
-
-def save_any(classifier: Any, path: Path) -> Path:
-    if isinstance(classifier, ZeroShotClassifier):
-        return save_clip(classifier.to_clip(), path)
-    return save_classifier(classifier, path)
+    """:func:`poisonlab.models.open.open_classifier` over ``data``'s class names and templates."""
+    return models_open.open_classifier(path, data.classnames, data.templates, pretrained, cache_dir,
+                                       device=default_device())
 
 
 def trusted_set(dataset: ImageCaptionDataset, share: float, size: int, seed: int) -> LabelTensors:
@@ -118,8 +96,9 @@ def train_classifier_cmd(dataset: str, arch: str, steps: int | None, epochs: flo
                             f"checkpoint: {summary['model']}"])
 
 
-@click.command("repair")
-@click.option("--method", required=True, help="pivotal-tuning, finetune or fine-pruning.")
+@click.command("repair", epilog=method_help(defenses.DEFENSES, "classifier", "repair"))
+@click.option("--method", required=True,
+              help="A classifier repair: " + ", ".join(defenses.available("classifier", "repair")) + ".")
 @click.option("--model", "model_path", required=True,
               help="Suspect classifier or CLIP checkpoint (or hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
 @model_options
@@ -139,7 +118,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
                trigger_params: tuple[str, ...], target: str | None, trace_every: int, out: Path,
                as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Repair a suspect classifier with a trusted share of labelled data; writes OUT/model.safetensors."""
-    repair = defenses.create_repair(method, **parse_params(params, "--param"))
+    repair = defenses.create(method, family="classifier", kind="repair", **parse_params(params, "--param"))
     built = trigger_dict(trigger_names, trigger_params, target)
     data = load_data(dataset, n=n, seed=data_seed)
     suspect = open_classifier(model_path, data, pretrained, cache_dir)
@@ -153,9 +132,9 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
         found = evaluator.with_model(clf).summary(built, target or 0)
         return {"ca": found["ca"], **{f"asr:{k}": v["asr"] for k, v in found.get("backdoor", {}).items()}}
 
-    result = repair.run(suspect, trusted, monitor, trace_every)
-    after = evaluator.with_model(result.classifier).summary(built, target or 0)
-    path = save_any(result.classifier, out / "model.safetensors")
+    result = repair.run(suspect, trusted, out=out, monitor=monitor, monitor_every=trace_every)
+    after = evaluator.with_model(result.model).summary(built, target or 0)
+    path = out / "model.safetensors"
     summary = {"method": method, "report": result.report, "before": before, "after": after, "model": str(path)}
     write_json(out / "summary.json", summary)
     lines = [f"{method}: {result.report['steps']} steps on {result.report['trusted']} trusted items",
@@ -167,7 +146,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
     emit(summary, as_json, [*lines, f"checkpoint: {path}"])
 
 
-@click.command("detect")
+@click.command("detect", epilog=method_help(detect.DETECTORS))
 @click.option("--method", "methods", multiple=True, required=True, help="cti, neural-cleanse, decree (repeatable).")
 @click.option("--model", "model_path", default=None,
               help="Suspect checkpoint, hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained (omit with --population).")
@@ -200,6 +179,10 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
         raise InputError("give --model, or --population N")
     data = load_data(dataset, n=n, seed=data_seed)
     suspect = open_classifier(model_path, data, pretrained, cache_dir)
+    for name in built:
+        family = detect.DETECTORS.entry(name).family
+        if not fits(family, suspect):
+            raise InputError(f"{name} needs a {family} model; {model_path} is an {suspect.family}")
     data = at_model_size(dataset, data, suspect.image_size, n, data_seed)
     trusted = trusted_set(data, trusted_share, suspect.image_size, data_seed)
     found = {name: d(suspect, trusted) for name, d in built.items()}

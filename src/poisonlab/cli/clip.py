@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from poisonlab import triggers
 from poisonlab.cli.common import emit, load_data, parse_params, stream_options
 from poisonlab.data import apply_names
-from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
-from poisonlab.models import DEFAULT_MODEL, create_clip, load_clip
-from poisonlab.models.checkpoint import read_sidecar
-from poisonlab.models.clip import HF_HUB_PREFIX, available_models, pretrained_tags
+from poisonlab.models import DEFAULT_MODEL, create_clip
+from poisonlab.models import open as models_open
+from poisonlab.models.clip import HF_HUB_PREFIX, pretrained_tags
 from poisonlab.train import TrainConfig, init_from_env, train_clip
 from poisonlab.train.dist import default_device
 from poisonlab.train.stream import DataConfig, data_summary
@@ -24,26 +23,8 @@ from poisonlab.triggers.patch import load_image_tensor
 
 def open_model(model: str, arch: str | None = None, pretrained: str | None = None,
                cache_dir: str | None = None) -> Any:
-    """A CLIP model as the commands name it, placed on :func:`~poisonlab.train.dist.default_device`.
-
-    - ``--model ARCH --pretrained TAG`` (an open_clip tag, or a checkpoint file for ``ARCH``);
-    - ``--model hf-hub:ORG/NAME``;
-    - ``--model FILE``: a poisonlab checkpoint (architecture from its sidecar), or any open_clip
-      checkpoint with ``--arch ARCH``.
-    """
-    if pretrained is not None:
-        bundle = create_clip(model, pretrained=pretrained, cache_dir=cache_dir)
-    elif model.startswith(HF_HUB_PREFIX):
-        bundle = create_clip(model, cache_dir=cache_dir)
-    elif arch is None and read_sidecar(model) is not None:
-        bundle = load_clip(model)
-    elif arch is None and not Path(model).exists() and model in available_models():
-        tags = ", ".join(pretrained_tags(model)[model]) or "none"
-        raise InputError(f"--model {model} is an architecture: add --pretrained TAG (tags: {tags}) or a checkpoint")
-    else:
-        bundle = create_clip(arch or DEFAULT_MODEL, pretrained=model, cache_dir=cache_dir)
-    bundle.model.to(default_device())
-    return bundle
+    """:func:`poisonlab.models.open.open_model` on :func:`~poisonlab.train.dist.default_device`."""
+    return models_open.open_model(model, arch, pretrained, cache_dir, device=default_device())
 
 
 def model_options(f: Any) -> Any:

@@ -14,6 +14,7 @@ from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.data import open_dataset, shard_paths
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
+from poisonlab.registry import Registry, parameters
 from poisonlab.train.stream import MODES, DataConfig
 
 
@@ -127,3 +128,13 @@ def relative_spec(spec: str, out: Path) -> str:
     if not Path(spec).exists():
         return spec
     return os.path.relpath(Path(spec).resolve(), out.resolve())
+
+
+def method_help(registry: Registry[Any], family: str | None = None, kind: str | None = None) -> str:
+    """A help epilog listing each method of ``family`` / ``kind`` with its parameters and defaults
+    (read from its config, so new methods and fields show up by themselves)."""
+    lines = ["\b", "Methods and their --param KEY=VALUE parameters (defaults):"]
+    for entry in registry.entries(family, kind):
+        params = ", ".join(f"{k}={v!r}" for k, v in parameters(entry.factory).items())
+        lines.append(f"  {entry.name} [{entry.family}, {entry.kind}]: {params}")
+    return "\n".join(lines)

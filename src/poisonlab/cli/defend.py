@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any
 
 import click
 
 from poisonlab import defenses, triggers
-from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.clip import model_options, open_model
-from poisonlab.cli.common import emit, load_data, parse_params, stream_options
+from poisonlab.cli.common import emit, load_data, method_help, parse_params, stream_options
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle
 from poisonlab.train import init_from_env
 from poisonlab.train.stream import DataConfig
-from poisonlab.utils.io import atomic_write, write_json
+from poisonlab.utils.io import write_json
 
 
 def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: list[str], target: str | None,
@@ -31,8 +28,8 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
     return out
 
 
-@click.command("clean")
-@click.option("--defense", required=True, help="finetune, par or cleanclip.")
+@click.command("clean", epilog=method_help(defenses.DEFENSES, "clip", "cleaning"))
+@click.option("--defense", required=True, help="A CLIP cleaning defense: " + ", ".join(defenses.available("clip", "cleaning")) + ".")
 @click.option("--model", "model_path", required=True,
               help="Suspect CLIP checkpoint, hf-hub:ORG/NAME, or an architecture with --pretrained TAG.")
 @model_options
@@ -64,9 +61,7 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     """Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."""
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     config = {k: v for k, v in given.items() if v is not None} | parse_params(params, "--param")
-    method = defenses.create(defense, **config)
-    if not isinstance(method, defenses.CleaningDefense):
-        raise InputError(f"defense {defense!r} does not clean a model; use `poisonlab audit` for it")
+    method = defenses.create(defense, family="clip", kind="cleaning", **config)
     tparams = parse_params(trigger_params, "--trigger-param")
     trig = [triggers.create(t, **tparams) for t in trigger_names]
     if trig and target is None:
@@ -76,8 +71,8 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
     test_config = dataclasses.replace(data_config, skip_bad_images=False)
     before = summarize(suspect, test, trig, list(trigger_names), target, test_config)
-    result = method.run(suspect, data, out, dist=init_from_env(), data_config=data_config)
-    after = summarize(result.bundle, test, trig, list(trigger_names), target, test_config)
+    result = method.run(suspect, data, out=out, dist=init_from_env(), data_config=data_config)
+    after = summarize(result.model, test, trig, list(trigger_names), target, test_config)
     summary = {"defense": defense, "report": result.report, "before": before, "after": after,
                "model": str(out / "model.safetensors")}
     write_json(out / "summary.json", summary)
@@ -90,7 +85,7 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     emit(summary, as_json, lines)
 
 
-@click.command("audit")
+@click.command("audit", epilog=method_help(defenses.DEFENSES, "clip", "filter"))
 @click.option("--model", "model_path", required=True,
               help="A separate CLEAN CLIP model to score pairs with (checkpoint, hf-hub:, or ARCH --pretrained TAG).")
 @model_options
@@ -107,21 +102,13 @@ def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float 
     """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
     if drop_fraction is None and threshold is None:
         threshold = 0.8
-    flt = defenses.create("filter", threshold=threshold, drop_fraction=drop_fraction)
+    flt = defenses.create("filter", family="clip", kind="filter", threshold=threshold, drop_fraction=drop_fraction)
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
-    report = flt.run(bundle, data, data_config)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["index", "distance", "kept", "poisoned"])
-    kept = set(report["kept"])
-    for i, d in enumerate(report["distances"]):
-        writer.writerow([i, f"{d:.6f}", int(i in kept), int(isinstance(data, PoisonedDataset) and data.is_poisoned(i))])
-    with atomic_write(out / "scores.csv", "w") as f:
-        f.write(buf.getvalue())
-    summary = {k: v for k, v in report.items() if k not in ("distances", "kept")} | {"kept": len(kept), "total": len(data)}
-    write_json(out / "kept.json", {"dataset": dataset, "kept": report["kept"], "summary": summary})
-    lines = [f"kept {len(kept)} of {len(data)} pairs (removed {report['removed']})"]
+    result = flt.run(bundle, data, out=out, data_config=data_config)
+    report = result.report
+    summary = {k: v for k, v in report.items() if k != "distances"} | {"kept": len(result.kept or [])}
+    lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {report['removed']})"]
     if "recall" in report:
         lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision {report['precision']:.3f}, "
                      f"recall {report['recall']:.3f}, clean pairs lost {report['clean_lost']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -29,11 +30,17 @@ def cli(verbose: int) -> None:
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def list_names(as_json: bool) -> None:
-    """List the registered triggers, attacks and datasets."""
-    names = {"triggers": triggers.available(), "attacks": attacks.available(), "datasets": data.available(),
-             "defenses": defenses.available(), "repairs": defenses.REPAIRS.available(),
-             "detectors": detect.available(), "encoder defenses": defenses.ENCODER_DEFENSES.available()}
-    emit(names, as_json, [f"{k}: {', '.join(v)}" for k, v in names.items()])
+    """List the registered triggers, attacks, datasets, defenses (with the model family each works
+    on and its kind) and detectors."""
+    names: dict[str, Any] = {"triggers": triggers.available(), "attacks": attacks.available(),
+                             "datasets": data.available()}
+    lines = [f"{k}: {', '.join(v)}" for k, v in names.items()]
+    for title, registry in (("defenses", defenses.DEFENSES), ("detectors", detect.DETECTORS)):
+        rows = [{"name": e.name, "family": e.family, "kind": e.kind} for e in registry.entries()]
+        names[title] = rows
+        lines.append(f"{title}:")
+        lines += [f"  {r['name']:<16} {r['family']:<11} {r['kind']}" for r in rows]
+    emit(names, as_json, lines)
 
 
 cli.add_command(poison)

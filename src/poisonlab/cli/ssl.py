@@ -6,15 +6,20 @@ from pathlib import Path
 
 import click
 
-from poisonlab import triggers
-from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab import defenses, triggers
 from poisonlab.cli.classifier import open_classifier
 from poisonlab.cli.clip import model_options, train_group
-from poisonlab.cli.common import at_model_size, emit, load_data, parse_params, stream_options
-from poisonlab.defenses import ENCODER_DEFENSES, trusted_indices
+from poisonlab.cli.common import (
+    at_model_size,
+    emit,
+    load_data,
+    method_help,
+    parse_params,
+    stream_options,
+)
+from poisonlab.defenses import trusted_indices
 from poisonlab.errors import InputError
 from poisonlab.metrics.probe import LinearProbe, probe_report
-from poisonlab.models.checkpoint import save_classifier
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_encoder
 from poisonlab.train import TrainConfig, init_from_env
 from poisonlab.train.data import label_tensors
@@ -99,8 +104,9 @@ def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labe
                         f"FP({target}) {rep['fp']} of {rep['test']} test images (ASR {100 * rep['asr']:.2f}%)"])
 
 
-@click.command("clean-encoder")
-@click.option("--defense", required=True, help="distill or patchsearch.")
+@click.command("clean-encoder", epilog=method_help(defenses.DEFENSES, "encoder"))
+@click.option("--defense", required=True,
+              help="An encoder defense: " + ", ".join(defenses.available("encoder")) + ".")
 @click.option("--model", "model_path", required=True,
               help="Suspect encoder checkpoint (or a CLIP one, hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
 @model_options
@@ -114,24 +120,20 @@ def clean_encoder_cmd(defense: str, model_path: str, dataset: str, n: int | None
                       params: tuple[str, ...], out: Path, as_json: bool, pretrained: str | None,
                       cache_dir: str | None) -> None:
     """Distil a suspect encoder into a clean student, or find poisoned training images (PatchSearch)."""
-    method = ENCODER_DEFENSES.create(defense, **parse_params(params, "--param"))
+    method = defenses.create(defense, family="encoder", **parse_params(params, "--param"))
     data = load_data(dataset, n=n, seed=data_seed)
     encoder = open_classifier(model_path, data, pretrained, cache_dir)
     data = at_model_size(dataset, data, encoder.image_size, n, data_seed)
-    images = label_tensors(data, encoder.image_size)
-    if defense == "distill":
-        student, report = method.run(encoder, images)
-        report["model"] = str(save_classifier(student, out / "model.safetensors"))
-        lines = [f"distilled into a fresh student: {report['steps']} steps", f"checkpoint: {report['model']}"]
-    else:
-        poisoned = set(data.plan.indices) if isinstance(data, PoisonedDataset) else None
-        report = method.run(encoder, images, poisoned)
-        write_json(out / "kept.json", {"dataset": dataset, "kept": report.pop("kept")})
-        lines = [f"removed {report['removed']} of {len(images)} images"]
-        if poisoned is not None:
-            lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision "
-                         f"{report['precision']:.3f}, recall {report['recall']:.3f}")
+    result = method.run(encoder, data, out=out)
+    report = result.report
+    lines = []
+    if result.model is not None:
+        report["model"] = str(out / "model.safetensors")
+        lines.append(f"{defense}: a cleaned encoder, checkpoint {report['model']}")
+    if result.kept is not None:
+        lines.append(f"kept {len(result.kept)} of {len(data)} training images (removed {report['removed']})")
+    if "recall" in report:
+        lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision "
+                     f"{report['precision']:.3f}, recall {report['recall']:.3f}")
     write_json(out / "summary.json", report)
     emit(report, as_json, lines)
-
-

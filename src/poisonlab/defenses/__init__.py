@@ -1,16 +1,30 @@
-"""Defenses: each registered by name, a frozen dataclass of its hyper-parameters.
+"""Defenses: one registry, one contract (:mod:`poisonlab.defenses.base`).
+
+Each defense is a frozen dataclass of its hyper-parameters, registered for a model family
+(``clip``, ``classifier``, ``encoder``) with a kind (``cleaning``, ``repair``, ``filter``), and
+called as ``run(suspect, data, *, out=None, ...) -> Defended``.
 
 Example:
     >>> from poisonlab import defenses
     >>> defenses.create("par", tau=2.15, steps=100)  # doctest: +ELLIPSIS
     PAR(steps=100, ...)
+    >>> defenses.create("finetune", family="classifier", steps=10)  # doctest: +ELLIPSIS
+    ClassifierFineTune(steps=10, ...)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from poisonlab.defenses.base import DEFENSES, CleaningDefense, DefenseResult
+from poisonlab.defenses.base import (
+    DEFENSES,
+    FAMILIES,
+    KINDS,
+    CleaningDefense,
+    Defended,
+    Defense,
+    write_kept,
+)
 from poisonlab.defenses.classifier_finetune import ClassifierFineTune
 from poisonlab.defenses.cleanclip import CleanCLIP, CleanClipObjective, inmodal_loss
 from poisonlab.defenses.distill import Distill, compress_loss
@@ -20,25 +34,25 @@ from poisonlab.defenses.finetune import FineTune
 from poisonlab.defenses.par import PAR, ParObjective, threshold
 from poisonlab.defenses.patchsearch import PatchSearch
 from poisonlab.defenses.pivotal import PivotalTuning, latent_loss, parameter_distance
-from poisonlab.defenses.repair_base import REPAIRS, RepairDefense, RepairResult, trusted_indices
-from poisonlab.defenses.ssl_base import ENCODER_DEFENSES
+from poisonlab.defenses.repair_base import RepairDefense, trusted_indices
 
 
-def create(name: str, **params: Any) -> Any:
-    """Build the defense registered as ``name`` with its hyper-parameters."""
-    return DEFENSES.create(name, **params)
+def create(name: str, family: str | None = None, kind: str | None = None, **params: Any) -> Any:
+    """Build the defense registered as ``name`` with its hyper-parameters.
+
+    ``family`` picks among defenses of one name (``finetune`` exists for ``clip`` and
+    ``classifier``); ``kind`` refuses a defense of another kind with a clear error.
+    """
+    return DEFENSES.create(name, family=family, kind=kind, **params)
 
 
-def available() -> list[str]:
-    return DEFENSES.available()
+def available(family: str | None = None, kind: str | None = None) -> list[str]:
+    """Names of the registered defenses (of ``family`` and ``kind`` when given)."""
+    return DEFENSES.available(family, kind)
 
 
-def create_repair(name: str, **params: Any) -> RepairDefense:
-    """Build the classifier repair registered as ``name`` (pivotal-tuning, finetune, fine-pruning)."""
-    return REPAIRS.create(name, **params)
-
-
-__all__ = ["DEFENSES", "ENCODER_DEFENSES", "PAR", "REPAIRS", "Distill", "PatchSearch", "compress_loss", "ClassifierFineTune", "FinePruning", "PivotalTuning", "RepairDefense",
-           "RepairResult", "create_repair", "latent_loss", "parameter_distance", "trusted_indices", "CleanCLIP", "CleanClipObjective", "CleaningDefense", "DefenseResult", "FineTune",
-           "PairFilter", "ParObjective", "available", "create", "inmodal_loss", "pair_distances",
-           "precision_recall", "threshold"]
+__all__ = ["DEFENSES", "FAMILIES", "KINDS", "PAR", "ClassifierFineTune", "CleanCLIP", "CleanClipObjective",
+           "CleaningDefense", "Defended", "Defense", "Distill", "FineTune", "FinePruning", "PairFilter",
+           "ParObjective", "PatchSearch", "PivotalTuning", "RepairDefense", "available", "compress_loss", "create",
+           "inmodal_loss", "latent_loss", "pair_distances", "parameter_distance", "precision_recall", "threshold",
+           "trusted_indices", "write_kept"]

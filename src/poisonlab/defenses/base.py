@@ -1,9 +1,18 @@
-"""Defense base classes and registry.
+"""The one defense contract and registry, and the base of the CLIP cleaning defenses.
 
-A cleaning defense is a frozen dataclass of its hyper-parameters (so unknown keys are rejected
-and ``repr`` shows the configuration); :meth:`CleaningDefense.run` fine-tunes a *copy* of the
-suspect model on clean (or synthetic) pairs with the defense's objective and returns the cleaned
-model with a small report.
+Every defense is a frozen dataclass of its hyper-parameters (so unknown keys are rejected and
+``repr`` shows the configuration), registered once in :data:`DEFENSES` with the model family it
+works on (``clip``, ``classifier``, ``encoder``) and its kind:
+
+- ``cleaning``: a cleaned copy of the suspect (CLIP fine-tuning, CleanCLIP, PAR; distillation of
+  an encoder);
+- ``repair``: a classifier tuned on a small trusted labelled set (Pick your Poison's setting);
+- ``filter``: the training items to keep (pair filtering, PatchSearch); the caller retrains.
+
+All of them are called the same way, ``run(suspect, data, *, out=None, **options)``, and return
+:class:`Defended`; with ``out`` they also write what they made there (``model.safetensors`` or
+``kept.json``). :meth:`CleaningDefense.run` fine-tunes a *copy* of the suspect CLIP model on clean
+(or synthetic) pairs with the defense's objective.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.models.clip import ClipBundle
@@ -20,22 +29,52 @@ from poisonlab.train.clip_run import train_clip
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig
 from poisonlab.train.stream import DataConfig
+from poisonlab.utils.io import write_json
 
 log = logging.getLogger(__name__)
 DEFENSES: Registry[Any] = Registry("defense")
+FAMILIES = ("clip", "classifier", "encoder")
+KINDS = ("cleaning", "repair", "filter")
 
 
 @dataclass
-class DefenseResult:
-    """The cleaned model and what happened (steps, seconds, defense parameters, extra numbers)."""
+class Defended:
+    """What a defense returns.
 
-    bundle: ClipBundle
+    Attributes:
+        model: the cleaned or repaired model (a new object; the suspect is left as it was), or
+            ``None`` for a filter.
+        report: what happened (the defense and its parameters, steps, seconds, extra numbers).
+        kept: for a filter, the indices of the training items it keeps.
+    """
+
+    model: Any | None
     report: dict[str, Any]
+    kept: list[int] | None = None
+
+
+class Defense(Protocol):
+    """The contract every entry of :data:`DEFENSES` implements."""
+
+    family: ClassVar[str]
+    kind: ClassVar[str]
+
+    def run(self, suspect: Any, data: Any, *, out: str | Path | None = None, **options: Any) -> Defended: ...
+
+
+def write_kept(out: str | Path, kept: list[int], report: dict[str, Any]) -> Path:
+    """``out/kept.json``: a filter's kept indices and its report (what a later run trains on)."""
+    path = Path(out) / "kept.json"
+    write_json(path, {"kept": kept, "summary": report})
+    return path
 
 
 @dataclass(frozen=True)
 class CleaningDefense:
     """Shared budget and optimiser settings; subclasses add their own fields and an objective."""
+
+    family: ClassVar[str] = "clip"
+    kind: ClassVar[str] = "cleaning"
 
     steps: int | None = None
     epochs: float | None = None
@@ -62,10 +101,11 @@ class CleaningDefense:
     def objective(self, bundle: ClipBundle, suspect: ClipBundle, dist: DistInfo) -> Objective:
         raise NotImplementedError
 
-    def run(self, suspect: ClipBundle, data: ImageCaptionDataset, out_dir: str | Path | None = None,
-            dist: DistInfo | None = None, progress: bool = True, data_config: DataConfig | None = None) -> DefenseResult:
+    def run(self, suspect: ClipBundle, data: ImageCaptionDataset, *, out: str | Path | None = None,
+            dist: DistInfo | None = None, progress: bool = True, data_config: DataConfig | None = None) -> Defended:
         """Clean ``suspect`` (left untouched) with ``data``; returns a new model and a report.
 
+        With ``out``, the training run's checkpoints and ``model.safetensors`` are written there.
         Without ``dist``, cleans on the device the suspect is on. ``data_config`` chooses
         in-memory or streamed cleaning pairs (:mod:`poisonlab.train.stream`).
         """
@@ -74,10 +114,10 @@ class CleaningDefense:
         bundle.model.requires_grad_(True)
         suspect.model.to(dist.device).eval()
         objective = self.objective(bundle, suspect, dist)
-        result = train_clip(bundle, data, self.train_config(), out_dir, dist=dist, objective=objective,
+        result = train_clip(bundle, data, self.train_config(), out, dist=dist, objective=objective,
                             stage=f"defense:{self.name}", progress=progress,
                             data_config=data_config)
         report = {"defense": self.name, "params": asdict(self), "steps": result.steps,
                   "seconds": round(result.seconds, 2), "final_loss": result.final_loss, "data": result.data}
         report.update(getattr(objective, "summary", dict)())
-        return DefenseResult(bundle, report)
+        return Defended(bundle, report)

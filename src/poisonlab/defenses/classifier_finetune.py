@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from poisonlab.defenses.repair_base import REPAIRS, RepairDefense, RepairObjective
+from poisonlab.defenses.base import DEFENSES
+from poisonlab.defenses.repair_base import RepairDefense, RepairObjective
 from poisonlab.train.data import LabelTensors
 from poisonlab.train.objectives.supervised import SupervisedObjective
 
@@ -25,7 +26,7 @@ class _FineTuneObjective(RepairObjective):
         return self._ce.loss({**batch, "images": self.images(batch, generator)}, generator)
 
 
-@REPAIRS.register("finetune")
+@DEFENSES.register("finetune")
 @dataclass(frozen=True)
 class ClassifierFineTune(RepairDefense):
     """Cross-entropy fine-tuning on the trusted set, with weight decay."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +27,10 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from torch import nn
 
 from poisonlab.augment.image import BatchViews
-from poisonlab.defenses.ssl_base import ENCODER_DEFENSES
+from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.defenses.base import DEFENSES, Defended
 from poisonlab.models.classifier import create_encoder
-from poisonlab.train.data import LabelTensors
+from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.train.objectives.ssl import _Encoder
 from poisonlab.utils.seeding import derive_seed
@@ -77,10 +79,13 @@ class DistillObjective(Objective):
         return self.model(self.views.view(batch["images"], generator), self.temperature), {}
 
 
-@ENCODER_DEFENSES.register("distill")
+@DEFENSES.register("distill")
 @dataclass(frozen=True)
 class Distill:
     """CompRess distillation into a fresh student of the teacher's architecture (or ``student_arch``)."""
+
+    family: ClassVar[str] = "encoder"
+    kind: ClassVar[str] = "cleaning"
 
     epochs: float = 20.0
     batch_size: int = 256
@@ -92,8 +97,12 @@ class Distill:
     student_arch: str | None = None
     seed: int = 0
 
-    def run(self, teacher: Any, clean: LabelTensors) -> tuple[Any, dict[str, Any]]:
-        """Train a student on the clean unlabeled images ``clean``; returns it and a report."""
+    def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *,
+            out: str | Path | None = None) -> Defended:
+        """Train a student on the clean unlabeled images ``data`` (labels are never read) with the
+        suspect as teacher; with ``out``, the student is written to ``out/model.safetensors``."""
+        clean = data if isinstance(data, LabelTensors) else label_tensors(data, suspect.image_size)
+        teacher = suspect
         student = create_encoder(self.student_arch or teacher.name, teacher.image_size, seed=self.seed)
         teacher = copy.copy(teacher)
         objective = DistillObjective(teacher, student, self.bank_size, self.temperature, self.seed)
@@ -102,5 +111,7 @@ class Distill:
         result = Trainer(objective, clean, cfg, progress=False).fit()
         student.model.eval()
         student.provenance = {"stage": "distill", "teacher": teacher.provenance, "params": asdict(self)}
-        return student, {"defense": "distill", "params": asdict(self), "steps": result.steps,
-                         "seconds": round(result.seconds, 2), "images": len(clean)}
+        if out is not None:
+            student.save(Path(out) / "model.safetensors")
+        return Defended(student, {"defense": "distill", "params": asdict(self), "steps": result.steps,
+                                  "seconds": round(result.seconds, 2), "images": len(clean)})

@@ -15,17 +15,21 @@ gives precision and recall of the removed poisons, not only what was kept.
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
-from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.attacks.plan import poisoned_indices
 from poisonlab.data.base import ImageCaptionDataset
-from poisonlab.defenses.base import DEFENSES
+from poisonlab.defenses.base import DEFENSES, Defended, write_kept
 from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.stream import DataConfig, open_items, sequential
+from poisonlab.utils.io import atomic_write
 
 
 @torch.no_grad()
@@ -64,6 +68,9 @@ class PairFilter:
         drop_fraction: drop this share of the highest-distance pairs instead.
     """
 
+    family: ClassVar[str] = "clip"
+    kind: ClassVar[str] = "filter"
+
     threshold: float | None = 0.8
     drop_fraction: float | None = None
 
@@ -79,18 +86,38 @@ class PairFilter:
             return set(torch.argsort(distances, descending=True)[:k].tolist())
         return set((distances > self.threshold).nonzero().flatten().tolist())
 
-    def run(self, clean_model: ClipBundle, dataset: ImageCaptionDataset,
-            data_config: DataConfig | None = None) -> dict[str, Any]:
-        """Score all pairs; returns ``kept`` indices, ``distances`` and, for a plan, precision/recall."""
-        distances = pair_distances(clean_model, dataset, data_config=data_config)
+    def run(self, suspect: ClipBundle, data: ImageCaptionDataset, *, out: str | Path | None = None,
+            data_config: DataConfig | None = None) -> Defended:
+        """Score every pair of ``data`` with the clean model ``suspect`` (the paper's separate
+        clean CLIP, not the model under suspicion); returns the ``kept`` indices and a report
+        with the pair ``distances`` and, for a poison plan, precision and recall.
+
+        With ``out``: ``out/scores.csv`` (index, distance, kept, poisoned) and ``out/kept.json``.
+        """
+        distances = pair_distances(suspect, data, data_config=data_config)
         removed = self.removed(distances)
-        report: dict[str, Any] = {"kept": [i for i in range(len(dataset)) if i not in removed],
-                                  "distances": distances.tolist(), "removed": len(removed)}
-        if isinstance(dataset, PoisonedDataset):
-            poisoned = set(dataset.plan.indices)
+        kept = [i for i in range(len(data)) if i not in removed]
+        report: dict[str, Any] = {"defense": "filter", "removed": len(removed), "total": len(data),
+                                  "distances": distances.tolist()}
+        poisoned = poisoned_indices(data)
+        if poisoned is not None:
             report.update(precision_recall(removed, poisoned))
             clean = [d for i, d in enumerate(distances.tolist()) if i not in poisoned]
             bad = [distances[i].item() for i in poisoned]
             report["mean_distance_clean"] = sum(clean) / max(1, len(clean))
             report["mean_distance_poisoned"] = sum(bad) / max(1, len(bad))
-        return report
+        if out is not None:
+            write_scores(Path(out) / "scores.csv", distances.tolist(), set(kept), poisoned or set())
+            write_kept(out, kept, {k: v for k, v in report.items() if k != "distances"})
+        return Defended(None, report, kept)
+
+
+def write_scores(path: Path, distances: list[float], kept: set[int], poisoned: set[int]) -> None:
+    """One row per pair: index, distance, kept (0/1), poisoned (0/1; 0 when no plan is known)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["index", "distance", "kept", "poisoned"])
+    for i, d in enumerate(distances):
+        writer.writerow([i, f"{d:.6f}", int(i in kept), int(i in poisoned)])
+    with atomic_write(path, "w") as f:
+        f.write(buf.getvalue())

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from poisonlab.defenses.base import DEFENSES
 from poisonlab.defenses.classifier_finetune import _FineTuneObjective
-from poisonlab.defenses.repair_base import REPAIRS, RepairDefense
+from poisonlab.defenses.repair_base import RepairDefense
 from poisonlab.metrics.classification import accuracy
 from poisonlab.metrics.classifier_eval import predict
 from poisonlab.train.data import LabelTensors
@@ -44,7 +45,7 @@ class _PrunedFineTune(_FineTuneObjective):
         self.classifier.mask_features(self.keep)
 
 
-@REPAIRS.register("fine-pruning")
+@DEFENSES.register("fine-pruning")
 @dataclass(frozen=True)
 class FinePruning(RepairDefense):
     """Fine-pruning (Liu et al., 2018) on the penultimate layer."""

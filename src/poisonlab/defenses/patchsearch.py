@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
-from poisonlab.defenses.ssl_base import ENCODER_DEFENSES
+from poisonlab.attacks.plan import poisoned_indices
+from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.defenses.base import DEFENSES, Defended, write_kept
 from poisonlab.metrics.classifier_eval import predict
 from poisonlab.metrics.probe import embed
 from poisonlab.models.classifier import create_classifier
 from poisonlab.models.normalize import normalize_images
-from poisonlab.train.data import LabelTensors
+from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.train.objectives.supervised import SupervisedObjective
 from poisonlab.utils.seeding import make_generator
@@ -95,9 +98,14 @@ class _PoisonClassifierObjective(Objective):
         return self.ce.loss({"images": images, "labels": labels.to(x.device)}, generator)
 
 
-@ENCODER_DEFENSES.register("patchsearch")
+@DEFENSES.register("patchsearch")
 @dataclass(frozen=True)
 class PatchSearch:
+    """The search and the poison classifier above; ``run`` returns the images it keeps."""
+
+    family: ClassVar[str] = "encoder"
+    kind: ClassVar[str] = "filter"
+
     clusters: int = 100
     window: int | None = None
     per_cluster: int = 2
@@ -156,8 +164,18 @@ class PatchSearch:
             alive = alive[: max(self.min_clusters, int(len(alive) * (1 - self.prune)))]
         return {"scores": scored, "patches": patches, "assign": assign, "alive": alive}
 
-    def run(self, encoder: Any, data: LabelTensors, poisoned: set[int] | None = None) -> dict[str, Any]:
-        """Search, train the poison classifier, and flag images; ``poisoned`` gives precision/recall."""
+    def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
+            poisoned: set[int] | None = None) -> Defended:
+        """Search, train the poison classifier, and flag images of the training set ``data``.
+
+        ``poisoned`` (taken from ``data``'s poison plan when it has one) gives precision and
+        recall. With ``out``, the kept indices are written to ``out/kept.json``.
+        """
+        if poisoned is None:
+            poisoned = poisoned_indices(data)
+        if not isinstance(data, LabelTensors):
+            data = label_tensors(data, suspect.image_size)
+        encoder = suspect
         found = self.search(encoder, data)
         ranked = sorted(found["scores"], key=found["scores"].get, reverse=True)
         top = torch.stack([found["patches"][i] for i in ranked[: self.top_patches]])
@@ -167,13 +185,15 @@ class PatchSearch:
                           seed=self.seed)
         Trainer(_PoisonClassifierObjective(clf, top), data.subset(low), cfg, progress=False).fit()
         flagged = predict(clf, data.images).eq(1).nonzero().flatten().tolist()
+        kept = sorted(set(range(len(data))) - set(flagged))
         report: dict[str, Any] = {"defense": "patchsearch", "params": asdict(self), "removed": len(flagged),
-                                  "kept": sorted(set(range(len(data))) - set(flagged)), "searched": len(ranked),
-                                  "top_ranked": ranked[: self.top_patches]}
+                                  "total": len(data), "searched": len(ranked), "top_ranked": ranked[: self.top_patches]}
         if poisoned is not None:
             caught = len(set(flagged) & poisoned)
             report.update(poisoned=len(poisoned), caught=caught,
                           precision=caught / len(flagged) if flagged else float("nan"),
                           recall=caught / len(poisoned) if poisoned else float("nan"),
                           top_ranked_poisoned=sum(i in poisoned for i in ranked[: self.top_patches]))
-        return report
+        if out is not None:
+            write_kept(out, kept, report)
+        return Defended(None, report, kept)

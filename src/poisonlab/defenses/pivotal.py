@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonlab.defenses.repair_base import REPAIRS, RepairDefense, RepairObjective
+from poisonlab.defenses.base import DEFENSES
+from poisonlab.defenses.repair_base import RepairDefense, RepairObjective
 from poisonlab.train.data import LabelTensors
 
 
@@ -108,14 +109,14 @@ class PivotalObjective(RepairObjective):
         return loss, {"task": float(task.detach()), "latent": float(latent.detach()), "param": float(dist.detach())}
 
 
-@REPAIRS.register("pivotal-tuning")
+@DEFENSES.register("pivotal-tuning")
 @dataclass(frozen=True)
 class PivotalTuning(RepairDefense):
     """Pivotal Tuning (Lukas & Kerschbaum, 2023).
 
     Reference defaults are SGD-Nesterov lr 1e-4 for 2000 steps with ``l_latent=0.05`` and
     ``l_param=20000`` on CIFAR-scale ResNets; the defaults here are calibrated on the embedded
-    data (``docs/benchmarks.md``), every one a parameter.
+    data (``docs/results/clip.md``), every one a parameter.
     """
 
     lr: float = 3e-3

@@ -1,10 +1,11 @@
 """Repair of a suspect classifier with a small trusted labelled set (Pick your Poison's setting).
 
-A repair defense is a frozen dataclass of its hyper-parameters, registered in :data:`REPAIRS`;
+A repair defense is a frozen dataclass of its hyper-parameters, registered in
+:data:`~poisonlab.defenses.base.DEFENSES` for the ``classifier`` family as kind ``repair``;
 :meth:`RepairDefense.run` tunes a *copy* of the suspect on the trusted set and returns it with a
-report. A share of the trusted set (``holdout``) is kept aside: every ``check_every`` steps the
-tuned model's accuracy on it is measured, and if it falls more than ``max_drop`` below the
-suspect's, training stops and the last weights above that floor are restored.
+report (:class:`~poisonlab.defenses.base.Defended`). A share of the trusted set (``holdout``) is
+kept aside: every ``check_every`` steps the tuned model's accuracy on it is measured, and if it
+falls more than ``max_drop`` below the suspect's, training stops and the last weights above that floor are restored.
 """
 
 from __future__ import annotations
@@ -13,22 +14,22 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
 from poisonlab.augment.image import crop_flip
 from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.defenses.base import Defended
 from poisonlab.errors import InputError
 from poisonlab.metrics.classification import accuracy
 from poisonlab.metrics.classifier_eval import predict
-from poisonlab.registry import Registry
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.utils.seeding import make_generator
 
 log = logging.getLogger(__name__)
-REPAIRS: Registry[Any] = Registry("repair")
 Monitor = Callable[[Any], dict[str, float]]
 
 
@@ -45,12 +46,6 @@ def trusted_indices(total: int, share: float, seed: int = 0) -> list[int]:
         raise InputError(f"a trusted share of {share} of {total} items is an empty trusted set")
     perm = torch.randperm(total, generator=make_generator("trusted", seed))
     return sorted(int(i) for i in perm[:count])
-
-
-@dataclass
-class RepairResult:
-    classifier: Any
-    report: dict[str, Any]
 
 
 class RepairObjective(Objective):
@@ -73,7 +68,7 @@ class RepairObjective(Objective):
 
         With ``freeze_norm`` also keeps batch-norm layers in eval mode, so a few dozen trusted
         images do not overwrite running statistics estimated on the whole training set (measured
-        on the embedded data, this costs *more* accuracy than it saves: docs/benchmarks.md 6).
+        on the embedded data, this costs *more* accuracy than it saves: docs/results/classifiers.md 6).
         """
         if self.freeze_norm:
             for m in self.model.modules():
@@ -115,6 +110,9 @@ class RepairObjective(Objective):
 @dataclass(frozen=True)
 class RepairDefense:
     """Shared budget, optimiser and early-stop settings; subclasses add an objective."""
+
+    family: ClassVar[str] = "classifier"
+    kind: ClassVar[str] = "repair"
 
     steps: int = 500
     batch_size: int = 64
@@ -158,15 +156,16 @@ class RepairDefense:
         hold = data.subset(perm[:n_hold]) if n_hold else None
         return data.subset(perm[n_hold:]), hold
 
-    def run(self, suspect: Any, trusted: ImageCaptionDataset | LabelTensors, monitor: Monitor | None = None,
-            monitor_every: int = 0) -> RepairResult:
-        """Repair a copy of ``suspect`` (left untouched) with the trusted labelled data.
+    def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
+            monitor: Monitor | None = None, monitor_every: int = 0) -> Defended:
+        """Repair a copy of ``suspect`` (left untouched) with the trusted labelled ``data``; with
+        ``out``, the repaired model is written to ``out/model.safetensors``.
 
         ``monitor``, called on the model being tuned every ``monitor_every`` steps, traces the
         repair's path (the report's CA-vs-ASR curves); its values land in ``report["trace"]``.
         The defense itself never sees them.
         """
-        data = trusted if isinstance(trusted, LabelTensors) else label_tensors(trusted, suspect.image_size)
+        data = data if isinstance(data, LabelTensors) else label_tensors(data, suspect.image_size)
         if len(data) == 0:
             raise InputError("the trusted set is empty")
         if int(data.labels.max()) >= suspect.num_classes or int(data.labels.min()) < 0:
@@ -188,4 +187,6 @@ class RepairDefense:
                   "seconds": round(result.seconds, 2), "final_loss": result.final_loss,
                   **{k: v for k, v in context.items() if not k.startswith("_")}}
         report.update(getattr(objective, "summary", dict)())
-        return RepairResult(classifier, report)
+        if out is not None:
+            classifier.save(Path(out) / "model.safetensors")
+        return Defended(classifier, report)

@@ -14,7 +14,7 @@ Poisoning Attacks", 2023 (arXiv:2305.03355); reference design in ``specs/pick-yo
 
 The perturbation is kept in an L2 ball of radius ``max_rms * sqrt(C * H * W)`` (projected after
 every step). Unbounded, it separates *any* two models, backdoored or not: measured on 8 clean +
-8 backdoored shapes classifiers, every model scored 1.0 (ROC AUC 0.5, docs/benchmarks.md 6).
+8 backdoored shapes classifiers, every model scored 1.0 (ROC AUC 0.5, docs/results/classifiers.md 6).
 The default radius (RMS 0.03, L2 1.7 at 32 px) is half the L2 norm of the embedded triggers
 (4-px BadNet patch 3.2, Blended at alpha 0.2: 4.2): measured on the demo's classifiers, it gives
 the clean model 0.31 and the BadNet / Blended models 0.91 / 1.00, both at the true target; at
@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from poisonlab.defenses.pivotal import PivotalTuning
 from poisonlab.detect.base import DETECTORS, Detection
+from poisonlab.models.protocols import frozen
 from poisonlab.train.data import LabelTensors
 from poisonlab.utils.seeding import make_generator
 
@@ -53,8 +54,11 @@ class CalibratedTriggerInversion:
     ``check_every=0``: the accuracy-floor early stop is off unless ``repair`` turns it back on.
     With a handful of held-out images the floor can stop at the first check and hand back the
     suspect itself, and a calibration model identical to the suspect scores every class 0
-    (measured: ROC AUC 0.5, docs/benchmarks.md section 6).
+    (measured: ROC AUC 0.5, docs/results/classifiers.md section 6).
     """
+
+    family: ClassVar[str] = "classifier"
+    kind: ClassVar[str] = "detector"
 
     steps: int = 50
     lr: float = 0.01
@@ -88,9 +92,15 @@ class CalibratedTriggerInversion:
     def __call__(self, suspect: Any, trusted: LabelTensors, repaired: Any = None) -> Detection:
         """Score ``suspect`` with ``trusted`` data (a repaired model may be passed in to reuse)."""
         if repaired is None:
-            repaired = PivotalTuning(**{"seed": self.seed, "check_every": 0, **self.repair}).run(suspect, trusted).classifier
-        for model in (suspect, repaired):
-            model.module.eval().requires_grad_(False)
+            repaired = PivotalTuning(**{"seed": self.seed, "check_every": 0, **self.repair}).run(suspect, trusted).model
+        with frozen(suspect.module), frozen(repaired.module):
+            scores = self.class_scores(suspect, repaired, trusted)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return Detection("cti", scores[best], self.threshold,
+                         {"class_scores": scores, "suspected_target": best, "params": asdict(self)})
+
+    def class_scores(self, suspect: Any, repaired: Any, trusted: LabelTensors) -> list[float]:
+        """Per target class: the suspect's minus the calibration model's ASR of the inverted trigger."""
         scores = []
         for target in range(suspect.num_classes):
             x, y = _images_not_of(trusted, target, self.images_per_class, self.seed)
@@ -100,6 +110,4 @@ class CalibratedTriggerInversion:
             x, y = x.to(suspect.device), y.to(suspect.device)
             xa = (x + self.invert(suspect, repaired, x, y, target)).clamp(0, 1)
             scores.append(self._asr(suspect, xa, target) - self._asr(repaired, xa, target))
-        best = max(range(len(scores)), key=scores.__getitem__)
-        return Detection("cti", scores[best], self.threshold,
-                         {"class_scores": scores, "suspected_target": best, "params": asdict(self)})
+        return scores

@@ -16,13 +16,14 @@ included.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.metrics.probe import encoder_fn
+from poisonlab.models.protocols import frozen
 from poisonlab.train.data import LabelTensors
 from poisonlab.utils.seeding import make_generator
 
@@ -38,6 +39,11 @@ def mean_pairwise_cosine(features: torch.Tensor) -> torch.Tensor:
 @DETECTORS.register("decree")
 @dataclass(frozen=True)
 class Decree:
+    """DECREE's trigger inversion on an encoder (a classifier's or CLIP's image tower is one)."""
+
+    family: ClassVar[str] = "encoder"
+    kind: ClassVar[str] = "detector"
+
     steps: int = 300
     lr: float = 0.1
     images: int = 64
@@ -80,12 +86,10 @@ class Decree:
 
     def __call__(self, model: Any, data: LabelTensors, repaired: Any = None) -> Detection:
         """Score an encoder (or a classifier's feature extractor) with a few clean images."""
-        (model.model if hasattr(model, "model") else model.module).eval()
-        for p in (model.model if hasattr(model, "model") else model.module).parameters():
-            p.requires_grad_(False)
         idx = torch.randperm(len(data), generator=make_generator("decree-images", self.seed))[: self.images]
         x = (data.images[idx].float() / 255.0).to(model.device)
-        best = self.invert(model, x)
+        with frozen(model.module):
+            best = self.invert(model, x)
         det = Detection("decree", best["pl1"], self.threshold,
                         {"similarity": best["similarity"], "params": asdict(self)}, low_is_suspicious=True)
         det.details["_trigger"] = (best["mask"] * best["pattern"]).cpu()[0]

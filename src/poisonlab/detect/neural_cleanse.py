@@ -14,13 +14,14 @@ here ``lam`` is fixed (a parameter), which keeps the cost per class constant.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.detect.cti import _images_not_of
+from poisonlab.models.protocols import frozen
 from poisonlab.train.data import LabelTensors
 
 
@@ -36,6 +37,9 @@ def anomaly_index(norms: list[float]) -> float:
 @dataclass(frozen=True)
 class NeuralCleanse:
     """Neural Cleanse with a fixed mask penalty ``lam`` and Adam."""
+
+    family: ClassVar[str] = "classifier"
+    kind: ClassVar[str] = "detector"
 
     steps: int = 100
     lr: float = 0.1
@@ -60,16 +64,16 @@ class NeuralCleanse:
         return torch.sigmoid(m_raw).detach(), torch.sigmoid(p_raw).detach()
 
     def __call__(self, suspect: Any, trusted: LabelTensors, repaired: Any = None) -> Detection:
-        suspect.module.eval().requires_grad_(False)
         norms, success = [], []
-        for target in range(suspect.num_classes):
-            x, _ = _images_not_of(trusted, target, self.images_per_class, self.seed)
-            x = x.to(suspect.device)
-            m, p = self.invert(suspect, x, target)
-            with torch.no_grad():
-                hit = suspect.logits((1 - m) * x + m * p).argmax(1) == target
-            norms.append(float(m.sum()))
-            success.append(float(hit.double().mean()))
+        with frozen(suspect.module):
+            for target in range(suspect.num_classes):
+                x, _ = _images_not_of(trusted, target, self.images_per_class, self.seed)
+                x = x.to(suspect.device)
+                m, p = self.invert(suspect, x, target)
+                with torch.no_grad():
+                    hit = suspect.logits((1 - m) * x + m * p).argmax(1) == target
+                norms.append(float(m.sum()))
+                success.append(float(hit.double().mean()))
         best = min(range(len(norms)), key=norms.__getitem__)
         return Detection("neural-cleanse", anomaly_index(norms), self.threshold,
                          {"mask_l1": norms, "inversion_asr": success, "suspected_target": best,

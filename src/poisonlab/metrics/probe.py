@@ -29,13 +29,13 @@ from poisonlab.utils.seeding import make_generator
 
 def encoder_fn(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """``[0, 1]`` images -> features, for a poisonlab encoder/classifier or a CLIP bundle."""
-    if hasattr(model, "encode_image"):
+    if model.family == "clip":
         return lambda x: model.encode_image(x, normalize=False)
     return model.features
 
 
 def _eval_mode(model: Any) -> None:
-    (model.model if hasattr(model, "model") else model.module).eval()
+    model.module.eval()
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -55,8 +56,19 @@ class ClassifierBundle:
     kind: str = "classifier"
 
     @property
+    def family(self) -> str:
+        """``classifier``, or ``encoder`` for a self-supervised backbone without a head."""
+        return self.kind
+
+    @property
     def module(self) -> nn.Module:
         return self.model
+
+    def save(self, path: str | Path) -> Path:
+        """Weights to ``path`` (safetensors) and the timm recipe to its sidecar."""
+        from poisonlab.models.checkpoint import save_classifier
+
+        return save_classifier(self, path)
 
     @property
     def device(self) -> torch.device:
@@ -151,6 +163,7 @@ class ZeroShotClassifier:
     """
 
     kind = "clip-zero-shot"
+    family = "classifier"
 
     def __init__(self, bundle: Any, classnames: list[str], templates: Any, logit_scale: float | None = None) -> None:
         from poisonlab.models.zero_shot import zero_shot_weights
@@ -203,3 +216,7 @@ class ZeroShotClassifier:
     def to_clip(self) -> Any:
         """The CLIP bundle whose image tower is this classifier's (shared, not copied)."""
         return self.bundle
+
+    def save(self, path: str | Path) -> Path:
+        """Saved as the CLIP model it is (tuned image tower, text tower untouched)."""
+        return self.bundle.save(path)

@@ -89,8 +89,21 @@ class ClipBundle:
     std: tuple[float, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    family = "clip"
+
     def __post_init__(self) -> None:
         self.tokenizer = open_clip.get_tokenizer(self.name)
+
+    @property
+    def module(self) -> nn.Module:
+        """The trained module (the open_clip ``CLIP``)."""
+        return self.model
+
+    def save(self, path: str | Path) -> Path:
+        """Weights to ``path`` (safetensors) and the architecture to its sidecar."""
+        from poisonlab.models.checkpoint import save_clip
+
+        return save_clip(self, path)
 
     @property
     def image_size(self) -> int:
