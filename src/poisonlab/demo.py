@@ -18,13 +18,14 @@ from pathlib import Path
 from poisonlab import triggers
 from poisonlab.bench.parallel import configure_logging
 from poisonlab.bench.runner import Runner
-from poisonlab.bench.spec import load_spec
+from poisonlab.bench.spec import PRESETS, load_spec
 from poisonlab.data import open_dataset
 from poisonlab.errors import InputError
+from poisonlab.report.check import check, load_expected, range_table
 from poisonlab.report.experiment import write_report
 from poisonlab.report.gallery import trigger_gallery
 from poisonlab.report.roc import roc_figure
-from poisonlab.report.sections import classifier_sections, population_curves, ssl_sections
+from poisonlab.report.sections import classifier_sections, ssl_sections
 from poisonlab.report.text import dose_response, text_sections
 from poisonlab.report.trace import repair_curves
 
@@ -50,7 +51,7 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
         if repair_curves(runner.store, spec.name, [a.name for a in c.attacks], [r.name for r in c.repairs],
                          report / "repairs.png"):
             images.append("repairs.png")
-        curves = population_curves(out / "cache")
+        curves = runner.store.document(spec.name, "population")
         if curves is not None:
             names = list(c.population.detectors) if c.population else []
             roc_figure({d: curves[d] for d in names}, report / "roc.png")
@@ -61,6 +62,13 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
         more += text_sections(runner.store, spec.name, spec.text.n)
         if dose_response(runner.store, spec.name, report / "dose_response.png"):
             images.append("dose_response.png")
+    expected = PRESETS / f"{spec.name}.expected.yaml"
+    if expected.is_file():
+        findings = check(runner.store, load_expected(expected))
+        off = sum(not f.inside for f in findings)
+        more.append((f"Expected ranges ({len(findings) - off} of {len(findings)} inside)", range_table(findings),
+                     f"From presets/{expected.name}: each headline number against the interval it was measured "
+                     "in (the file names the runs); `poisonlab report --check` exits 1 when any is OFF."))
     extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
              "test images": spec.test.n, "wall time of this run (s)": f"{time.perf_counter() - start:.0f}",
              "processes": "2, one thread each (classifier, SSL and text jobs beside the CLIP grid, shared once it is done)"

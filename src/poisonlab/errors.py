@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad user input; the message is one line that says what is wrong and how to fix it."""
+
+
+class RunOffError(Exception):
+    """A finished run's numbers fall outside their expected ranges (the CLI has printed which); exit 1."""

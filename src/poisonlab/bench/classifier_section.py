@@ -17,7 +17,8 @@ from typing import Any
 
 from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset
-from poisonlab.bench.runner import Job
+from poisonlab.bench.cache import MODEL
+from poisonlab.bench.parallel import Job
 from poisonlab.bench.spec import AttackSpec, ClassifierSpec, RepairSpec
 from poisonlab.detect.population import (
     PopulationConfig,
@@ -31,9 +32,8 @@ from poisonlab.models.checkpoint import load_classifier
 from poisonlab.models.classifier import create_classifier
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import label_tensors
+from poisonlab.train.loop import RECIPES
 from poisonlab.utils.io import write_json
-
-MODEL = "model.safetensors"
 
 
 class ClassifierSection:
@@ -55,7 +55,7 @@ class ClassifierSection:
                 data = PoisonedDataset(data, atk(data, seed=c.seed))
             model = create_classifier(c.model, len(data.classnames), self.runner.spec.image_size, data.classnames,
                                       seed=c.seed)
-            config = c.train_config(weight_decay=0.05)
+            config = c.train_config(weight_decay=RECIPES["classifier"]["weight_decay"])
             train_classifier(model, data, config, tmp, stage="classifier", progress=self.runner.progress)
 
         return self.runner.cached(f"classifier:{label}", inputs, build)
@@ -87,10 +87,11 @@ class ClassifierSection:
         return lambda clf: self.scores(ev.with_model(clf), attack)
 
     def put_trace(self, attack: str, repair: str, path: Path) -> None:
-        """Each traced point as the row ``(attack, "REPAIR@STEP")`` of ``<experiment>/repair-trace``."""
+        """Each traced point as a point (attack, repair, step) of ``<experiment>/repair-trace``."""
         for point in json.loads((path / "report.json").read_text()).get("trace", []):
             metrics = {k: v for k, v in point.items() if k != "step"}
-            self.runner.store.put(f"{self.runner.spec.name}/repair-trace", attack, f"{repair}@{point['step']}", metrics)
+            self.runner.store.put_point(f"{self.runner.spec.name}/repair-trace", attack, repair, point["step"],
+                                        self.spec.seed, metrics)
 
     def evaluate(self, path: Path, attack: AttackSpec) -> dict[str, float]:
         return self.scores(ClassifierEvaluator(load_classifier(path / MODEL), self.runner.test()), attack)
@@ -136,6 +137,7 @@ class ClassifierSection:
         result = json.loads((path / "population.json").read_text())
         for d in p.detectors:
             self.runner.store.put(f"{self.runner.spec.name}/detection", d, "population", {"auc": result[d]["auc"]})
+        self.runner.store.put_document(self.runner.spec.name, "population", result)
         return result
 
     def jobs(self) -> list[Job]:

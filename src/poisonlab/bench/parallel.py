@@ -16,14 +16,15 @@ import contextlib
 import logging
 import multiprocessing as mp
 import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from poisonlab.errors import InputError
 
+Job = tuple[str, Callable[[], object]]
+"""A named unit of section work; every job computes the same numbers whichever process runs it."""
 log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 
@@ -34,23 +35,21 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("poisonlab").setLevel(level)
 
 
-def _worker(spec_json: str, out: str, run_id: str, threads: int, level: int, errors: Any) -> None:
-    """Child process: the unclaimed section jobs of the spec, with ``threads`` intra-op threads."""
-    from poisonlab.bench.runner import Runner
-    from poisonlab.bench.spec import ExperimentSpec
-
+def _worker(work: Callable[[], object], threads: int, level: int, errors: Any) -> None:
+    """Child process: ``work`` (the unclaimed section jobs) with ``threads`` intra-op threads."""
     torch.set_num_threads(threads)
     configure_logging(level)
     try:
-        Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False, run_id=run_id).run_sections(shared=True)
+        work()
     except InputError as err:
         errors.put(str(err))
         raise SystemExit(2) from None
 
 
 @contextlib.contextmanager
-def sections_beside(spec: Any, out: str | Path, run_id: str) -> Iterator[None]:
-    """Run ``spec``'s section jobs in a child process while the body runs; each gets half the threads.
+def sections_beside(work: Callable[[], object]) -> Iterator[None]:
+    """Run ``work`` (picklable: a module-level function or a partial of one) in a child process
+    while the body runs; each gets half the threads.
 
     Raises:
         InputError: the sections stopped on bad input (the child's message).
@@ -60,7 +59,7 @@ def sections_beside(spec: Any, out: str | Path, run_id: str) -> Iterator[None]:
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     level = logging.getLogger("poisonlab").getEffectiveLevel()
-    child = ctx.Process(target=_worker, args=(spec.model_dump_json(), str(out), run_id, total // 2, level, errors),
+    child = ctx.Process(target=_worker, args=(work, total // 2, level, errors),
                         name="poisonlab-sections")
     child.start()
     log.info("section jobs start in process %d; %d of %d threads each", child.pid, total // 2, total)

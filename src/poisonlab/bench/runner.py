@@ -1,4 +1,5 @@
-"""Run an experiment spec: every stage cached by the hash of what produced it, resumable.
+"""Run an experiment spec: the CLIP grid here, the other sections beside it; every stage cached by
+the hash of what produced it (:mod:`poisonlab.bench.cache`), scheduled by :mod:`poisonlab.bench.parallel`.
 
 Stages: pre-train a clean model; per attack, poison the fine-tuning data and fine-tune; per
 (attack, defense), clean the poisoned model; evaluate each model once (CA and the attack's ASR);
@@ -8,11 +9,10 @@ audit each poisoned set with pair filtering. A stage whose output folder already
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,22 +22,17 @@ import torch
 
 from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
-from poisonlab.bench.parallel import sections_beside
+from poisonlab.bench.cache import MODEL, StageCache
+from poisonlab.bench.parallel import Job, sections_beside
 from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec
 from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
 from poisonlab.train import train_clip
-from poisonlab.utils.io import atomic_dir, claim, file_lock, write_json
+from poisonlab.utils.io import claim, write_json
 
 log = logging.getLogger(__name__)
-MODEL = "model.safetensors"
-Job = tuple[str, Callable[[], object]]
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Runner:
@@ -48,34 +43,14 @@ class Runner:
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
         self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
         self.store = ResultsStore(self.out / "results.db")
-        self.keys: dict[str, str] = {}
+        self.cache = StageCache(self.out, spec.name, self.run_id, self.store)
+        self.keys = self.cache.keys
         self.processes = 1
         self._data: dict[tuple[str, int, int, str], Any] = {}
 
-    # -- caching ---------------------------------------------------------------------------
     def cached(self, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:
-        """The stage's output folder, built by ``build`` unless it exists; one builder at a time.
-
-        Another process of the same run that needs the stage meanwhile waits for it and reuses it; the
-        store marks a stage 'cached' only when an earlier run built it.
-        """
-        key = digest(inputs)
-        self.keys[stage] = key
-        path = self.out / "cache" / f"{stage}-{key}"
-        with file_lock(self.out / "cache" / ".locks" / f"{stage}-{key}"):
-            if (path / "done.json").is_file():  # what the stage cost when it was built (None for old caches)
-                done = json.loads((path / "done.json").read_text())
-                seconds, hit = done.get("seconds"), done.get("run") != self.run_id
-            else:
-                log.info("stage %s: running", stage)
-                start = time.perf_counter()
-                with atomic_dir(path) as tmp:
-                    build(tmp)
-                    seconds, hit = round(time.perf_counter() - start, 2), False
-                    write_json(tmp / "done.json", {"stage": stage, "inputs": inputs, "seconds": seconds,
-                                                   "run": self.run_id})
-        self.store.stage(self.spec.name, stage, key, seconds, hit)
-        return path
+        """The stage's output folder from the stage cache (:class:`~poisonlab.bench.cache.StageCache`)."""
+        return self.cache(stage, inputs, build)
 
     # -- data ------------------------------------------------------------------------------
     def data(self, name: str, n: int, seed: int, split: str = "train") -> Any:
@@ -213,7 +188,8 @@ class Runner:
         self.processes = 2 if parallel and self.has_sections() and torch.get_num_threads() >= 2 else 1
         if self.processes == 2:
             try:
-                with sections_beside(self.spec, self.out, self.run_id):
+                with sections_beside(functools.partial(shared_sections, self.spec.model_dump_json(), str(self.out),
+                                                       self.run_id)):
                     self.run_grid()
                     self.run_sections(shared=True, reverse=True)
             finally:
@@ -222,3 +198,8 @@ class Runner:
             self.run_grid()
             self.run_sections()
         return self.store.table(self.spec.name)
+
+
+def shared_sections(spec_json: str, out: str, run_id: str) -> None:
+    """The second process of a parallel run: the section jobs nobody has claimed yet."""
+    Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False, run_id=run_id).run_sections(shared=True)

@@ -15,7 +15,8 @@ from typing import Any
 
 from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset, class_index
-from poisonlab.bench.runner import Job
+from poisonlab.bench.cache import MODEL
+from poisonlab.bench.parallel import Job
 from poisonlab.bench.spec import SslSpec
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.checkpoint import load_classifier
@@ -23,8 +24,6 @@ from poisonlab.models.classifier import create_encoder
 from poisonlab.train.data import label_tensors
 from poisonlab.train.ssl_run import train_ssl
 from poisonlab.utils.io import write_json
-
-MODEL = "model.safetensors"
 
 
 class SslSection:

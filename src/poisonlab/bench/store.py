@@ -1,15 +1,22 @@
 """The results store: one SQLite file.
 
-``results`` holds one row per (experiment, attack, defense, metric). ``points`` holds measurements
-along an axis, one row per (experiment, attack, condition, dose, seed, metric): a dose-response
-series measured over several training seeds.
+Every row says what it is; nothing is packed into names and parsed back:
+
+- ``results``: one row per (experiment, attack, defense, metric): a final model's numbers.
+- ``points``: measurements along an axis, one row per (experiment, attack, condition, dose, seed,
+  metric): a dose-response series over training seeds (dose = poisoned pairs), or a repair's
+  path (dose = tuning steps).
+- ``documents``: one JSON document per (experiment, name) for results that are not a table
+  (the detection population's ROC curves).
+- ``stages``: each stage's cache key, seconds and whether it came from the cache.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -22,11 +29,14 @@ CREATE TABLE IF NOT EXISTS points (
     experiment TEXT NOT NULL, attack TEXT NOT NULL, condition TEXT NOT NULL, dose REAL NOT NULL,
     seed INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (experiment, attack, condition, dose, seed, metric));
+CREATE TABLE IF NOT EXISTS documents (
+    experiment TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (experiment, name));
 """
 
 
 class Point(NamedTuple):
-    """One measured model of a series: its attack, condition (defense or 'none'), dose and seed."""
+    """One measured model of a series: its attack, condition (defense, repair or 'none'), its
+    position on the series' axis (``dose``: poisoned pairs, or tuning steps) and training seed."""
 
     attack: str
     condition: str
@@ -76,6 +86,17 @@ class ResultsStore:
             out.setdefault((attack, condition, dose, seed), {})[metric] = value
         return [Point(*key, metrics) for key, metrics in out.items()]
 
+    def put_document(self, experiment: str, name: str, body: Any) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
+                              (experiment, name, json.dumps(body, sort_keys=True)))
+
+    def document(self, experiment: str, name: str) -> Any | None:
+        """The JSON document stored as ``name``, or ``None``."""
+        row = self.conn.execute("SELECT body FROM documents WHERE experiment = ? AND name = ?",
+                                (experiment, name)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def table(self, experiment: str) -> dict[tuple[str, str], dict[str, float]]:
         rows = self.conn.execute("SELECT attack, defense, metric, value FROM results WHERE experiment = ?",
                                  (experiment,))
@@ -83,6 +104,11 @@ class ResultsStore:
         for attack, defense, metric, value in rows:
             out.setdefault((attack, defense), {})[metric] = value
         return out
+
+    def experiments(self) -> list[str]:
+        """The experiments with any row, sorted (a spec's sections are ``NAME/section``)."""
+        rows = self.conn.execute("SELECT experiment FROM results UNION SELECT experiment FROM points ORDER BY 1")
+        return [r[0] for r in rows]
 
     def stages(self, experiment: str) -> list[tuple[str, float | None, bool]]:
         rows = self.conn.execute("SELECT stage, seconds, cached FROM stages WHERE experiment = ? ORDER BY rowid",

@@ -23,7 +23,8 @@ from typing import Any
 
 from poisonlab import attacks, defenses
 from poisonlab.attacks import PoisonedDataset, TextAttack
-from poisonlab.bench.runner import MODEL, Job
+from poisonlab.bench.cache import MODEL
+from poisonlab.bench.parallel import Job
 from poisonlab.bench.spec import TextAttackSpec, TextSpec
 from poisonlab.data import ImageCaptionDataset, Subset
 from poisonlab.errors import InputError

@@ -11,6 +11,7 @@ from poisonlab import defenses, detect, triggers
 from poisonlab.cli.clip import model_options, train_group
 from poisonlab.cli.common import (
     at_model_size,
+    budget_options,
     emit,
     load_data,
     method_help,
@@ -63,32 +64,21 @@ def trusted_options(f: Any) -> Any:
 @train_group.command("classifier")
 @click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_CLASSIFIER, show_default=True, help="Bundled or timm architecture.")
-@click.option("--steps", type=click.IntRange(min=1), default=None)
-@click.option("--epochs", type=float, default=None)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--warmup", type=int, default=20, show_default=True)
+@budget_options("classifier")
 @click.option("--image-size", type=int, default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint-every", type=int, default=0)
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
-def train_classifier_cmd(dataset: str, arch: str, steps: int | None, epochs: float | None, batch_size: int, lr: float,
-                         weight_decay: float, warmup: int, image_size: int, seed: int, checkpoint_every: int,
-                         n: int | None, data_seed: int, resume: bool, out: Path, data_config: DataConfig,
-                         as_json: bool) -> None:
+def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_size: int, n: int | None,
+                         data_seed: int, resume: bool, out: Path, data_config: DataConfig, as_json: bool) -> None:
     """Train a timm classifier on labelled (possibly poisoned) data."""
-    config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         warmup=warmup, seed=seed, checkpoint_every=checkpoint_every)
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
     if not data.classnames:
         raise InputError("classifier training needs labelled data with class names")
-    bundle = create_classifier(arch, len(data.classnames), image_size, data.classnames, seed=seed)
+    bundle = create_classifier(arch, len(data.classnames), image_size, data.classnames, seed=config.seed)
     result = train_classifier(bundle, data, config, out, resume=resume, dist=init_from_env(), data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "data": result.data}

@@ -9,7 +9,7 @@ import click
 import torch.nn.functional as F
 
 from poisonlab import triggers
-from poisonlab.cli.common import emit, load_data, parse_params, stream_options
+from poisonlab.cli.common import budget_options, emit, load_data, parse_params, stream_options
 from poisonlab.data import apply_names
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import DEFAULT_MODEL, create_clip
@@ -47,34 +47,23 @@ def train_group() -> None:
 @click.option("--pretrained", default=None,
               help="Start from an open_clip pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a checkpoint.")
 @click.option("--cache-dir", default=None, help="open_clip's download cache (default: the Hugging Face cache).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimiser steps.")
-@click.option("--epochs", type=float, default=None, help="Epochs (instead of --steps).")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--warmup", type=int, default=0, show_default=True, help="Warm-up steps.")
-@click.option("--weight-decay", type=float, default=0.1, show_default=True)
-@click.option("--schedule", default="cosine", show_default=True, help="cosine, constant or two-phase.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint-every", type=int, default=0, help="Save a resumable checkpoint every N steps.")
+@budget_options("clip")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
 @stream_options()
 @click.option("--json", "as_json", is_flag=True)
-def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, steps: int | None, epochs: float | None,
-                   batch_size: int, lr: float, warmup: int, weight_decay: float, schedule: str, seed: int,
-                   checkpoint_every: int, out: Path, resume: bool, n: int | None, data_seed: int,
-                   data_config: DataConfig, as_json: bool, cache_dir: str | None) -> None:
+def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: TrainConfig, out: Path, resume: bool,
+                   n: int | None, data_seed: int, data_config: DataConfig, as_json: bool,
+                   cache_dir: str | None) -> None:
     """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP)."""
-    config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
-                         weight_decay=weight_decay, schedule=schedule, seed=seed, checkpoint_every=checkpoint_every)
     if arch.startswith(HF_HUB_PREFIX) or (pretrained and pretrained in pretrained_tags(arch).get(arch, [])):
         bundle = open_model(arch, pretrained=pretrained, cache_dir=cache_dir)
     elif pretrained:
         bundle = open_model(pretrained, None if arch == DEFAULT_MODEL else arch)
     else:
-        bundle = create_clip(arch, seed=seed)
+        bundle = create_clip(arch, seed=config.seed)
     data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
     dist = init_from_env()
     result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)

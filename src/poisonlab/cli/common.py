@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,6 +16,7 @@ from poisonlab.data import open_dataset, shard_paths
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.registry import Registry, parameters
+from poisonlab.train.loop import RECIPES, TrainConfig
 from poisonlab.train.stream import MODES, DataConfig
 
 
@@ -138,3 +140,34 @@ def method_help(registry: Registry[Any], family: str | None = None, kind: str | 
         params = ", ".join(f"{k}={v!r}" for k, v in parameters(entry.factory).items())
         lines.append(f"  {entry.name} [{entry.family}, {entry.kind}]: {params}")
     return "\n".join(lines)
+
+
+BUDGET_HELP = {
+    "steps": "Optimiser steps (or --epochs).", "epochs": "Epochs (instead of --steps).",
+    "batch_size": "Global batch size.", "lr": "Peak learning rate.", "weight_decay": "AdamW weight decay.",
+    "warmup": "Warm-up steps.", "schedule": "cosine, constant or two-phase.", "seed": "Training seed.",
+    "checkpoint_every": "Save a resumable checkpoint every N steps (0: only at the end).",
+}
+
+
+def budget_options(family: str) -> Any:
+    """The training budget options, generated once from :class:`~poisonlab.train.loop.TrainConfig`
+    with the defaults of ``RECIPES[family]``; the command receives them as one ``config``."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | RECIPES[family]
+    types: dict[str, Any] = {"steps": click.IntRange(min=1), "epochs": float, "batch_size": click.IntRange(min=1),
+                             "lr": float, "weight_decay": float, "warmup": click.IntRange(min=0), "schedule": str,
+                             "seed": int, "checkpoint_every": click.IntRange(min=0)}
+
+    def decorate(f: Any) -> Any:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            budget = {name: kw.pop(name) for name in types}
+            return f(*args, config=TrainConfig(**budget), **kw)
+
+        for name in reversed(list(types)):
+            default = defaults[name]
+            wrapper = click.option(f"--{name.replace('_', '-')}", name, type=types[name], default=default,
+                                   show_default=default is not None, help=BUDGET_HELP[name])(wrapper)
+        return wrapper
+
+    return decorate

@@ -15,8 +15,9 @@ from poisonlab.cli.clip import eval_cmd, models_cmd, train_group
 from poisonlab.cli.common import emit
 from poisonlab.cli.defend import audit_cmd, clean_cmd
 from poisonlab.cli.poison import poison, show
+from poisonlab.cli.report import report_cmd
 from poisonlab.cli.ssl import clean_encoder_cmd, probe_cmd
-from poisonlab.errors import InputError
+from poisonlab.errors import InputError, RunOffError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +55,7 @@ cli.add_command(repair_cmd)
 cli.add_command(detect_cmd)
 cli.add_command(probe_cmd)
 cli.add_command(clean_encoder_cmd)
+cli.add_command(report_cmd)
 
 
 # Errors about a path itself (a folder under a regular file, no permission, a file where a folder
@@ -68,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         click.echo(f"error: {err}", err=True)
         return 2
+    except RunOffError:
+        return 1
     except click.exceptions.Exit as err:
         return int(err.exit_code)
     except click.ClickException as err:

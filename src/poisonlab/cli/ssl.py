@@ -11,6 +11,7 @@ from poisonlab.cli.classifier import open_classifier
 from poisonlab.cli.clip import model_options, train_group
 from poisonlab.cli.common import (
     at_model_size,
+    budget_options,
     emit,
     load_data,
     method_help,
@@ -32,32 +33,22 @@ from poisonlab.utils.io import write_json
 @click.option("--method", default="moco", show_default=True, help="moco, byol or simclr.")
 @click.option("--dataset", required=True, help="Unlabeled images: embedded name, path, or poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_CLASSIFIER, show_default=True, help="Bundled or timm backbone.")
-@click.option("--steps", type=click.IntRange(min=1), default=None)
-@click.option("--epochs", type=float, default=None)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--warmup", type=int, default=20, show_default=True)
+@budget_options("encoder")
 @click.option("--views", default="batched", show_default=True, help="batched (fast) or lightly (PIL transforms).")
 @click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (queue, temperature, ...).")
 @click.option("--image-size", type=int, default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint-every", type=int, default=0)
 @click.option("--n", "--items", "n", type=int, default=None)
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
-def train_ssl_cmd(method: str, dataset: str, arch: str, steps: int | None, epochs: float | None, batch_size: int,
-                  lr: float, weight_decay: float, warmup: int, views: str, params: tuple[str, ...], image_size: int,
-                  seed: int, checkpoint_every: int, n: int | None, data_seed: int, resume: bool, out: Path,
-                  data_config: DataConfig, as_json: bool) -> None:
+def train_ssl_cmd(method: str, dataset: str, arch: str, config: TrainConfig, views: str, params: tuple[str, ...],
+                  image_size: int, n: int | None, data_seed: int, resume: bool, out: Path, data_config: DataConfig,
+                  as_json: bool) -> None:
     """Self-supervised training of an image encoder (labels are never read)."""
-    config = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         warmup=warmup, seed=seed, checkpoint_every=checkpoint_every)
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
-    bundle = create_encoder(arch, image_size, seed=seed)
+    bundle = create_encoder(arch, image_size, seed=config.seed)
     result = train_ssl(bundle, data, config, method, out, resume=resume, dist=init_from_env(), views=views,
                        data_config=data_config, **parse_params(params, "--param"))
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,

@@ -181,8 +181,8 @@ class PatchSearch:
         top = torch.stack([found["patches"][i] for i in ranked[: self.top_patches]])
         low = ranked[len(ranked) // 2 :]
         clf = create_classifier(num_classes=2, image_size=encoder.image_size, seed=self.seed)
-        cfg = TrainConfig(steps=self.classifier_steps, batch_size=min(64, len(low)), lr=3e-3, weight_decay=0.05,
-                          seed=self.seed)
+        cfg = TrainConfig.recipe("classifier", steps=self.classifier_steps, batch_size=min(64, len(low)), warmup=0,
+                                 seed=self.seed)
         Trainer(_PoisonClassifierObjective(clf, top), data.subset(low), cfg, progress=False).fit()
         flagged = predict(clf, data.images).eq(1).nonzero().flatten().tolist()
         kept = sorted(set(range(len(data))) - set(flagged))

@@ -86,8 +86,8 @@ def _train_member(cfg: PopulationConfig, m: Member, out: Path) -> None:
         data = PoisonedDataset(data, attack(data, seed=m.seed))
     classnames = data.classnames or []
     bundle = create_classifier(cfg.arch, len(classnames), cfg.image_size, classnames, seed=m.seed)
-    config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.05, warmup=20, seed=m.seed,
-                         batch_size=min(128, len(data)))
+    config = TrainConfig.recipe("classifier", epochs=cfg.epochs, lr=cfg.lr, seed=m.seed,
+                                batch_size=min(128, len(data)))
     train_classifier(bundle, data, config, progress=False, stage="population")
     save_classifier(bundle, out / m.path)
 

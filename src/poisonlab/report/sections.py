@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 from poisonlab.bench.store import ResultsStore
 
 Section = tuple[str, list[list[str]], str]
@@ -71,9 +67,3 @@ def ssl_sections(store: ResultsStore, experiment: str, target: str) -> list[Sect
         ("SSL: PatchSearch on the poisoned training set", filt, "The 'patchsearch' encoder is retrained on the kept images."),
         ("SSL: DECREE", dec, "A small PL1 (a small inverted trigger collapses the embeddings) flags a backdoor."),
     ]
-
-
-def population_curves(cache: Path) -> dict[str, Any] | None:
-    """The detection population's ROC data from the cache, if the section ran."""
-    found = sorted(cache.glob("population-*/population.json"))
-    return json.loads(found[-1].read_text()) if found else None

@@ -18,11 +18,10 @@ Point = tuple[int, float, float]
 
 
 def repair_paths(store: ResultsStore, experiment: str) -> dict[str, dict[str, list[Point]]]:
-    """``{attack: {repair: [(step, ca, asr), ...]}}`` from the ``repair-trace`` rows, by step."""
+    """``{attack: {repair: [(step, ca, asr), ...]}}`` from the ``repair-trace`` points, by step."""
     out: dict[str, dict[str, list[Point]]] = {}
-    for (attack, key), m in store.table(f"{experiment}/repair-trace").items():
-        repair, _, step = key.rpartition("@")
-        out.setdefault(attack, {}).setdefault(repair, []).append((int(step), m["ca"], m["asr"]))
+    for p in store.points(f"{experiment}/repair-trace"):
+        out.setdefault(p.attack, {}).setdefault(p.condition, []).append((int(p.dose), p.metrics["ca"], p.metrics["asr"]))
     for repairs in out.values():
         for points in repairs.values():
             points.sort()

@@ -42,6 +42,16 @@ BOOKKEEPING = {"checkpoint_every", "log_every"}
 METRICS_FILE = "metrics.jsonl"
 
 
+# The budget and optimiser defaults each model family trains with, in one place: the CLI's
+# `train clip|classifier|ssl` options, the experiment sections and the classifier populations
+# all start from these (any field of TrainConfig may be given).
+RECIPES: dict[str, dict[str, Any]] = {
+    "clip": {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup": 0},
+    "classifier": {"batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "warmup": 20},
+    "encoder": {"batch_size": 256, "lr": 3e-3, "weight_decay": 1e-4, "warmup": 20},
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one run. Give ``steps`` or ``epochs``."""
@@ -63,6 +73,11 @@ class TrainConfig:
     checkpoint_every: int = 0
     log_every: int = 10
     amp: bool = True
+
+    @classmethod
+    def recipe(cls, family: str, **fields: Any) -> TrainConfig:
+        """The config of :data:`RECIPES` ``[family]`` with ``fields`` on top."""
+        return cls(**{**RECIPES[family], **fields})
 
     def __post_init__(self) -> None:
         _finite(self, "lr", "weight_decay", "eps", "momentum", "epochs", "grad_clip", *("betas",))

@@ -1,0 +1,190 @@
+"""Expected ranges: say when a run is off.
+
+Each preset may ship ``presets/<name>.expected.yaml``: for its headline numbers, the interval they
+were measured in (over training seeds, thread counts and machines), with the runs that measured it.
+:func:`check` compares a results store against it; ``poisonlab report --check DIR`` prints the
+numbers outside their ranges and exits 1 if there is any, and the report marks each number.
+
+File format::
+
+    preset: demo
+    how: "[min, max] over the runs, widened by margin"
+    margin: 0.03
+    runs: [{command: ..., machine: ..., threads: ...}]
+    numbers:
+      - {experiment: demo, attack: badnet, row: none, metric: asr, range: [0.93, 0.99]}
+      - {experiment: demo/text, attack: attack-2, row: none, dose: 300, metric: hit@10, range: [...]}
+
+A number with ``dose`` is read from the store's points (mean over the seeds at that dose), the
+others from its results table (``row``: the defense, repair or encoder row).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from poisonlab.bench.store import ResultsStore
+from poisonlab.errors import InputError
+
+
+@dataclass(frozen=True)
+class Expected:
+    experiment: str
+    attack: str
+    row: str
+    metric: str
+    low: float
+    high: float
+    dose: float | None = None
+
+    @property
+    def label(self) -> str:
+        at = f" @ {self.dose:g}" if self.dose is not None else ""
+        return f"{self.experiment}: {self.attack} / {self.row}{at} / {self.metric}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    expected: Expected
+    value: float | None  # None: the run has no such number
+
+    @property
+    def inside(self) -> bool:
+        return self.value is not None and self.expected.low <= self.value <= self.expected.high
+
+
+def load_expected(path: str | Path) -> list[Expected]:
+    """The numbers of an ``*.expected.yaml`` file; ``InputError`` naming the entry that is malformed."""
+    try:
+        body = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"{path}: cannot read expected ranges ({err})") from None
+    if not isinstance(body, dict) or not isinstance(body.get("numbers"), list):
+        raise InputError(f"{path}: expected a mapping with a 'numbers' list")
+    out = []
+    for i, item in enumerate(body["numbers"]):
+        try:
+            low, high = (float(v) for v in item["range"])
+            dose = None if item.get("dose") is None else float(item["dose"])
+            out.append(Expected(str(item["experiment"]), str(item["attack"]), str(item["row"]), str(item["metric"]),
+                                low, high, dose))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{path}: numbers[{i}] needs experiment, attack, row, metric and range [low, high] "
+                             f"({err})") from None
+        if not low <= high:
+            raise InputError(f"{path}: numbers[{i}] has range [{low}, {high}] with low > high")
+    return out
+
+
+def measured(store: ResultsStore, e: Expected) -> float | None:
+    """The run's value of ``e`` (the seed mean for a point), or ``None`` when it has none."""
+    if e.dose is None:
+        value = store.table(e.experiment).get((e.attack, e.row), {}).get(e.metric)
+    else:
+        values = [p.metrics[e.metric] for p in store.points(e.experiment)
+                  if p.attack == e.attack and p.condition == e.row and p.dose == e.dose and e.metric in p.metrics]
+        value = sum(values) / len(values) if values else None
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def check(store: ResultsStore, expected: list[Expected]) -> list[Finding]:
+    return [Finding(e, measured(store, e)) for e in expected]
+
+
+def expected_file(store: ResultsStore, presets: Path) -> Path | None:
+    """``presets/<name>.expected.yaml`` of the experiment in ``store`` (``None`` if there is none)."""
+    names = {e.split("/")[0] for e in store.experiments()}
+    found = [presets / f"{n}.expected.yaml" for n in sorted(names) if (presets / f"{n}.expected.yaml").is_file()]
+    return found[0] if len(found) == 1 else None
+
+
+def verdict_lines(findings: list[Finding]) -> list[str]:
+    """One line per number outside its range (or missing), then the count."""
+    lines = []
+    for f in findings:
+        if f.inside:
+            continue
+        e = f.expected
+        got = "missing from this run" if f.value is None else f"{f.value:.4g}"
+        lines.append(f"OFF  {e.label}: {got}, expected [{e.low:.4g}, {e.high:.4g}]")
+    off = sum(not f.inside for f in findings)
+    lines.append(f"{len(findings) - off} of {len(findings)} numbers inside their expected ranges"
+                 + (f"; {off} off" if off else ""))
+    return lines
+
+
+def range_table(findings: list[Finding]) -> list[list[str]]:
+    """The report's table: every checked number, its range and whether it is inside."""
+    rows = [["number", "this run", "expected range", ""]]
+    for f in findings:
+        e = f.expected
+        rows.append([e.label, "-" if f.value is None else f"{f.value:.4g}", f"[{e.low:.4g}, {e.high:.4g}]",
+                     "in" if f.inside else "**OFF**"])
+    return rows
+
+
+def as_dict(findings: list[Finding]) -> dict[str, Any]:
+    return {"inside": sum(f.inside for f in findings), "total": len(findings),
+            "off": [{"number": f.expected.label, "value": f.value, "range": [f.expected.low, f.expected.high]}
+                    for f in findings if not f.inside]}
+
+
+HEADLINE = {"": ("ca", "asr", "precision", "recall"), "/classifier": ("ca", "asr", "arr"),
+            "/ssl": ("clean_acc", "fp", "asr", "precision", "recall", "pl1"), "/detect": ("score",)}
+POINT_METRICS = ("hit@10", "min_rank")
+
+
+def headline(store: ResultsStore, name: str) -> dict[Expected, float]:
+    """The headline numbers of experiment ``name`` in ``store`` (ranges still empty): every row's
+    CA / ASR-like metrics of the grid and the sections, and Hit@10 / MinRank of every text point
+    (mean over its seeds)."""
+    out: dict[Expected, float] = {}
+    for suffix, metrics in HEADLINE.items():
+        for (attack, row), values in sorted(store.table(name + suffix).items()):
+            for metric in metrics:
+                if metric in values and not math.isnan(values[metric]):
+                    out[Expected(name + suffix, attack, row, metric, 0.0, 0.0)] = values[metric]
+    groups: dict[Expected, list[float]] = {}
+    for p in store.points(name + "/text"):
+        for metric in POINT_METRICS:
+            if metric in p.metrics:
+                groups.setdefault(Expected(name + "/text", p.attack, p.condition, metric, 0.0, 0.0, p.dose),
+                                  []).append(p.metrics[metric])
+    out.update({e: sum(v) / len(v) for e, v in groups.items()})
+    return out
+
+
+def envelope(runs: list[dict[Expected, float]], margin: float) -> list[Expected]:
+    """For every number all ``runs`` have: ``[min, max]`` over them, widened by ``margin`` (an
+    absolute margin for rates in [0, 1], clipped to [0, 1]; ``margin`` x the value, at least 1, for
+    counts and ranks)."""
+    out = []
+    for key in runs[0]:
+        values = [r[key] for r in runs if key in r]
+        if len(values) != len(runs):
+            continue
+        lo, hi = min(values), max(values)
+        if key.metric in ("fp", "min_rank") or hi > 1:
+            pad = max(1.0, margin * hi * 10)
+            lo, hi = max(0.0, lo - pad), hi + pad
+        else:
+            lo, hi = max(0.0, lo - margin), min(1.0, hi + margin)
+        out.append(Expected(key.experiment, key.attack, key.row, key.metric, round(lo, 4), round(hi, 4), key.dose))
+    return out
+
+
+def write_expected(path: str | Path, preset: str, numbers: list[Expected], runs: list[dict[str, str]],
+                   margin: float) -> None:
+    body = {"preset": preset,
+            "how": f"[min, max] of each number over the runs below, widened by {margin} (rates, clipped to "
+                   f"[0, 1]) or by {10 * margin:g} x the value, at least 1 (counts, ranks)",
+            "margin": margin, "runs": runs,
+            "numbers": [{"experiment": e.experiment, "attack": e.attack, "row": e.row, "metric": e.metric,
+                         **({"dose": e.dose} if e.dose is not None else {}), "range": [e.low, e.high]}
+                        for e in numbers]}
+    Path(path).write_text(yaml.safe_dump(body, sort_keys=False, width=120))

@@ -1,0 +1,108 @@
+"""Expected ranges: ``poisonlab report --check`` says which numbers of a run are off."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from poisonlab.bench.store import ResultsStore
+from poisonlab.cli.main import main
+from poisonlab.errors import InputError
+from poisonlab.report.check import check, expected_file, load_expected
+
+
+def _run(tmp_path, asr: float):
+    run = tmp_path / "run"
+    store = ResultsStore(run / "results.db")
+    store.put("demo", "badnet", "none", {"ca": 0.84, "asr": asr})
+    for seed, hit in ((0, 0.6), (1, 1.0)):
+        store.put_point("demo/text", "attack-2", "none", 300, seed, {"hit@10": hit})
+    store.close()
+    return run
+
+
+def _expected(tmp_path, asr_range):
+    path = tmp_path / "demo.expected.yaml"
+    path.write_text(yaml.safe_dump({"preset": "demo", "numbers": [
+        {"experiment": "demo", "attack": "badnet", "row": "none", "metric": "ca", "range": [0.8, 0.9]},
+        {"experiment": "demo", "attack": "badnet", "row": "none", "metric": "asr", "range": asr_range},
+        {"experiment": "demo/text", "attack": "attack-2", "row": "none", "dose": 300, "metric": "hit@10",
+         "range": [0.7, 0.9]},
+    ]}))
+    return path
+
+
+def test_an_out_of_range_number_exits_1_and_is_named(tmp_path, capsys):
+    run, exp = _run(tmp_path, asr=0.42), _expected(tmp_path, [0.9, 1.0])
+    assert main(["report", "--check", str(run), "--expected", str(exp)]) == 1
+    out = capsys.readouterr().out
+    assert "OFF  demo: badnet / none / asr: 0.42, expected [0.9, 1]" in out
+    assert "2 of 3 numbers inside their expected ranges; 1 off" in out
+
+
+def test_inside_every_range_exits_0(tmp_path, capsys):
+    run, exp = _run(tmp_path, asr=0.95), _expected(tmp_path, [0.9, 1.0])
+    assert main(["report", "--check", str(run), "--expected", str(exp), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["check"]
+    assert summary["inside"] == summary["total"] == 3 and summary["off"] == []
+
+
+def test_seed_mean_and_missing_numbers(tmp_path):
+    run = _run(tmp_path, asr=0.95)
+    store = ResultsStore(run / "results.db")
+    found = check(store, load_expected(_expected(tmp_path, [0.9, 1.0])))
+    assert found[2].value == pytest.approx(0.8)  # the mean of the two seeds' Hit@10
+    path = tmp_path / "more.yaml"
+    path.write_text(yaml.safe_dump({"numbers": [
+        {"experiment": "demo", "attack": "wanet", "row": "par", "metric": "asr", "range": [0, 0.1]}]}))
+    (missing,) = check(store, load_expected(path))
+    assert missing.value is None and not missing.inside
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    assert expected_file(store, presets) is None
+    (presets / "demo.expected.yaml").write_text("numbers: []\n")
+    assert expected_file(store, presets) == presets / "demo.expected.yaml"
+
+
+def test_bad_expected_files_and_runs(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"numbers": [{"experiment": "demo", "attack": "a", "row": "r", "metric": "m",
+                                                "range": [0.9, 0.1]}]}))
+    with pytest.raises(InputError, match="low > high"):
+        load_expected(bad)
+    bad.write_text("numbers: [{experiment: demo}]\n")
+    with pytest.raises(InputError, match=r"numbers\[0\] needs"):
+        load_expected(bad)
+    assert main(["report", "--check", str(tmp_path / "nothing")]) == 2
+    assert "no results.db" in capsys.readouterr().err
+
+
+def test_shipped_expected_ranges_parse():
+    from poisonlab.bench.spec import PRESETS
+
+    files = sorted(PRESETS.glob("*.expected.yaml"))
+    for path in files:
+        assert load_expected(path), path
+
+
+def test_ranges_from_two_runs_hold_both(tmp_path):
+    from poisonlab.report.check import envelope, headline, write_expected
+
+    stores = []
+    for i, asr in enumerate((0.91, 0.97)):
+        store = ResultsStore(tmp_path / f"r{i}" / "results.db")
+        store.put("demo", "badnet", "par", {"ca": 0.70 + i / 100, "asr": asr, "final_s_mean": 3.0})
+        store.put("demo/ssl", "poisoned", "probe", {"fp": 280 + 5 * i, "asr": 0.85})
+        store.put_point("demo/text", "attack-2", "none", 300, 0, {"hit@10": 0.5 + i / 10, "min_rank": 7.0})
+        stores.append(store)
+    numbers = envelope([headline(s, "demo") for s in stores], margin=0.02)
+    by_label = {e.label: (e.low, e.high) for e in numbers}
+    assert by_label["demo: badnet / par / asr"] == pytest.approx((0.89, 0.99))
+    assert by_label["demo/ssl: poisoned / probe / fp"] == pytest.approx((280 - 0.2 * 285, 285 + 0.2 * 285))
+    assert by_label["demo/text: attack-2 / none @ 300 / hit@10"] == pytest.approx((0.48, 0.62))
+    assert not any("final_s" in label for label in by_label)
+    write_expected(tmp_path / "e.yaml", "demo", numbers, [{"command": "x", "machine": "y"}], 0.02)
+    for store in stores:
+        assert all(f.inside for f in check(store, load_expected(tmp_path / "e.yaml")))
