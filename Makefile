@@ -25,8 +25,10 @@ $(WORDNET):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wordnet-base
 
+# Ends with the check of the headline numbers against presets/demo.expected.yaml (exit 1 if off).
 demo: $(STAMP) $(WORDNET)
 	$(BIN)/python -m poisonlab.demo --out demo-out
+	$(BIN)/python -m poisonlab report --check demo-out
 
 # The demo's grid from a well-trained clean model, cleaned 36 epochs at lr 2e-3; sections at their
 # calibrated budgets (docs/results/clip.md 4m).

@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--preset", required=True)
     p.add_argument("--run", nargs=3, action="append", required=True, metavar=("DIR", "COMMAND", "MACHINE"))
     p.add_argument("--margin", type=float, default=0.03)
+    p.add_argument("--min-runs", type=int, default=2, help="Keep numbers that at least this many runs have.")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     values, runs = [], []
@@ -29,7 +30,7 @@ def main() -> None:
         values.append(headline(store, a.preset))
         store.close()
         runs.append({"command": command, "machine": machine})
-    numbers = envelope(values, a.margin)
+    numbers = envelope(values, a.margin, a.min_runs)
     out = a.out or PRESETS / f"{a.preset}.expected.yaml"
     write_expected(out, a.preset, numbers, runs, a.margin)
     spread = sorted(((e.high - e.low, e.label) for e in numbers), reverse=True)[:5]

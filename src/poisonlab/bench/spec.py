@@ -183,7 +183,7 @@ def load_spec(path_or_preset: str | Path) -> ExperimentSpec:
     if not path.exists():
         path = PRESETS / f"{path_or_preset}.yaml"
     if not path.is_file():
-        presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml") if not p.stem.endswith(".expected")))
         raise InputError(f"no spec file {path_or_preset!r} (bundled presets: {presets})")
     try:
         return ExperimentSpec.model_validate(yaml.safe_load(path.read_text()))

@@ -159,14 +159,14 @@ def headline(store: ResultsStore, name: str) -> dict[Expected, float]:
     return out
 
 
-def envelope(runs: list[dict[Expected, float]], margin: float) -> list[Expected]:
-    """For every number all ``runs`` have: ``[min, max]`` over them, widened by ``margin`` (an
-    absolute margin for rates in [0, 1], clipped to [0, 1]; ``margin`` x the value, at least 1, for
-    counts and ranks)."""
+def envelope(runs: list[dict[Expected, float]], margin: float, min_runs: int = 2) -> list[Expected]:
+    """For every number at least ``min_runs`` of ``runs`` have: ``[min, max]`` over those, widened
+    by ``margin`` (absolute for rates in [0, 1], clipped to [0, 1]; 10 x ``margin`` x the value, at
+    least 1, for counts and ranks)."""
     out = []
-    for key in runs[0]:
+    for key in dict.fromkeys(k for r in runs for k in r):
         values = [r[key] for r in runs if key in r]
-        if len(values) != len(runs):
+        if len(values) < min(min_runs, len(runs)):
             continue
         lo, hi = min(values), max(values)
         if key.metric in ("fp", "min_rank") or hi > 1:
@@ -180,11 +180,14 @@ def envelope(runs: list[dict[Expected, float]], margin: float) -> list[Expected]
 
 def write_expected(path: str | Path, preset: str, numbers: list[Expected], runs: list[dict[str, str]],
                    margin: float) -> None:
-    body = {"preset": preset,
-            "how": f"[min, max] of each number over the runs below, widened by {margin} (rates, clipped to "
-                   f"[0, 1]) or by {10 * margin:g} x the value, at least 1 (counts, ranks)",
-            "margin": margin, "runs": runs,
-            "numbers": [{"experiment": e.experiment, "attack": e.attack, "row": e.row, "metric": e.metric,
-                         **({"dose": e.dose} if e.dose is not None else {}), "range": [e.low, e.high]}
-                        for e in numbers]}
-    Path(path).write_text(yaml.safe_dump(body, sort_keys=False, width=120))
+    """The expected-ranges file: a header (how, margin, runs) and one flow-style line per number."""
+    head = {"preset": preset,
+            "how": f"[min, max] of each number over the runs below that have it, widened by {margin} (rates, "
+                   f"clipped to [0, 1]) or by {10 * margin:g} x the value, at least 1 (counts, ranks)",
+            "margin": margin, "runs": runs}
+    lines = [yaml.safe_dump(head, sort_keys=False, width=100).rstrip(), "numbers:"]
+    for e in numbers:
+        item = {"experiment": e.experiment, "attack": e.attack, "row": e.row, "metric": e.metric,
+                **({"dose": e.dose} if e.dose is not None else {}), "range": [e.low, e.high]}
+        lines.append("  - " + yaml.safe_dump(item, default_flow_style=True, sort_keys=False, width=200).strip())
+    Path(path).write_text("\n".join(lines) + "\n")
