@@ -143,7 +143,7 @@ def test_kill_9_during_training_then_resume(tmp_path):
     from safetensors.torch import load_file
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "poisonlab", *BASE[:-2], "--batch-size", "16", "--steps", "60",
+    argv = [sys.executable, "-m", "poisonlab", *BASE[:-2], "--batch-size", "16", "--steps", "30",
             "--checkpoint-every", "3"]
     whole = subprocess.run([*argv, "--out", str(tmp_path / "whole")], env=env, capture_output=True)
     assert whole.returncode == 0, whole.stderr.decode()[-500:]
@@ -160,7 +160,7 @@ def test_kill_9_during_training_then_resume(tmp_path):
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [line for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(steps) == len(set(steps)) == 6
+    assert len(steps) == len(set(steps)) == 3  # logged every 10 steps, each once
 
 
 def test_resume_refuses_a_state_of_another_kind(tmp_path, capsys):
