@@ -171,3 +171,9 @@ def budget_options(family: str) -> Any:
         return wrapper
 
     return decorate
+
+
+def caught_line(report: dict[str, Any]) -> str:
+    """A filter's score against a known poison plan, as the filtering commands print it."""
+    return (f"poisons caught {report['caught']}/{report['poisoned']}: precision {report['precision']:.3f}, "
+            f"recall {report['recall']:.3f}")

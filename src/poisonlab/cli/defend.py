@@ -10,7 +10,14 @@ import click
 
 from poisonlab import defenses, triggers
 from poisonlab.cli.clip import model_options, open_model
-from poisonlab.cli.common import emit, load_data, method_help, parse_params, stream_options
+from poisonlab.cli.common import (
+    caught_line,
+    emit,
+    load_data,
+    method_help,
+    parse_params,
+    stream_options,
+)
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle
@@ -110,6 +117,5 @@ def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float 
     summary = {k: v for k, v in report.items() if k != "distances"} | {"kept": len(result.kept or [])}
     lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {report['removed']})"]
     if "recall" in report:
-        lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision {report['precision']:.3f}, "
-                     f"recall {report['recall']:.3f}, clean pairs lost {report['clean_lost']}")
+        lines.append(f"{caught_line(report)}, clean pairs lost {report['clean_lost']}")
     emit(summary, as_json, lines)

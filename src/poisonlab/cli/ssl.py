@@ -12,6 +12,7 @@ from poisonlab.cli.clip import model_options, train_group
 from poisonlab.cli.common import (
     at_model_size,
     budget_options,
+    caught_line,
     emit,
     load_data,
     method_help,
@@ -124,7 +125,6 @@ def clean_encoder_cmd(defense: str, model_path: str, dataset: str, n: int | None
     if result.kept is not None:
         lines.append(f"kept {len(result.kept)} of {len(data)} training images (removed {report['removed']})")
     if "recall" in report:
-        lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision "
-                     f"{report['precision']:.3f}, recall {report['recall']:.3f}")
+        lines.append(caught_line(report))
     write_json(out / "summary.json", report)
     emit(report, as_json, lines)
