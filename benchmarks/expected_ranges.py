@@ -13,7 +13,7 @@ from pathlib import Path
 
 from poisonlab.bench.spec import PRESETS
 from poisonlab.bench.store import ResultsStore
-from poisonlab.report.check import envelope, headline, write_expected
+from poisonlab.report.check import envelope, headline_seeds, write_expected
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     values, runs = [], []
     for folder, command, machine in a.run:
         store = ResultsStore(Path(folder) / "results.db")
-        values.append(headline(store, a.preset))
+        values.append(headline_seeds(store, a.preset))
         store.close()
         runs.append({"command": command, "machine": machine})
     numbers = envelope(values, a.margin, a.min_runs)

@@ -167,3 +167,54 @@ def test_section_jobs_are_claimed_once_and_stages_built_once(tmp_path):
     assert len(builds) == 1
     rows = [(s, c) for s, _, c in first.store.stages("tiny") if s == "x"]
     assert rows == [("x", True)], "the last record is the later run's cache hit"
+
+
+def test_training_seeds_keep_one_row_each_and_the_first_seed_keeps_its_stages(tmp_path):
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(TINY))
+    demo.run(str(tmp_path / "one.yaml"), tmp_path / "out", progress=False)
+    seeded = dict(TINY, poison={**TINY["poison"], "seeds": [3]})
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(seeded))
+    html = demo.run(str(tmp_path / "two.yaml"), tmp_path / "out", progress=False)
+    store = ResultsStore(tmp_path / "out" / "results.db")
+    stages = {stage: cached for stage, _, cached in store.stages("tiny")}
+    assert stages["poison:stripes"] and stages["clean:stripes:finetune"], "seed 0 reuses the unseeded run's stages"
+    assert not stages["poison:stripes:seed3"] and not stages["clean:stripes:finetune:seed3"]
+    rows = store.conn.execute("SELECT seed, value FROM results WHERE experiment = 'tiny' AND attack = 'stripes' "
+                              "AND defense = 'none' AND metric = 'asr' ORDER BY seed").fetchall()
+    assert [s for s, _ in rows] == [0, 3]
+    values = [v for _, v in rows]
+    spread = store.spread("tiny")[("stripes", "none")]["asr"]
+    mean = sum(values) / 2
+    assert spread.mean == pytest.approx(mean) and store.table("tiny")[("stripes", "none")]["asr"] == pytest.approx(mean)
+    assert spread.sd == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    runner = Runner(load_spec(tmp_path / "two.yaml"), tmp_path / "out", progress=False)
+    assert runner.plan(runner.spec.attacks[0], 0).plan.indices != runner.plan(runner.spec.attacks[0], 3).plan.indices
+    assert store.spread("tiny")[("stripes", "clean model")]["ca"].n == 1, "one clean model for every seed"
+    readme = (html.parent / "README.md").read_text()
+    assert "Seed spread of the grid" in readme and "Orderings of ASR over the seeds" in readme
+    assert f"{100 * spread.mean:.1f}±{100 * spread.sd:.1f}" in readme
+
+
+def test_only_runs_the_named_parts(tmp_path):
+    spec = dict(TINY, ssl=TINY_SSL)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grid"])
+    assert runner.parts == {"grid"} and runner.section_jobs() == []
+    with pytest.raises(InputError, match="unknown part 'grids'"):
+        Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grids"])
+    assert Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "o2", progress=False, only=["text"]).parts == set()
+
+
+def test_a_store_written_before_seeds_reads_as_seed_0(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "results.db")
+    old.execute("CREATE TABLE results (experiment TEXT NOT NULL, attack TEXT NOT NULL, defense TEXT NOT NULL, "
+                "metric TEXT NOT NULL, value REAL, PRIMARY KEY (experiment, attack, defense, metric))")
+    old.execute("INSERT INTO results VALUES ('demo', 'badnet', 'none', 'asr', 0.9)")
+    old.commit()
+    old.close()
+    store = ResultsStore(tmp_path / "results.db")
+    assert store.table("demo") == {("badnet", "none"): {"asr": 0.9}}
+    store.put("demo", "badnet", "none", {"asr": 0.5}, seed=1)
+    assert store.spread("demo")[("badnet", "none")]["asr"].values == (0.9, 0.5)

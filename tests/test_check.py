@@ -87,8 +87,8 @@ def test_shipped_expected_ranges_parse():
         assert load_expected(path), path
 
 
-def test_ranges_from_two_runs_hold_both(tmp_path):
-    from poisonlab.report.check import envelope, headline, write_expected
+def test_ranges_from_two_runs_and_their_seeds_hold_both(tmp_path):
+    from poisonlab.report.check import envelope, headline, headline_seeds, write_expected
 
     stores = []
     for i, asr in enumerate((0.91, 0.97)):
@@ -97,12 +97,32 @@ def test_ranges_from_two_runs_hold_both(tmp_path):
         store.put("demo/ssl", "poisoned", "probe", {"fp": 280 + 5 * i, "asr": 0.85})
         store.put_point("demo/text", "attack-2", "none", 300, 0, {"hit@10": 0.5 + i / 10, "min_rank": 7.0})
         stores.append(store)
-    numbers = envelope([headline(s, "demo") for s in stores], margin=0.02)
+    stores[1].put("demo", "badnet", "none", {"asr": 0.8}, seed=0)
+    stores[1].put("demo", "badnet", "none", {"asr": 0.9}, seed=1)  # one run with two seeds: both in the range
+    stores[0].put("demo", "badnet", "none", {"asr": 0.95})
+    assert headline(stores[1], "demo")[next(e for e in headline(stores[1], "demo") if e.row == "none")] == \
+        pytest.approx(0.85)
+    numbers = envelope([headline_seeds(s, "demo") for s in stores], margin=0.02)
     by_label = {e.label: (e.low, e.high) for e in numbers}
     assert by_label["demo: badnet / par / asr"] == pytest.approx((0.89, 0.99))
+    assert by_label["demo: badnet / none / asr"] == pytest.approx((0.78, 0.97))
     assert by_label["demo/ssl: poisoned / probe / fp"] == pytest.approx((280 - 0.2 * 285, 285 + 0.2 * 285))
     assert by_label["demo/text: attack-2 / none @ 300 / hit@10"] == pytest.approx((0.48, 0.62))
     assert not any("final_s" in label for label in by_label)
     write_expected(tmp_path / "e.yaml", "demo", numbers, [{"command": "x", "machine": "y"}], 0.02)
     for store in stores:
         assert all(f.inside for f in check(store, load_expected(tmp_path / "e.yaml")))
+
+
+def test_orderings_are_stated_only_where_the_seed_ranges_do_not_overlap():
+    from poisonlab.bench.store import Spread
+    from poisonlab.report.spread import ordering_rows, spread_rows
+
+    table = {("a", "par"): {"asr": Spread((0.02, 0.05, 0.04))}, ("a", "finetune"): {"asr": Spread((0.6, 0.75, 0.7))},
+             ("a", "cleanclip"): {"asr": Spread((0.5, 0.65, 0.03))}}
+    rows = {(r[1].split()[0], r[2].split()[0]): r[4] for r in ordering_rows(table, ["a"], ["finetune", "cleanclip", "par"])[1:]}
+    assert rows[("par", "finetune")] == "yes, on every seed"
+    assert rows[("cleanclip", "finetune")] == "overlap: no ordering"  # 0.65 > 0.6
+    assert rows[("par", "cleanclip")] == "overlap: no ordering"  # 0.03 < 0.05
+    stable = {r[0]: r[-1] for r in spread_rows(table, ("asr",))[1:]}
+    assert stable == {"a / cleanclip": "**unstable**", "a / finetune": "stable", "a / par": "stable"}

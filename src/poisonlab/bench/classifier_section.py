@@ -19,7 +19,7 @@ from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.cache import MODEL
 from poisonlab.bench.parallel import Job
-from poisonlab.bench.spec import AttackSpec, ClassifierSpec, RepairSpec
+from poisonlab.bench.spec import AttackSpec, ClassifierSpec, RepairSpec, seeded
 from poisonlab.detect.population import (
     PopulationConfig,
     evaluate_detectors,
@@ -41,32 +41,36 @@ class ClassifierSection:
         self.runner, self.spec = runner, spec
         self.name = f"{runner.spec.name}/classifier"
 
-    def train(self, attack: AttackSpec | None) -> Path:
+    def train(self, attack: AttackSpec | None, seed: int) -> Path:
+        """The clean (``attack`` None) or poisoned classifier trained with ``seed``."""
         c = self.spec
         label = attack.name if attack else "clean"
         inputs = {"stage": "classifier", "attack": attack.model_dump(exclude_none=True) if attack else None,
-                  **c.model_dump(exclude={"attacks", "repairs", "detect", "population"})}
+                  **c.budget(exclude={"attacks", "repairs", "detect", "population"}), "seed": seed}
 
         def build(tmp: Path) -> None:
             data = self.runner.data(self.runner.spec.dataset, c.n, c.data_seed)
             if attack is not None:
                 atk = attacks.create("label-flip", target=c.target, trigger=attack.trigger,
                                      trigger_params=attack.params, rate=attack.poison_rate(c.rate))
-                data = PoisonedDataset(data, atk(data, seed=c.seed))
+                data = PoisonedDataset(data, atk(data, seed=seed))
             model = create_classifier(c.model, len(data.classnames), self.runner.spec.image_size, data.classnames,
-                                      seed=c.seed)
-            config = c.train_config(weight_decay=RECIPES["classifier"]["weight_decay"])
+                                      seed=seed)
+            config = c.train_config(seed, weight_decay=RECIPES["classifier"]["weight_decay"])
             train_classifier(model, data, config, tmp, stage="classifier", progress=self.runner.progress)
 
-        return self.runner.cached(f"classifier:{label}", inputs, build)
+        return self.runner.cached(f"classifier:{label}{c.tag(seed)}", inputs, build)
 
     def trusted(self) -> Any:
         c = self.spec
         data = label_tensors(self.runner.data(self.runner.spec.dataset, c.n, c.trusted_seed))
         return data.subset(defenses.trusted_indices(len(data), c.trusted_share, c.trusted_seed))
 
-    def repair(self, attack: AttackSpec, repair: RepairSpec, suspect: Path) -> Path:
-        parent = self.runner.keys[f"classifier:{attack.name}"]
+    def repair(self, attack: AttackSpec, repair: RepairSpec, suspect: Path, seed: int) -> Path:
+        """The classifier poisoned with ``seed`` repaired on the trusted share (the repair's seed: ``seed``)."""
+        tag = self.spec.tag(seed)
+        parent = self.runner.keys[f"classifier:{attack.name}{tag}"]
+        repair = seeded(repair, seed) if tag else repair
         inputs = {"stage": "repair", "parent": parent, "repair": repair.model_dump(),
                   "share": self.spec.trusted_share, "seed": self.spec.trusted_seed}
         if self.spec.trace_every:
@@ -79,19 +83,19 @@ class ClassifierSection:
                 monitor_every=self.spec.trace_every)
             write_json(tmp / "report.json", result.report)
 
-        return self.runner.cached(f"repair:{attack.name}:{repair.name}", inputs, build)
+        return self.runner.cached(f"repair:{attack.name}:{repair.name}{tag}", inputs, build)
 
     def monitor(self, model: Any, attack: AttackSpec) -> Any:
         """Test CA / ASR / ARR of the model being repaired, for its trace (the defense never sees them)."""
         ev = ClassifierEvaluator(model, self.runner.test())
         return lambda clf: self.scores(ev.with_model(clf), attack)
 
-    def put_trace(self, attack: str, repair: str, path: Path) -> None:
-        """Each traced point as a point (attack, repair, step) of ``<experiment>/repair-trace``."""
+    def put_trace(self, attack: str, repair: str, path: Path, seed: int) -> None:
+        """Each traced point as a point (attack, repair, step, seed) of ``<experiment>/repair-trace``."""
         for point in json.loads((path / "report.json").read_text()).get("trace", []):
             metrics = {k: v for k, v in point.items() if k != "step"}
             self.runner.store.put_point(f"{self.runner.spec.name}/repair-trace", attack, repair, point["step"],
-                                        self.spec.seed, metrics)
+                                        seed, metrics)
 
     def evaluate(self, path: Path, attack: AttackSpec) -> dict[str, float]:
         return self.scores(ClassifierEvaluator(load_classifier(path / MODEL), self.runner.test()), attack)
@@ -101,9 +105,10 @@ class ClassifierSection:
         return {"ca": ev.clean_accuracy(), **ev.backdoor(triggers.create(attack.trigger, **attack.params),
                                                          self.spec.target)}
 
-    def detect(self, label: str, path: Path) -> None:
-        """Score one of the section's classifiers with every ``detect`` detector (cached)."""
-        inputs = {"stage": "detect", "parent": self.runner.keys[f"classifier:{label}"], "detect": self.spec.detect,
+    def detect(self, label: str, path: Path, seed: int) -> None:
+        """Score one of the section's classifiers (trained with ``seed``) with every ``detect`` detector (cached)."""
+        tag = self.spec.tag(seed)
+        inputs = {"stage": "detect", "parent": self.runner.keys[f"classifier:{label}{tag}"], "detect": self.spec.detect,
                   "share": self.spec.trusted_share, "seed": self.spec.trusted_seed}
 
         def build(tmp: Path) -> None:
@@ -112,10 +117,10 @@ class ClassifierSection:
                 found[name] = score_checkpoint(detect.create(name, **params), path / MODEL, trusted).to_dict()
             write_json(tmp / "detect.json", found)
 
-        out = self.runner.cached(f"detect:{label}", inputs, build)
+        out = self.runner.cached(f"detect:{label}{tag}", inputs, build)
         for name, d in json.loads((out / "detect.json").read_text()).items():
             self.runner.store.put(f"{self.runner.spec.name}/detect", name, label,
-                                  {"score": d["score"], "threshold": d["threshold"], "backdoored": d["backdoored"]})
+                                  {"score": d["score"], "threshold": d["threshold"], "backdoored": d["backdoored"]}, seed)
 
     def population(self) -> dict[str, Any] | None:
         p = self.spec.population
@@ -141,28 +146,30 @@ class ClassifierSection:
         return result
 
     def jobs(self) -> list[Job]:
-        """Independent jobs: the clean classifier, each attack's chain, the detection population."""
-        jobs: list[Job] = [("classifier:clean", self.run_clean)]
-        jobs += [(f"classifier:{a.name}", functools.partial(self.run_attack, a)) for a in self.spec.attacks]
+        """Independent jobs: the clean classifier and each attack's chain for every seed, the detection population."""
+        c = self.spec
+        jobs: list[Job] = [(f"classifier:clean{c.tag(s)}", functools.partial(self.run_clean, s)) for s in c.all_seeds()]
+        jobs += [(f"classifier:{a.name}{c.tag(s)}", functools.partial(self.run_attack, a, s))
+                 for a in c.attacks for s in c.all_seeds()]
         if self.spec.population is not None:
             jobs.append(("population", self.population))
         return jobs
 
-    def run_clean(self) -> None:
-        """The clean classifier: its CA / ASR under each attack's trigger, and each detector's score."""
-        clean = self.train(None)
+    def run_clean(self, seed: int) -> None:
+        """The clean classifier of ``seed``: its CA / ASR under each attack's trigger, each detector's score."""
+        clean = self.train(None, seed)
         for attack in self.spec.attacks:
-            self.runner.store.put(self.name, attack.name, "clean model", self.evaluate(clean, attack))
+            self.runner.store.put(self.name, attack.name, "clean model", self.evaluate(clean, attack), seed)
         if self.spec.detect:
-            self.detect("clean", clean)
+            self.detect("clean", clean, seed)
 
-    def run_attack(self, attack: AttackSpec) -> None:
-        """One attack: the poisoned classifier, each repair of it, each detector's score."""
-        suspect = self.train(attack)
-        self.runner.store.put(self.name, attack.name, "none", self.evaluate(suspect, attack))
+    def run_attack(self, attack: AttackSpec, seed: int) -> None:
+        """One attack with one seed: the poisoned classifier, each repair of it, each detector's score."""
+        suspect = self.train(attack, seed)
+        self.runner.store.put(self.name, attack.name, "none", self.evaluate(suspect, attack), seed)
         for repair in self.spec.repairs:
-            path = self.repair(attack, repair, suspect)
-            self.runner.store.put(self.name, attack.name, repair.name, self.evaluate(path, attack))
-            self.put_trace(attack.name, repair.name, path)
+            path = self.repair(attack, repair, suspect, seed)
+            self.runner.store.put(self.name, attack.name, repair.name, self.evaluate(path, attack), seed)
+            self.put_trace(attack.name, repair.name, path, seed)
         if self.spec.detect:
-            self.detect(attack.name, suspect)
+            self.detect(attack.name, suspect, seed)

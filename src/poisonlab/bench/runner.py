@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +24,31 @@ from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.cache import MODEL, StageCache
 from poisonlab.bench.parallel import Job, sections_beside
-from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec
+from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec, seeded
 from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
+from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
 from poisonlab.train import train_clip
 from poisonlab.utils.io import claim, write_json
+from poisonlab.utils.machine import describe
 
 log = logging.getLogger(__name__)
+PARTS = ("grid", "classifier", "ssl", "text")  # what a spec can hold; ``--only`` picks among them
 
 
 class Runner:
     """Executes an :class:`ExperimentSpec` into ``out_dir`` (cache, results.db)."""
 
     def __init__(self, spec: ExperimentSpec, out_dir: str | Path, progress: bool = True,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, only: Collection[str] | None = None) -> None:
+        """``only``: run just these parts of the spec (of :data:`PARTS`; default every part it has)."""
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
+        unknown = sorted(set(only or ()) - set(PARTS))
+        if unknown:
+            raise InputError(f"unknown part {unknown[0]!r} (parts: {', '.join(PARTS)})")
+        self.parts = frozenset(p for p in PARTS if (only is None or p in only) and self.has(p))
         self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
         self.store = ResultsStore(self.out / "results.db")
         self.cache = StageCache(self.out, spec.name, self.run_id, self.store)
@@ -63,17 +71,18 @@ class Runner:
     def test(self) -> Any:
         return self.data(self.spec.dataset, self.spec.test.n, self.spec.test.data_seed, "test")
 
-    def plan(self, attack: AttackSpec) -> PoisonedDataset:
+    def plan(self, attack: AttackSpec, seed: int | None = None) -> PoisonedDataset:
+        """The attack's poisoned fine-tuning set; ``seed`` (default ``poison.seed``) picks the poisoned pairs."""
         p = self.spec.poison
         base = self.data(self.spec.dataset, p.n, p.data_seed)
         atk = attacks.create("clip-dirty", target=p.target, trigger=attack.trigger, trigger_params=attack.params,
                              rate=attack.poison_rate(p.rate))
-        return PoisonedDataset(base, atk(base, seed=p.seed))
+        return PoisonedDataset(base, atk(base, seed=p.seed if seed is None else seed))
 
     # -- stages ----------------------------------------------------------------------------
     def pretrain(self) -> Path:
         p = self.spec.pretrain
-        inputs = {"stage": "pretrain", "dataset": self.spec.dataset, "size": self.spec.image_size, **p.model_dump()}
+        inputs = {"stage": "pretrain", "dataset": self.spec.dataset, "size": self.spec.image_size, **p.budget()}
 
         def build(tmp: Path) -> None:
             bundle = create_clip(p.model, seed=p.seed)
@@ -82,21 +91,28 @@ class Runner:
 
         return self.cached("pretrain", inputs, build)
 
-    def poison(self, attack: AttackSpec, clean: Path) -> Path:
+    def poison(self, attack: AttackSpec, clean: Path, seed: int | None = None) -> Path:
+        """The attack's poisoned fine-tune of the clean model with training seed ``seed`` (default ``poison.seed``)."""
         p = self.spec.poison
+        seed = p.seed if seed is None else seed
         inputs = {"stage": "poison", "parent": self.keys["pretrain"], "attack": attack.model_dump(exclude_none=True),
-                  **p.model_dump()}
+                  **p.budget(), "seed": seed}
 
         def build(tmp: Path) -> None:
-            data = self.plan(attack)
+            data = self.plan(attack, seed)
             data.plan.save(tmp / "plan.json")
-            config = p.train_config()
+            config = p.train_config(seed)
             train_clip(load_clip(clean / MODEL), data, config, tmp, stage="poison", progress=self.progress)
 
-        return self.cached(f"poison:{attack.name}", inputs, build)
+        return self.cached(f"poison:{attack.name}{p.tag(seed)}", inputs, build)
 
-    def clean(self, attack: AttackSpec, defense: DefenseSpec, poisoned: Path) -> Path:
-        return self.cleaned(f"clean:{attack.name}:{defense.name}", self.keys[f"poison:{attack.name}"], defense, poisoned)
+    def clean(self, attack: AttackSpec, defense: DefenseSpec, poisoned: Path, seed: int | None = None) -> Path:
+        """``poisoned`` (the attack's fine-tune with ``seed``) cleaned by ``defense`` with the same seed."""
+        p = self.spec.poison
+        seed = p.seed if seed is None else seed
+        tag = p.tag(seed)
+        return self.cleaned(f"clean:{attack.name}:{defense.name}{tag}", self.keys[f"poison:{attack.name}{tag}"],
+                            seeded(defense, seed) if tag else defense, poisoned)
 
     def cleaned(self, stage: str, parent: str, defense: DefenseSpec, poisoned: Path) -> Path:
         """``poisoned`` (the output of the stage whose key is ``parent``) cleaned by ``defense`` on
@@ -112,10 +128,10 @@ class Runner:
 
         return self.cached(stage, inputs, build)
 
-    def audit(self, attack: AttackSpec, clean: Path) -> dict[str, Any]:
-        """Pair filtering of the poisoned fine-tuning set with the clean pre-trained model."""
+    def audit(self, attack: AttackSpec, clean: Path, seed: int | None = None) -> dict[str, Any]:
+        """Pair filtering of the poisoned fine-tuning set (of ``seed``) with the clean pre-trained model."""
         report = defenses.create("filter", threshold=None, drop_fraction=attack.poison_rate(self.spec.poison.rate) * 2).run(
-            load_clip(clean / MODEL), self.plan(attack)).report
+            load_clip(clean / MODEL), self.plan(attack, seed)).report
         return {k: report[k] for k in ("precision", "recall", "removed", "caught", "clean_lost")}
 
     # -- evaluation ------------------------------------------------------------------------
@@ -133,33 +149,43 @@ class Runner:
         name = self.spec.name
         clean = self.pretrain()
         for attack, metrics in self.evaluate(load_clip(clean / MODEL), self.spec.attacks).items():
-            self.store.put(name, attack, "clean model", metrics)
+            self.store.put(name, attack, "clean model", metrics, self.spec.poison.seed)
         for attack in self.spec.attacks:
-            poisoned = self.poison(attack, clean)
-            self.store.put(name, attack.name, "none", self.evaluate(load_clip(poisoned / MODEL), [attack])[attack.name])
-            self.store.put(name, attack.name, "filter (audit)", self.audit(attack, clean))
-            for defense in self.spec.defenses:
-                cleaned = self.clean(attack, defense, poisoned)
-                metrics = self.evaluate(load_clip(cleaned / MODEL), [attack])[attack.name]
-                report = json.loads((cleaned / "report.json").read_text())
-                metrics.update({k: v for k, v in report.items() if k.startswith("final_s_")})
-                self.store.put(name, attack.name, defense.name, metrics)
+            for seed in self.spec.poison.all_seeds():
+                self.run_cell(attack, clean, seed)
+
+    def run_cell(self, attack: AttackSpec, clean: Path, seed: int) -> None:
+        """One attack with one training seed: its poisoned model, the audit, every defense of it."""
+        name = self.spec.name
+        poisoned = self.poison(attack, clean, seed)
+        self.store.put(name, attack.name, "none", self.evaluate(load_clip(poisoned / MODEL), [attack])[attack.name], seed)
+        self.store.put(name, attack.name, "filter (audit)", self.audit(attack, clean, seed), seed)
+        for defense in self.spec.defenses:
+            cleaned = self.clean(attack, defense, poisoned, seed)
+            metrics = self.evaluate(load_clip(cleaned / MODEL), [attack])[attack.name]
+            report = json.loads((cleaned / "report.json").read_text())
+            metrics.update({k: v for k, v in report.items() if k.startswith("final_s_")})
+            self.store.put(name, attack.name, defense.name, metrics, seed)
+
+    def has(self, part: str) -> bool:
+        """Whether the spec holds ``part`` (the grid: any attack; a section: its block)."""
+        return bool(self.spec.attacks) if part == "grid" else getattr(self.spec, part) is not None
 
     def has_sections(self) -> bool:
-        return any(s is not None for s in (self.spec.classifier, self.spec.ssl, self.spec.text))
+        return bool(self.parts - {"grid"})
 
     def section_jobs(self) -> list[Job]:
         """The SSL, text and classifier sections as independent jobs, the longest chain (SSL) first."""
         jobs: list[Job] = []
-        if self.spec.ssl is not None:
+        if "ssl" in self.parts:
             from poisonlab.bench.ssl_section import SslSection
 
             jobs += SslSection(self, self.spec.ssl).jobs()
-        if self.spec.text is not None:
+        if "text" in self.parts:
             from poisonlab.bench.text_section import TextSection
 
             jobs += TextSection(self, self.spec.text).jobs()
-        if self.spec.classifier is not None:
+        if "classifier" in self.parts:
             from poisonlab.bench.classifier_section import ClassifierSection
 
             jobs += ClassifierSection(self, self.spec.classifier).jobs()
@@ -186,20 +212,25 @@ class Runner:
         threads (:mod:`poisonlab.bench.parallel`); ignored with one thread.
         """
         self.processes = 2 if parallel and self.has_sections() and torch.get_num_threads() >= 2 else 1
+        threads = torch.get_num_threads() // self.processes
+        self.store.put_document(self.spec.name, "machine", describe(self.processes, threads))
         if self.processes == 2:
             try:
                 with sections_beside(functools.partial(shared_sections, self.spec.model_dump_json(), str(self.out),
-                                                       self.run_id)):
-                    self.run_grid()
+                                                       self.run_id, sorted(self.parts))):
+                    if "grid" in self.parts:
+                        self.run_grid()
                     self.run_sections(shared=True, reverse=True)
             finally:
                 shutil.rmtree(self.out / ".claims" / self.run_id, ignore_errors=True)
         else:
-            self.run_grid()
+            if "grid" in self.parts:
+                self.run_grid()
             self.run_sections()
         return self.store.table(self.spec.name)
 
 
-def shared_sections(spec_json: str, out: str, run_id: str) -> None:
+def shared_sections(spec_json: str, out: str, run_id: str, parts: list[str]) -> None:
     """The second process of a parallel run: the section jobs nobody has claimed yet."""
-    Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False, run_id=run_id).run_sections(shared=True)
+    Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False, run_id=run_id,
+           only=parts).run_sections(shared=True)

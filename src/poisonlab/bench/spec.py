@@ -19,7 +19,12 @@ class Strict(BaseModel):
 
 
 class TrainSpec(Strict):
-    """A training budget on generated data."""
+    """A training budget on generated data.
+
+    ``seed`` is the training seed (initialisation, order, which items an attack poisons);
+    ``seeds`` are more training seeds: each stage that trains with this budget is also run with
+    each of them, and the store keeps one row per seed (the report shows mean, sd and range).
+    """
 
     n: int = Field(gt=0)
     data_seed: int = 0
@@ -28,6 +33,19 @@ class TrainSpec(Strict):
     batch_size: int = Field(default=128, gt=0)
     warmup: int = 0
     seed: int = 0
+    seeds: list[int] = Field(default_factory=list)
+
+    def all_seeds(self) -> list[int]:
+        """``seed`` first, then each other seed of ``seeds`` once."""
+        return list(dict.fromkeys([self.seed, *self.seeds]))
+
+    def tag(self, seed: int) -> str:
+        """The stage-name suffix of a training seed (none for ``seed``, so its stages keep their names)."""
+        return "" if seed == self.seed else f":seed{seed}"
+
+    def budget(self, **dump: Any) -> dict[str, Any]:
+        """The fields that make a stage's cache key (``seeds`` is not one: each seed is its own stage)."""
+        return self.model_dump(exclude={"seeds", *dump.pop("exclude", ())}, **dump)
 
     def train_config(self, seed: int | None = None, **more: Any) -> TrainConfig:
         """The loop's config for this budget (``seed``: another training seed; ``more``: other fields)."""
@@ -36,7 +54,10 @@ class TrainSpec(Strict):
 
 
 class PretrainSpec(TrainSpec):
+    """The grid's clean model: one model (its cells take their seeds from ``poison.seeds``)."""
+
     model: str = "poisonlab-tiny-rn"
+    seeds: list[int] = Field(default_factory=list, max_length=0)
 
 
 class PoisonSpec(TrainSpec):
@@ -153,7 +174,6 @@ class TextSpec(TrainSpec):
 
     attacks: list[TextAttackSpec]
     counts: list[NonNegativeInt] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=list)
     seed_counts: list[int] = Field(default_factory=list)
     defend_count: NonNegativeInt | None = None
     filter_fraction: float = Field(default=0.1, gt=0, lt=1)
@@ -175,6 +195,35 @@ class ExperimentSpec(Strict):
     classifier: ClassifierSpec | None = None
     ssl: SslSpec | None = None
     text: TextSpec | None = None
+
+
+def with_seeds(spec: ExperimentSpec, seeds: list[int]) -> ExperimentSpec:
+    """``spec`` with ``seeds`` added to the training seeds of the grid's poisoned fine-tunes and of
+    every section (a text section without ``seed_counts`` seeds every dose)."""
+    if not seeds:
+        return spec
+
+    def more(budget: Any) -> Any:
+        return budget.model_copy(update={"seeds": list(dict.fromkeys([*budget.seeds, *seeds]))})
+
+    update: dict[str, Any] = {"poison": more(spec.poison)}
+    for part in ("classifier", "ssl"):
+        if getattr(spec, part) is not None:
+            update[part] = more(getattr(spec, part))
+    if spec.text is not None:
+        text = more(spec.text)
+        update["text"] = text if text.seed_counts else text.model_copy(update={"seed_counts": list(text.counts)})
+    return spec.model_copy(update=update)
+
+
+def seeded(method: DefenseSpec | RepairSpec, seed: int) -> Any:
+    """A defense or repair spec run with training seed ``seed`` (unless its params fix a seed)."""
+    return method if "seed" in method.params else method.model_copy(update={"params": {**method.params, "seed": seed}})
+
+
+def seeded_params(params: dict[str, Any], seed: int, base: int) -> dict[str, Any]:
+    """A method's params for training seed ``seed``: unchanged for the base seed or a fixed seed."""
+    return params if seed == base or "seed" in params else {**params, "seed": seed}
 
 
 def load_spec(path_or_preset: str | Path) -> ExperimentSpec:

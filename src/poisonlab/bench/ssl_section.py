@@ -9,6 +9,7 @@ the store under ``<experiment>/ssl``.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset, class_index
 from poisonlab.bench.cache import MODEL
 from poisonlab.bench.parallel import Job
-from poisonlab.bench.spec import SslSpec
+from poisonlab.bench.spec import SslSpec, seeded_params
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.checkpoint import load_classifier
 from poisonlab.models.classifier import create_encoder
@@ -35,57 +36,61 @@ class SslSection:
         """The SSL dataset's test split (``test_n`` items of generated data; all of a fixed set)."""
         return self.runner.data(self.spec.dataset, self.spec.test_n, self.runner.spec.test.data_seed, "test")
 
-    def base_inputs(self) -> dict[str, Any]:
-        return self.spec.model_dump(exclude={"distill", "distill_n", "patchsearch", "decree", "probe_share",
-                                             "probe_seed", "test_n"})
+    def base_inputs(self, seed: int) -> dict[str, Any]:
+        return {**self.spec.budget(exclude={"distill", "distill_n", "patchsearch", "decree", "probe_share",
+                                            "probe_seed", "test_n"}), "seed": seed}
 
-    def poisoned_data(self) -> PoisonedDataset:
+    def poisoned_data(self, seed: int) -> PoisonedDataset:
         s = self.spec
         data = self.runner.data(s.dataset, s.n, s.data_seed)
         atk = attacks.create("ssl-patch", target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
-        return PoisonedDataset(data, atk(data, seed=s.seed))
+        return PoisonedDataset(data, atk(data, seed=seed))
 
-    def _train(self, data: Any, tmp: Path) -> None:
+    def _train(self, data: Any, tmp: Path, seed: int) -> None:
         s = self.spec
-        config = s.train_config(weight_decay=1e-4)
-        train_ssl(create_encoder(s.model, self.runner.spec.image_size, seed=s.seed), data, config, s.method, tmp,
+        config = s.train_config(seed, weight_decay=1e-4)
+        train_ssl(create_encoder(s.model, self.runner.spec.image_size, seed=seed), data, config, s.method, tmp,
                   progress=self.runner.progress, min_scale=s.min_scale)
 
-    def encoder(self, label: str) -> Path:
+    def encoder(self, label: str, seed: int) -> Path:
+        """The clean or the poisoned encoder trained with ``seed``."""
         s = self.spec
-        inputs = {"stage": "ssl", "label": label, **self.base_inputs()}
+        inputs = {"stage": "ssl", "label": label, **self.base_inputs(seed)}
 
         def build(tmp: Path) -> None:
             data = self.runner.data(s.dataset, s.n, s.data_seed)
-            self._train(self.poisoned_data() if label == "poisoned" else data, tmp)
+            self._train(self.poisoned_data(seed) if label == "poisoned" else data, tmp, seed)
 
-        return self.runner.cached(f"ssl:{label}", inputs, build)
+        return self.runner.cached(f"ssl:{label}{s.tag(seed)}", inputs, build)
 
-    def distill(self, poisoned: Path) -> Path:
+    def distill(self, poisoned: Path, seed: int) -> Path:
         s = self.spec
-        inputs = {"stage": "distill", "parent": self.runner.keys["ssl:poisoned"], "params": s.distill, "n": s.distill_n}
+        tag, params = s.tag(seed), seeded_params(s.distill, seed, s.seed)
+        inputs = {"stage": "distill", "parent": self.runner.keys[f"ssl:poisoned{tag}"], "params": params,
+                  "n": s.distill_n}
 
         def build(tmp: Path) -> None:
             # the defender's clean subset: clean copies of the first distill_n training images
             clean = label_tensors(self.runner.data(s.dataset, s.distill_n, s.data_seed))
-            result = defenses.Distill(**s.distill).run(load_classifier(poisoned / MODEL), clean, out=tmp)
+            result = defenses.Distill(**params).run(load_classifier(poisoned / MODEL), clean, out=tmp)
             write_json(tmp / "report.json", result.report)
 
-        return self.runner.cached("ssl:distill", inputs, build)
+        return self.runner.cached(f"ssl:distill{tag}", inputs, build)
 
-    def patchsearch(self, poisoned: Path) -> Path:
+    def patchsearch(self, poisoned: Path, seed: int) -> Path:
         s = self.spec
-        inputs = {"stage": "patchsearch", "parent": self.runner.keys["ssl:poisoned"], "params": s.patchsearch}
+        tag, params = s.tag(seed), seeded_params(s.patchsearch, seed, s.seed)
+        inputs = {"stage": "patchsearch", "parent": self.runner.keys[f"ssl:poisoned{tag}"], "params": params}
 
         def build(tmp: Path) -> None:
-            data = self.poisoned_data()
+            data = self.poisoned_data(seed)
             images = label_tensors(data)
-            found = defenses.PatchSearch(**s.patchsearch).run(load_classifier(poisoned / MODEL), images,
-                                                              poisoned=set(data.plan.indices))
-            self._train(images.subset(found.kept), tmp)
+            found = defenses.PatchSearch(**params).run(load_classifier(poisoned / MODEL), images,
+                                                       poisoned=set(data.plan.indices))
+            self._train(images.subset(found.kept), tmp, seed)
             write_json(tmp / "report.json", {**found.report, "kept": found.kept})
 
-        return self.runner.cached("ssl:patchsearch", inputs, build)
+        return self.runner.cached(f"ssl:patchsearch{tag}", inputs, build)
 
     def probe(self, path: Path) -> dict[str, float]:
         s = self.spec
@@ -104,22 +109,27 @@ class SslSection:
         return {"pl1": det.score, "similarity": det.details["similarity"], "backdoored": float(det.verdict)}
 
     def jobs(self) -> list[Job]:
-        """Independent jobs: the poisoned encoder with its defenses (the longer), the clean encoder."""
-        return [("ssl:poisoned", self.run_poisoned), ("ssl:clean", self.run_clean)]
+        """Independent jobs per seed: the poisoned encoder with its defenses (the longer), the clean encoder."""
+        s = self.spec
+        return [job for seed in s.all_seeds()
+                for job in ((f"ssl:poisoned{s.tag(seed)}", functools.partial(self.run_poisoned, seed)),
+                            (f"ssl:clean{s.tag(seed)}", functools.partial(self.run_clean, seed)))]
 
-    def run_clean(self) -> None:
+    def run_clean(self, seed: int) -> None:
         class_index(self.test(), self.spec.target)  # bad input stops the job before any training
-        clean = self.encoder("clean")
-        self.runner.store.put(self.name, "clean", "probe", self.probe(clean))
-        self.runner.store.put(self.name, "clean", "decree", self.decree(clean))
+        clean = self.encoder("clean", seed)
+        self.runner.store.put(self.name, "clean", "probe", self.probe(clean), seed)
+        self.runner.store.put(self.name, "clean", "decree", self.decree(clean), seed)
 
-    def run_poisoned(self) -> None:
-        """The poisoned encoder, its distilled student and its PatchSearch retrain: probes, filter, DECREE."""
-        poisoned = self.encoder("poisoned")
-        encoders = {"poisoned": poisoned, "distill": self.distill(poisoned), "patchsearch": self.patchsearch(poisoned)}
+    def run_poisoned(self, seed: int) -> None:
+        """The poisoned encoder of ``seed``, its distilled student and its PatchSearch retrain: probes,
+        filter, DECREE."""
+        poisoned = self.encoder("poisoned", seed)
+        encoders = {"poisoned": poisoned, "distill": self.distill(poisoned, seed),
+                    "patchsearch": self.patchsearch(poisoned, seed)}
         for label, path in encoders.items():
-            self.runner.store.put(self.name, label, "probe", self.probe(path))
+            self.runner.store.put(self.name, label, "probe", self.probe(path), seed)
         rep = json.loads((encoders["patchsearch"] / "report.json").read_text())
         self.runner.store.put(self.name, "patchsearch", "filter",
-                              {k: rep[k] for k in ("precision", "recall", "removed", "caught", "poisoned")})
-        self.runner.store.put(self.name, "poisoned", "decree", self.decree(poisoned))
+                              {k: rep[k] for k in ("precision", "recall", "removed", "caught", "poisoned")}, seed)
+        self.runner.store.put(self.name, "poisoned", "decree", self.decree(poisoned), seed)

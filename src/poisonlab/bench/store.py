@@ -2,7 +2,8 @@
 
 Every row says what it is; nothing is packed into names and parsed back:
 
-- ``results``: one row per (experiment, attack, defense, metric): a final model's numbers.
+- ``results``: one row per (experiment, attack, defense, seed, metric): a final model's numbers,
+  one row per training seed of the cell.
 - ``points``: measurements along an axis, one row per (experiment, attack, condition, dose, seed,
   metric): a dose-response series over training seeds (dose = poisoned pairs), or a repair's
   path (dose = tuning steps).
@@ -14,14 +15,16 @@ Every row says what it is; nothing is packed into names and parsed back:
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
+from statistics import fmean, stdev
 from typing import Any, NamedTuple
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
-    experiment TEXT NOT NULL, attack TEXT NOT NULL, defense TEXT NOT NULL,
-    metric TEXT NOT NULL, value REAL, PRIMARY KEY (experiment, attack, defense, metric));
+    experiment TEXT NOT NULL, attack TEXT NOT NULL, defense TEXT NOT NULL, seed INTEGER NOT NULL,
+    metric TEXT NOT NULL, value REAL, PRIMARY KEY (experiment, attack, defense, seed, metric));
 CREATE TABLE IF NOT EXISTS stages (
     experiment TEXT NOT NULL, stage TEXT NOT NULL, key TEXT NOT NULL, seconds REAL, cached INTEGER,
     PRIMARY KEY (experiment, stage));
@@ -45,6 +48,44 @@ class Point(NamedTuple):
     metrics: dict[str, float]
 
 
+class Spread(NamedTuple):
+    """One number of a cell over its training seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return fmean(self.values)
+
+    @property
+    def sd(self) -> float:
+        """Sample standard deviation (0 for one seed)."""
+        return stdev(self.values) if self.n > 1 else 0.0
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A results table written before rows had seeds: its rows become seed-0 rows."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(results)")]
+    if columns and "seed" not in columns:
+        with conn:
+            conn.execute("ALTER TABLE results RENAME TO results_unseeded")
+            conn.executescript(SCHEMA)
+            conn.execute("INSERT INTO results SELECT experiment, attack, defense, 0, metric, value FROM results_unseeded")
+            conn.execute("DROP TABLE results_unseeded")
+
+
 class ResultsStore:
     """Thin wrapper over ``sqlite3``; every write is its own committed transaction.
 
@@ -55,13 +96,15 @@ class ResultsStore:
     def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), timeout=timeout)
+        _migrate(self.conn)
         self.conn.executescript(SCHEMA)
 
-    def put(self, experiment: str, attack: str, defense: str, metrics: dict[str, float]) -> None:
+    def put(self, experiment: str, attack: str, defense: str, metrics: dict[str, float], seed: int = 0) -> None:
+        """One cell's numbers for one training seed."""
         with self.conn:
             self.conn.executemany(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
-                [(experiment, attack, defense, k, float(v)) for k, v in metrics.items()],
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                [(experiment, attack, defense, int(seed), k, float(v)) for k, v in metrics.items()],
             )
 
     def stage(self, experiment: str, stage: str, key: str, seconds: float | None, cached: bool) -> None:
@@ -98,12 +141,18 @@ class ResultsStore:
         return json.loads(row[0]) if row else None
 
     def table(self, experiment: str) -> dict[tuple[str, str], dict[str, float]]:
-        rows = self.conn.execute("SELECT attack, defense, metric, value FROM results WHERE experiment = ?",
-                                 (experiment,))
-        out: dict[tuple[str, str], dict[str, float]] = {}
+        """Each cell's numbers: the mean over its seeds (the value itself for one seed)."""
+        return {cell: {m: None if math.isnan(s.mean) else s.mean for m, s in metrics.items()}  # type: ignore[misc]
+                for cell, metrics in self.spread(experiment).items()}
+
+    def spread(self, experiment: str) -> dict[tuple[str, str], dict[str, Spread]]:
+        """Each cell's numbers over its training seeds (ordered by seed)."""
+        rows = self.conn.execute("SELECT attack, defense, metric, value FROM results WHERE experiment = ? "
+                                 "ORDER BY attack, defense, metric, seed", (experiment,))
+        values: dict[tuple[str, str], dict[str, list[float]]] = {}
         for attack, defense, metric, value in rows:
-            out.setdefault((attack, defense), {})[metric] = value
-        return out
+            values.setdefault((attack, defense), {}).setdefault(metric, []).append(math.nan if value is None else value)
+        return {cell: {m: Spread(tuple(v)) for m, v in metrics.items()} for cell, metrics in values.items()}
 
     def experiments(self) -> list[str]:
         """The experiments with any row, sorted (a spec's sections are ``NAME/section``)."""

@@ -92,6 +92,16 @@ def measured(store: ResultsStore, e: Expected) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+PART = {"": "grid", "classifier": "classifier", "detect": "classifier", "detection": "classifier", "ssl": "ssl",
+        "text": "text"}
+
+
+def part_of(experiment: str) -> str:
+    """The part of a spec (:data:`poisonlab.bench.runner.PARTS`) an experiment name of the store belongs to."""
+    _, _, section = experiment.partition("/")
+    return PART.get(section, section)
+
+
 def check(store: ResultsStore, expected: list[Expected]) -> list[Finding]:
     return [Finding(e, measured(store, e)) for e in expected]
 
@@ -140,34 +150,39 @@ POINT_METRICS = ("hit@10", "min_rank")
 
 
 def headline(store: ResultsStore, name: str) -> dict[Expected, float]:
-    """The headline numbers of experiment ``name`` in ``store`` (ranges still empty): every row's
-    CA / ASR-like metrics of the grid and the sections, and Hit@10 / MinRank of every text point
-    (mean over its seeds)."""
-    out: dict[Expected, float] = {}
+    """The headline numbers of experiment ``name`` in ``store`` (ranges still empty), each the mean
+    over its seeds: see :func:`headline_seeds`."""
+    return {e: sum(v) / len(v) for e, v in headline_seeds(store, name).items()}
+
+
+def headline_seeds(store: ResultsStore, name: str) -> dict[Expected, list[float]]:
+    """Each headline number of experiment ``name`` with its value on every training seed: every
+    row's CA / ASR-like metrics of the grid and the sections, and Hit@10 / MinRank of every text
+    point."""
+    out: dict[Expected, list[float]] = {}
     for suffix, metrics in HEADLINE.items():
-        for (attack, row), values in sorted(store.table(name + suffix).items()):
+        for (attack, row), values in sorted(store.spread(name + suffix).items()):
             for metric in metrics:
-                if metric in values and not math.isnan(values[metric]):
-                    out[Expected(name + suffix, attack, row, metric, 0.0, 0.0)] = values[metric]
-    groups: dict[Expected, list[float]] = {}
+                if metric in values and not any(math.isnan(v) for v in values[metric].values):
+                    out[Expected(name + suffix, attack, row, metric, 0.0, 0.0)] = list(values[metric].values)
     for p in store.points(name + "/text"):
         for metric in POINT_METRICS:
             if metric in p.metrics:
-                groups.setdefault(Expected(name + "/text", p.attack, p.condition, metric, 0.0, 0.0, p.dose),
-                                  []).append(p.metrics[metric])
-    out.update({e: sum(v) / len(v) for e, v in groups.items()})
+                out.setdefault(Expected(name + "/text", p.attack, p.condition, metric, 0.0, 0.0, p.dose),
+                               []).append(p.metrics[metric])
     return out
 
 
-def envelope(runs: list[dict[Expected, float]], margin: float, min_runs: int = 2) -> list[Expected]:
-    """For every number at least ``min_runs`` of ``runs`` have: ``[min, max]`` over those, widened
-    by ``margin`` (absolute for rates in [0, 1], clipped to [0, 1]; 10 x ``margin`` x the value, at
-    least 1, for counts and ranks)."""
+def envelope(runs: list[dict[Expected, list[float]]], margin: float, min_runs: int = 2) -> list[Expected]:
+    """For every number at least ``min_runs`` of ``runs`` have: ``[min, max]`` over those runs and
+    their seeds, widened by ``margin`` (absolute for rates in [0, 1], clipped to [0, 1]; 10 x
+    ``margin`` x the value, at least 1, for counts and ranks)."""
     out = []
     for key in dict.fromkeys(k for r in runs for k in r):
-        values = [r[key] for r in runs if key in r]
-        if len(values) < min(min_runs, len(runs)):
+        have = [r[key] for r in runs if key in r]
+        if len(have) < min(min_runs, len(runs)):
             continue
+        values = [v for seeds in have for v in seeds]
         lo, hi = min(values), max(values)
         if key.metric in ("fp", "min_rank") or hi > 1:
             pad = max(1.0, margin * hi * 10)
@@ -182,7 +197,7 @@ def write_expected(path: str | Path, preset: str, numbers: list[Expected], runs:
                    margin: float) -> None:
     """The expected-ranges file: a header (how, margin, runs) and one flow-style line per number."""
     head = {"preset": preset,
-            "how": f"[min, max] of each number over the runs below that have it, widened by {margin} (rates, "
+            "how": f"[min, max] of each number over the runs below that have it and their training seeds, widened by {margin} (rates, "
                    f"clipped to [0, 1]) or by {10 * margin:g} x the value, at least 1 (counts, ranks)",
             "margin": margin, "runs": runs}
     lines = [yaml.safe_dump(head, sort_keys=False, width=100).rstrip(), "numbers:"]

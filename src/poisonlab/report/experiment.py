@@ -6,23 +6,20 @@ Everything here is written from ``results.db``; nothing in the report is typed b
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 from typing import Any
 
-from poisonlab.bench.store import ResultsStore
+from poisonlab.bench.store import ResultsStore, Spread
 from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
+from poisonlab.report.spread import UNSTABLE, cell, ordering_rows, seeded_cells, spread_rows
 from poisonlab.utils.io import atomic_write
 
 BASELINES = ("clean model", "none")
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def ca_asr_scatter(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], path: Path) -> None:
-    """One panel per attack: CA (x) against ASR (y) for the poisoned model and every defense.
+def ca_asr_scatter(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str], path: Path) -> None:
+    """One panel per attack: CA (x) against ASR (y) for the poisoned model and every defense; a
+    cell with several seeds is drawn at its mean with ± sd error bars.
 
     The never-poisoned clean model is drawn too, with a dotted line at its ASR: what the trigger
     alone does to a model without a backdoor (a patch that hides the object), the floor a cleaned
@@ -33,24 +30,26 @@ def ca_asr_scatter(table: dict[tuple[str, str], dict[str, float]], attacks: list
         for (a, defense), m in sorted(table.items()):
             if a != attack or "asr" not in m:
                 continue
+            ca, asr = m["ca"], m["asr"]
             if defense == "clean model":
-                ax.axhline(100 * m["asr"], ls=":", lw=0.8, color="grey")
+                ax.axhline(100 * asr.mean, ls=":", lw=0.8, color="grey")
             marker = BASELINE_MARKERS.get(defense, "o")
-            ax.scatter(100 * m["ca"], 100 * m["asr"], s=40, marker=marker)
-            ax.annotate("poisoned" if defense == "none" else defense, (100 * m["ca"], 100 * m["asr"]),
+            ax.errorbar(100 * ca.mean, 100 * asr.mean, xerr=100 * ca.sd or None, yerr=100 * asr.sd or None,
+                        fmt=marker, ms=6, capsize=2, lw=0.8)
+            ax.annotate("poisoned" if defense == "none" else defense, (100 * ca.mean, 100 * asr.mean),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     fig.tight_layout()
     save_png(fig, path)
 
 
-def _grid(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], defenses: list[str]) -> list[list[str]]:
+def _grid(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str], defenses: list[str]) -> list[list[str]]:
     header = ["attack"] + [f"{d} CA / ASR" for d in defenses]
     rows = [header]
     for a in attacks:
         row = [a]
         for d in defenses:
             m = table.get((a, d), {})
-            row.append(f"{_pct(m.get('ca'))} / {_pct(m.get('asr'))}")
+            row.append(f"{cell(m.get('ca'))} / {cell(m.get('asr'))}")
         rows.append(row)
     return rows
 
@@ -75,6 +74,20 @@ def _distances(table: dict[tuple[str, str], dict[str, float]], attacks: list[str
     return rows if pushed else []
 
 
+def seed_sections(spread: dict[tuple[str, str], dict[str, Spread]], attacks: list[str],
+                  conditions: list[str]) -> list[tuple[str, list[list[str]], str]]:
+    """The grid's seed spread and the orderings that hold on every seed (none without seeds)."""
+    if not seeded_cells(spread):
+        return []
+    return [
+        ("Seed spread of the grid (CA / ASR, %)", spread_rows(spread, ("ca", "asr")),
+         f"Mean ± sample sd and [min, max] over the training seeds of each cell; 'unstable' marks an ASR "
+         f"whose seeds span more than {100 * UNSTABLE:g} points, where one seed's number is a lottery."),
+        ("Orderings of ASR over the seeds", ordering_rows(spread, attacks, conditions),
+         "An ordering is stated only where the two rows' ranges over the seeds do not overlap."),
+    ]
+
+
 def _markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -93,10 +106,10 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
                  images: list[str] | None = None) -> Path:
     """Write ``out/README.md``, ``out/index.html`` and ``out/ca_vs_asr.png``; returns the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
-    table = store.table(experiment)
+    table, spread = store.table(experiment), store.spread(experiment)
     if attacks:
-        ca_asr_scatter(table, attacks, out / "ca_vs_asr.png")
-    grid = _grid(table, attacks, list(BASELINES) + defenses)
+        ca_asr_scatter(spread, attacks, out / "ca_vs_asr.png")
+    grid = _grid(spread, attacks, list(BASELINES) + defenses)
     audit = _audit(table, attacks)
     distances = _distances(table, attacks, defenses)
     stages = [["stage", "seconds", "cached"]] + [[s, "-" if sec is None else f"{sec:.1f}", "yes" if c else "no"]
@@ -110,7 +123,8 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
         *([("Distance from the suspect at the end of cleaning", distances,
             "S = mean squared distance between the cleaned and the suspect model's unit embeddings of the last "
             "training batch (0-4). PAR pushes while S is below its tau (2.15 by default) and stops above it.")]
-          if distances else [])
+          if distances else []),
+        *seed_sections(spread, attacks, list(BASELINES) + defenses),
     ] if attacks else []
     sections = [
         *grid_sections,

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from poisonlab.bench.store import ResultsStore
+from poisonlab.bench.store import ResultsStore, Spread
+from poisonlab.report.spread import UNSTABLE, cell, ordering_rows, seeded_cells, spread_rows
 
 Section = tuple[str, list[list[str]], str]
 
 
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
-
-
 def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str], repairs: list[str],
                         share: float) -> list[Section]:
-    table = store.table(f"{experiment}/classifier")
+    table = store.spread(f"{experiment}/classifier")
     cols = ["clean model", "none", *repairs]
     rows = [["attack"] + [f"{c} CA / ASR / ARR" for c in cols]]
     for a in attacks:
-        rows.append([a] + [" / ".join(_pct(table.get((a, c), {}).get(k)) for k in ("ca", "asr", "arr")) for c in cols])
+        rows.append([a] + [" / ".join(cell(table.get((a, c), {}).get(k)) for k in ("ca", "asr", "arr")) for c in cols])
     out = [(f"Classifiers: repair with {100 * share:g}% trusted data, CA / ASR / ARR (%)", rows,
             "ARR: accuracy on triggered non-target test images against their true labels. 'none' is the poisoned "
-            "classifier, 'clean model' one trained on clean data.")]
-    scores = store.table(f"{experiment}/detect")
+            "classifier, 'clean model' one trained on clean data. With several seeds: mean±sd.")]
+    if seeded_cells(table):
+        out += [("Classifiers: seed spread (%)", spread_rows(table, ("ca", "asr", "arr")),
+                 f"'unstable': the ASR of the cell spans more than {100 * UNSTABLE:g} points over the seeds."),
+                ("Classifiers: orderings of ASR over the seeds", ordering_rows(table, attacks, cols),
+                 "Stated only where the two rows' ranges over the seeds do not overlap.")]
+    scores = store.spread(f"{experiment}/detect")
     if scores:
         detectors = sorted({d for d, _ in scores})
         models = ["clean", *attacks]
@@ -38,32 +40,44 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
     return out
 
 
-def _verdict(m: dict[str, float] | None) -> str:
+def _verdict(m: dict[str, Spread] | None) -> str:
     if m is None:
         return "—"
-    return f"{m['score']:.3f} ({'backdoored' if m['backdoored'] else 'clean'})"
+    return f"{cell(m['score'], 1, 3)} ({verdicts(m['backdoored'])})"
+
+
+def verdicts(s: Spread) -> str:
+    """'backdoored' / 'clean', or how many seeds said 'backdoored'."""
+    if s.n == 1:
+        return "backdoored" if s.mean else "clean"
+    return f"backdoored on {sum(v > 0 for v in s.values)} of {s.n} seeds"
 
 
 def ssl_sections(store: ResultsStore, experiment: str, target: str) -> list[Section]:
-    table = store.table(f"{experiment}/ssl")
+    table = store.spread(f"{experiment}/ssl")
     rows = [["encoder", "probe clean acc (%)", f"FP({target})", "ASR (%)"]]
     for label in ("clean", "poisoned", "distill", "patchsearch"):
         m = table.get((label, "probe"))
         if m:
-            rows.append([label, _pct(m["clean_acc"]), f"{m['fp']:.0f}", _pct(m["asr"])])
+            rows.append([label, cell(m["clean_acc"]), cell(m["fp"], 1, 0), cell(m["asr"])])
     ps = table.get(("patchsearch", "filter"), {})
     filt = [["removed", "poisons caught", "precision", "recall"]]
     if ps:
-        filt.append([f"{ps['removed']:.0f}", f"{ps['caught']:.0f} / {ps['poisoned']:.0f}", f"{ps['precision']:.2f}",
-                     f"{ps['recall']:.2f}"])
+        filt.append([cell(ps["removed"], 1, 0), f"{cell(ps['caught'], 1, 0)} / {cell(ps['poisoned'], 1, 0)}",
+                     cell(ps["precision"], 1, 2), cell(ps["recall"], 1, 2)])
     dec = [["encoder", "PL1 (normalised mask size)", "similarity reached", "verdict"]]
     for label in ("clean", "poisoned"):
         m = table.get((label, "decree"))
         if m:
-            dec.append([label, f"{m['pl1']:.3f}", f"{m['similarity']:.3f}", "backdoored" if m["backdoored"] else "clean"])
+            dec.append([label, cell(m["pl1"], 1, 3), cell(m["similarity"], 1, 3), verdicts(m["backdoored"])])
+    seeded = {k: v for k, v in seeded_cells(table).items() if k[1] == "probe"}
+    spread = [("SSL: seed spread of the linear probes", spread_rows(seeded, ("clean_acc", "asr")),
+               f"Mean ± sd [min, max] (%) over the training seeds; 'unstable': ASR spans more than "
+               f"{100 * UNSTABLE:g} points.")] if seeded else []
     return [
         ("SSL encoders: linear probe on frozen features", rows,
          "FP: patched test images of other classes that the probe assigns to the target class."),
         ("SSL: PatchSearch on the poisoned training set", filt, "The 'patchsearch' encoder is retrained on the kept images."),
         ("SSL: DECREE", dec, "A small PL1 (a small inverted trigger collapses the embeddings) flags a backdoor."),
+        *spread,
     ]

@@ -10,6 +10,7 @@ accuracy floor stopped it and restored earlier weights).
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import fmean
 
 from poisonlab.bench.store import ResultsStore
 from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
@@ -18,14 +19,14 @@ Point = tuple[int, float, float]
 
 
 def repair_paths(store: ResultsStore, experiment: str) -> dict[str, dict[str, list[Point]]]:
-    """``{attack: {repair: [(step, ca, asr), ...]}}`` from the ``repair-trace`` points, by step."""
-    out: dict[str, dict[str, list[Point]]] = {}
+    """``{attack: {repair: [(step, ca, asr), ...]}}`` from the ``repair-trace`` points, by step (the
+    mean over the seeds traced at that step)."""
+    steps: dict[str, dict[str, dict[int, list[tuple[float, float]]]]] = {}
     for p in store.points(f"{experiment}/repair-trace"):
-        out.setdefault(p.attack, {}).setdefault(p.condition, []).append((int(p.dose), p.metrics["ca"], p.metrics["asr"]))
-    for repairs in out.values():
-        for points in repairs.values():
-            points.sort()
-    return out
+        at = steps.setdefault(p.attack, {}).setdefault(p.condition, {}).setdefault(int(p.dose), [])
+        at.append((p.metrics["ca"], p.metrics["asr"]))
+    return {attack: {repair: [(step, fmean(v[0] for v in vs), fmean(v[1] for v in vs)) for step, vs in sorted(by.items())]
+                     for repair, by in repairs.items()} for attack, repairs in steps.items()}
 
 
 def repair_curves(store: ResultsStore, experiment: str, attacks: list[str], repairs: list[str],
