@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -126,3 +127,31 @@ def test_orderings_are_stated_only_where_the_seed_ranges_do_not_overlap():
     assert rows[("par", "cleanclip")] == "overlap: no ordering"  # 0.03 < 0.05
     stable = {r[0]: r[-1] for r in spread_rows(table, ("asr",))[1:]}
     assert stable == {"a / cleanclip": "**unstable**", "a / finetune": "stable", "a / par": "stable"}
+
+
+def test_readme_tables_are_written_from_the_store(tmp_path):
+    from poisonlab.bench.spec import load_spec
+    from poisonlab.report.headline import BEGIN, END, headline_block, replace_block
+    from poisonlab.utils.machine import describe
+
+    spec = {"name": "tiny", "pretrain": {"n": 8, "epochs": 1, "lr": 1e-3},
+            "poison": {"n": 8, "epochs": 1, "lr": 1e-3, "target": "star", "rate": 0.1},
+            "attacks": [{"name": "badnet", "trigger": "badnet"}], "cleaning": {"n": 8},
+            "defenses": [{"name": "par", "defense": "par"}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    store = ResultsStore(tmp_path / "results.db")
+    store.put("tiny", "badnet", "none", {"ca": 0.812, "asr": 0.975})
+    store.put("tiny", "badnet", "par", {"ca": 0.701, "asr": 0.05}, seed=0)
+    store.put("tiny", "badnet", "par", {"ca": 0.703, "asr": 0.07}, seed=1)
+    store.put_document("tiny", "machine", describe(2, 1))
+    block = headline_block(store, load_spec(tmp_path / "s.yaml"), "make demo")
+    assert "| badnet | — / — | 81.2 / 97.5 | 70.2±0.1 / 6.0±1.4 |" in block
+    assert "From `make demo` on a " in block and "2 processes x 1 thread" in block
+    readme = f"# x\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n"
+    new = replace_block(readme, block)
+    assert "old table" not in new and block in new and new.startswith("# x\n\nbefore\n") and new.endswith(f"{END}\nafter\n")
+    assert replace_block(new, block) == new
+    with pytest.raises(InputError):
+        replace_block("no markers", block)
+    shipped = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert shipped.index(BEGIN) < shipped.index(END), "the README holds the generated block"

@@ -193,6 +193,19 @@ def envelope(runs: list[dict[Expected, list[float]]], margin: float, min_runs: i
     return out
 
 
+def union(old: list[Expected], new: list[Expected]) -> list[Expected]:
+    """Each number's range widened to hold both ``old``'s and ``new``'s (a number only one has is kept)."""
+    def key(e: Expected) -> tuple[str, str, str, str, float | None]:
+        return e.experiment, e.attack, e.row, e.metric, e.dose
+
+    out = {key(e): e for e in old}
+    for e in new:
+        was = out.get(key(e))
+        out[key(e)] = e if was is None else Expected(e.experiment, e.attack, e.row, e.metric, min(was.low, e.low),
+                                                     max(was.high, e.high), e.dose)
+    return list(out.values())
+
+
 def write_expected(path: str | Path, preset: str, numbers: list[Expected], runs: list[dict[str, str]],
                    margin: float) -> None:
     """The expected-ranges file: a header (how, margin, runs) and one flow-style line per number."""

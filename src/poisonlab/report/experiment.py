@@ -42,7 +42,7 @@ def ca_asr_scatter(table: dict[tuple[str, str], dict[str, Spread]], attacks: lis
     save_png(fig, path)
 
 
-def _grid(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str], defenses: list[str]) -> list[list[str]]:
+def grid_rows(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str], defenses: list[str]) -> list[list[str]]:
     header = ["attack"] + [f"{d} CA / ASR" for d in defenses]
     rows = [header]
     for a in attacks:
@@ -88,7 +88,7 @@ def seed_sections(spread: dict[tuple[str, str], dict[str, Spread]], attacks: lis
     ]
 
 
-def _markdown_table(rows: list[list[str]]) -> str:
+def markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(lines)
@@ -109,7 +109,7 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     table, spread = store.table(experiment), store.spread(experiment)
     if attacks:
         ca_asr_scatter(spread, attacks, out / "ca_vs_asr.png")
-    grid = _grid(spread, attacks, list(BASELINES) + defenses)
+    grid = grid_rows(spread, attacks, list(BASELINES) + defenses)
     audit = _audit(table, attacks)
     distances = _distances(table, attacks, defenses)
     stages = [["stage", "seconds", "cached"]] + [[s, "-" if sec is None else f"{sec:.1f}", "yes" if c else "no"]
@@ -142,7 +142,7 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
         body.append("<ul>" + "".join(f"<li>{html.escape(f'{k}: {v}')}</li>" for k, v in extra.items()) + "</ul>")
     body.append("".join(f'<img src="{p}" alt="{p[:-4]}">' for p in pictures))
     for title, rows, note in sections:
-        md += [f"## {title}", "", _markdown_table(rows), "", note, ""]
+        md += [f"## {title}", "", markdown_table(rows), "", note, ""]
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows), f"<p>{html.escape(note)}</p>"]
     style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px 8px}" \
             "table{border-collapse:collapse;margin-bottom:1em}img{max-width:100%}"

@@ -41,6 +41,8 @@ def spread_rows(table: dict[tuple[str, str], dict[str, Spread]], metrics: tuple[
     ``unstable`` metric spans more than :data:`UNSTABLE` over the seeds."""
     rows = [["cell", "seeds", *[f"{m} mean±sd [range]" for m in metrics], "stable?"]]
     for (attack, row), m in sorted(seeded_cells(table).items()):
+        if not any(k in m for k in metrics):
+            continue
         n = max(s.n for s in m.values())
         cells = [f"{cell(m[k])} {span(m[k])}" if k in m else "—" for k in metrics]
         s = m.get(unstable)
@@ -52,10 +54,11 @@ def spread_rows(table: dict[tuple[str, str], dict[str, Spread]], metrics: tuple[
 def ordering_rows(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str], conditions: list[str],
                   metric: str = "asr") -> list[list[str]]:
     """For each attack and each pair of ``conditions`` with several seeds: the ordering of their
-    ``metric`` if their ranges over the seeds do not overlap, else 'overlap: no ordering'."""
+    ``metric`` if their ranges over the seeds do not overlap, else 'overlap: no ordering'. The
+    never-poisoned 'clean model' is the reference, not a contender: it is left out."""
     rows = [["attack", f"lower {metric}", f"higher {metric}", "seeds", "holds?"]]
     for attack in attacks:
-        have = [(c, table[(attack, c)][metric]) for c in conditions
+        have = [(c, table[(attack, c)][metric]) for c in conditions if c != "clean model"
                 if metric in table.get((attack, c), {}) and table[(attack, c)][metric].n > 1]
         for (a, sa), (b, sb) in combinations(have, 2):
             lo, hi = ((a, sa), (b, sb)) if sa.mean <= sb.mean else ((b, sb), (a, sa))

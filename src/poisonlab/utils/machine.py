@@ -8,15 +8,30 @@ from pathlib import Path
 from typing import Any
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    out: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and the widest vector units the float kernels may use
+    (``AMD EPYC, family 26, AVX-512``): CPUs of one name differ in these, and so do their numbers."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    flags = set(info.get("flags", "").split())
+    isa = next((label for flag, label in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                if flag in flags), None)
+    family = info.get("cpu family")
+    return ", ".join(x for x in (name, f"family {family}" if family else None, isa) if x)
 
 
 def describe(processes: int, threads: int) -> dict[str, Any]:
