@@ -202,7 +202,8 @@ def test_only_runs_the_named_parts(tmp_path):
     assert runner.parts == {"grid"} and runner.section_jobs() == []
     with pytest.raises(InputError, match="unknown part 'grids'"):
         Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grids"])
-    assert Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "o2", progress=False, only=["text"]).parts == set()
+    with pytest.raises(InputError, match="no 'text' part .it has: grid, ssl"):
+        Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "o2", progress=False, only=["text"])
 
 
 def test_a_store_written_before_seeds_reads_as_seed_0(tmp_path):

@@ -4,7 +4,9 @@ the hash of what produced it (:mod:`poisonlab.bench.cache`), scheduled by :mod:`
 Stages: pre-train a clean model; per attack, poison the fine-tuning data and fine-tune; per
 (attack, defense), clean the poisoned model; evaluate each model once (CA and the attack's ASR);
 audit each poisoned set with pair filtering. A stage whose output folder already exists under
-``OUT/cache/<stage>-<hash>`` is reused, so a second run only redoes what changed.
+``OUT/cache/<stage>-<hash>`` is reused, so a second run only redoes what changed. With
+``poison.seeds`` every cell (poisoned fine-tune, audit, cleanings) is run again per training seed
+and stored as its own row; the first seed's stages keep their names and keys.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class Runner:
         unknown = sorted(set(only or ()) - set(PARTS))
         if unknown:
             raise InputError(f"unknown part {unknown[0]!r} (parts: {', '.join(PARTS)})")
+        missing = [p for p in only or () if not self.has(p)]
+        if missing:
+            raise InputError(f"the spec has no {missing[0]!r} part (it has: "
+                             f"{', '.join(p for p in PARTS if self.has(p)) or 'none'})")
         self.parts = frozenset(p for p in PARTS if (only is None or p in only) and self.has(p))
         self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
         self.store = ResultsStore(self.out / "results.db")
