@@ -70,7 +70,7 @@ class ClassifierSection:
         """The classifier poisoned with ``seed`` repaired on the trusted share (the repair's seed: ``seed``)."""
         tag = self.spec.tag(seed)
         parent = self.runner.keys[f"classifier:{attack.name}{tag}"]
-        repair = seeded(repair, seed) if tag else repair
+        repair = seeded(repair, seed, self.spec.seed)
         inputs = {"stage": "repair", "parent": parent, "repair": repair.model_dump(),
                   "share": self.spec.trusted_share, "seed": self.spec.trusted_seed}
         if self.spec.trace_every:

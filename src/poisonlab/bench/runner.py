@@ -118,7 +118,7 @@ class Runner:
         seed = p.seed if seed is None else seed
         tag = p.tag(seed)
         return self.cleaned(f"clean:{attack.name}:{defense.name}{tag}", self.keys[f"poison:{attack.name}{tag}"],
-                            seeded(defense, seed) if tag else defense, poisoned)
+                            seeded(defense, seed, p.seed), poisoned)
 
     def cleaned(self, stage: str, parent: str, defense: DefenseSpec, poisoned: Path) -> Path:
         """``poisoned`` (the output of the stage whose key is ``parent``) cleaned by ``defense`` on

@@ -216,9 +216,9 @@ def with_seeds(spec: ExperimentSpec, seeds: list[int]) -> ExperimentSpec:
     return spec.model_copy(update=update)
 
 
-def seeded(method: DefenseSpec | RepairSpec, seed: int) -> Any:
-    """A defense or repair spec run with training seed ``seed`` (unless its params fix a seed)."""
-    return method if "seed" in method.params else method.model_copy(update={"params": {**method.params, "seed": seed}})
+def seeded(method: DefenseSpec | RepairSpec, seed: int, base: int) -> Any:
+    """A defense or repair spec run with training seed ``seed`` (:func:`seeded_params`)."""
+    return method.model_copy(update={"params": seeded_params(method.params, seed, base)})
 
 
 def seeded_params(params: dict[str, Any], seed: int, base: int) -> dict[str, Any]:
