@@ -123,29 +123,35 @@ def test_data_reopened_at_the_model_size(tmp_path):
     assert again[0][0].shape == (3, 64, 64) and again.classnames == first.classnames
 
 
-def test_poison_clears_a_killed_runs_temp_folder_but_not_a_live_one(tmp_path, capsys):
-    """A temp folder beside ``--out`` that no live process holds is a killed run's: the next run
-    for that ``--out`` removes it; one a live writer holds stays."""
+def test_poison_sweeps_only_its_own_killed_temp_folders(tmp_path, capsys):
+    """A staging folder inside ``--out`` that carries the folder's marker and that no live process
+    holds is a killed run's: the next run removes it. One a live writer holds stays, and so does
+    every entry named like a temp file that poisonlab did not make (inside or beside ``--out``)."""
     import fcntl
+    import json
     import os
 
     from poisonlab.cli import main
 
     out = tmp_path / "plan"
-    dead = tmp_path / ".plan.dead0001.tmp"
+    argv = ["poison", "--dataset", "shapes", "--n", "40", "--attack", "clip-dirty", "--target", "star",
+            "--rate", "0.1", "--trigger", "badnet", "--out", str(out)]
+    assert main(argv) == 0
+    marker = json.loads((out / ".poisonlab-output.json").read_text())["marker"]
+    dead = out / f".stage.{marker}.dead0001.tmp"
     dead.mkdir()
     (dead / "plan.json").write_text("half")
-    live = tmp_path / ".plan.live0001.tmp"
+    live = out / f".stage.{marker}.live0001.tmp"
     live.mkdir()
-    other = tmp_path / ".other.dead0001.tmp"
-    other.mkdir()
+    users = [out / ".plan.dead0001.tmp", tmp_path / ".plan.dead0001.tmp", out / f".x.{'0' * 16}.abcdefgh.tmp"]
+    for path in users:
+        path.mkdir()
     fd = os.open(live, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        code = main(["poison", "--dataset", "shapes", "--n", "40", "--attack", "clip-dirty", "--target", "star",
-                     "--rate", "0.1", "--trigger", "badnet", "--out", str(out)])
+        code = main(argv)
     finally:
         os.close(fd)
     capsys.readouterr()
     assert code == 0 and (out / "plan.json").is_file()
-    assert not dead.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and all(p.exists() for p in users)

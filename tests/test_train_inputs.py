@@ -108,26 +108,29 @@ def test_resume_keeps_each_metrics_step_once(tmp_path, capsys, monkeypatch):
 
 def test_a_second_writer_is_refused_and_stale_temp_files_are_cleared(tmp_path, capsys):
     """While one run holds ``--out``, another exits 2 naming it; the next run there removes the
-    temp files a killed run left (and only those)."""
+    temp files a killed run left (those with the folder's marker, and only those)."""
+    import json
     import os
 
-    from poisonlab.utils.io import run_lock
+    from poisonlab.utils.output import run_lock
 
     out = tmp_path / "run"
-    out.mkdir()
-    stale = out / ".train_state.pt.a1b2c3d4.tmp"
-    stale.write_bytes(b"half a checkpoint")
-    mine = out / "notes.tmp"
-    mine.write_text("the user's")
     with run_lock(out):
+        marker = json.loads((out / ".poisonlab-output.json").read_text())["marker"]
         code = main([*BASE, "--steps", "2", "--out", str(out)])
         err = capsys.readouterr().err
         assert code == 2 and f"pid {os.getpid()}" in err and len(err.strip().splitlines()) == 1
         assert not (out / "model.safetensors").exists()
-    assert not stale.exists(), "run_lock cleared the stale temp file"
+    stale = out / f".train_state.pt.{marker}.a1b2c3d4.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    mine = out / "notes.tmp"
+    mine.write_text("the user's")
+    look_alike = out / ".train_state.pt.a1b2c3d4.tmp"
+    look_alike.write_text("the user's too")
     assert main([*BASE, "--steps", "2", "--out", str(out)]) == 0
-    assert mine.read_text() == "the user's"
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and p != mine]
+    assert not stale.exists(), "the killed run's temp file was cleared"
+    assert mine.read_text() == "the user's" and look_alike.read_text() == "the user's too"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and p not in (mine, look_alike)]
 
 
 def test_kill_9_during_training_then_resume(tmp_path):
@@ -166,8 +169,10 @@ def test_kill_9_during_training_then_resume(tmp_path):
 def test_resume_refuses_a_state_of_another_kind(tmp_path, capsys):
     import torch
 
+    from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
+
     out = tmp_path / "run"
-    out.mkdir()
+    claim_output(out, TRAIN_OUTPUTS)  # a poisonlab run folder whose state someone replaced
     torch.save({"step": 3, "model": {}}, out / "train_state.pt")  # no optimiser, no config
     code = main([*BASE, "--steps", "4", "--resume", "--out", str(out)])
     err = capsys.readouterr().err

@@ -1,117 +1,26 @@
-"""The main job on the embedded default data (``make demo``).
+"""The main job on the embedded default data (``make demo``): ``poisonlab run`` with the demo preset.
 
 Pre-train a clean tiny CLIP on ``shapes``; poison fine-tuning data with five triggers; fine-tune
 one poisoned model per trigger; clean each with fine-tuning, CleanCLIP, PAR and PAR on synthetic
 data; write ``OUT/report/index.html`` and ``OUT/report/README.md``. Stages are cached in
-``OUT/cache`` and reused on a second run.
+``OUT/cache`` and reused on a second run. ``python -m poisonlab.demo ARGS`` is
+``poisonlab run ARGS`` (:mod:`poisonlab.cli.run`).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from poisonlab import triggers
-from poisonlab.bench.parallel import configure_logging
-from poisonlab.bench.runner import PARTS, Runner
-from poisonlab.bench.spec import PRESETS, load_spec, with_seeds
-from poisonlab.data import open_dataset
-from poisonlab.errors import InputError
-from poisonlab.report.check import check, load_expected, part_of, range_table
-from poisonlab.report.experiment import write_report
-from poisonlab.report.gallery import trigger_gallery
-from poisonlab.report.roc import roc_figure
-from poisonlab.report.sections import classifier_sections, ssl_sections
-from poisonlab.report.text import dose_response, text_sections
-from poisonlab.report.trace import repair_curves
-from poisonlab.utils.machine import one_line
+from poisonlab.cli.main import main as cli_main
+from poisonlab.cli.run import run
 
-log = logging.getLogger("poisonlab.demo")
-
-
-def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False,
-        only: list[str] | None = None, seeds: list[int] | None = None) -> Path:
-    """Run the spec into ``out`` and write the report; ``parallel``: sections in a second process;
-    ``only``: just these parts of the spec (``grid``, ``classifier``, ``ssl``, ``text``); ``seeds``:
-    more training seeds for every trained cell (:func:`~poisonlab.bench.spec.with_seeds`)."""
-    spec = with_seeds(load_spec(spec_name), seeds or [])
-    start = time.perf_counter()
-    runner = Runner(spec, out, progress=progress, only=only)
-    runner.run(parallel=parallel)
-    report = out / "report"
-    samples = open_dataset(spec.dataset, split="test", size=64, n=4, seed=spec.test.data_seed)
-    grid = [a for a in spec.attacks if "grid" in runner.parts]
-    if grid:
-        trigger_gallery(samples, [(a.name, triggers.create(a.trigger, **a.params)) for a in grid],
-                        report / "triggers.png")
-    more, images = [], []
-    if spec.classifier is not None and "classifier" in runner.parts:
-        c = spec.classifier
-        more += classifier_sections(runner.store, spec.name, [a.name for a in c.attacks], [r.name for r in c.repairs],
-                                    c.trusted_share)
-        if repair_curves(runner.store, spec.name, [a.name for a in c.attacks], [r.name for r in c.repairs],
-                         report / "repairs.png"):
-            images.append("repairs.png")
-        curves = runner.store.document(spec.name, "population")
-        if curves is not None:
-            names = list(c.population.detectors) if c.population else []
-            roc_figure({d: curves[d] for d in names}, report / "roc.png")
-            images.append("roc.png")
-    if spec.ssl is not None and "ssl" in runner.parts:
-        more += ssl_sections(runner.store, spec.name, spec.ssl.target)
-    if spec.text is not None and "text" in runner.parts:
-        more += text_sections(runner.store, spec.name, spec.text.n)
-        if dose_response(runner.store, spec.name, report / "dose_response.png"):
-            images.append("dose_response.png")
-    expected = PRESETS / f"{spec.name}.expected.yaml"
-    if expected.is_file():
-        findings = check(runner.store, [e for e in load_expected(expected) if part_of(e.experiment) in runner.parts])
-        off = sum(not f.inside for f in findings)
-        more.append((f"Expected ranges ({len(findings) - off} of {len(findings)} inside)", range_table(findings),
-                     f"From presets/{expected.name}: each headline number against the interval it was measured "
-                     "in (the file names the runs); `poisonlab report --check` exits 1 when any is OFF."))
-    extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
-             "test images": spec.test.n, "wall time of this run (s)": f"{time.perf_counter() - start:.0f}",
-             "processes": "2, one thread each (classifier, SSL and text jobs beside the CLIP grid, shared once it is done)"
-             if runner.processes == 2 else "1"}
-    machine = runner.store.document(spec.name, "machine")
-    if machine:
-        extra["machine"] = one_line(machine)
-    if only:
-        extra["parts run"] = ", ".join(p for p in PARTS if p in runner.parts)
-    return write_report(runner.store, spec.name, [a.name for a in grid], [d.name for d in spec.defenses],
-                        report, extra, more, images)
+__all__ = ["main", "run"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", default="demo", help="A spec YAML file or a bundled preset name.")
-    parser.add_argument("--out", default="demo-out", type=Path)
-    parser.add_argument("--serial", action="store_true",
-                        help="Run the classifier, SSL and text sections after the CLIP grid in this process "
-                             "(default: a second process takes them on beside it when there are 2+ threads).")
-    parser.add_argument("--only", action="append", choices=PARTS, metavar="PART",
-                        help=f"Run just this part of the spec ({', '.join(PARTS)}; repeat for several). The stages "
-                             "another part shares (the clean pre-trained model) are run or reused as needed.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[], metavar="SEED",
-                        help="More training seeds for every trained cell of the spec (the grid's poisoned fine-tunes and "
-                             "their cleanings, the classifiers, the SSL encoders, the text doses); the report then "
-                             "shows mean ± sd, the range, and only the orderings that hold on every seed.")
-    args = parser.parse_args(argv)
-    configure_logging(logging.INFO)
-    try:
-        html = run(args.spec, args.out, parallel=not args.serial, only=args.only, seeds=args.seeds)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    readme = html.with_name("README.md")
-    print(readme.read_text())
-    print(f"\nreport: {html}")
-    return 0
+    """``poisonlab run`` with ``argv``; returns the exit code."""
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -14,3 +14,24 @@ class InputError(ValueError):
 
 class RunOffError(Exception):
     """A finished run's numbers fall outside their expected ranges (the CLI has printed which); exit 1."""
+
+
+def crash_log(err: BaseException) -> str:
+    """Write ``err``'s traceback to a new file in the temporary folder; returns its path.
+
+    The command line's last resort for an unexpected failure: one line on stderr names the error
+    and this file, and the traceback waits there for a bug report.
+    """
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="poisonlab-error-", suffix=".log")
+    with open(fd, "w") as f:
+        f.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    return path
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__

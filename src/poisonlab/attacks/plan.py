@@ -82,14 +82,48 @@ class PoisonPlan:
             raise InputError(f"{path}: not a JSON plan ({err})") from None
         if not isinstance(body, dict) or body.pop("format", None) != PLAN_FORMAT:
             raise InputError(f"{path}: not a poisonlab plan (format {PLAN_FORMAT} expected)")
-        try:
-            entries = tuple(PoisonEntry(**e) for e in body.pop("entries"))
-            return cls(entries=entries, **body)
-        except (TypeError, KeyError) as err:
-            raise InputError(f"{path}: malformed plan ({err})") from None
+        check_fields(body, PLAN_FIELDS, path, "")
+        entries = body.pop("entries")
+        for i, entry in enumerate(entries):
+            check_fields(entry, ENTRY_FIELDS, path, f"entries[{i}].")
+        trigger = body.get("trigger")
+        if trigger is not None:
+            check_fields(trigger, TRIGGER_FIELDS, path, "trigger.")
+        return cls(entries=tuple(PoisonEntry(**e) for e in entries), **body)
 
     def build_trigger(self) -> Trigger | None:
         return create_trigger(self.trigger["name"], **self.trigger["params"]) if self.trigger else None
+
+
+_INT, _STR, _BOOL = (int,), (str,), (bool,)
+PLAN_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "attack": (_STR, True), "params": ((dict,), True), "seed": (_INT, True), "dataset": ((dict,), True),
+    "num_samples": (_INT, True), "trigger": ((dict, type(None)), True), "entries": ((list,), True)}
+"""Each field of a plan file: the types it may have, and whether it is required."""
+ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "index": (_INT, True), "caption": ((str, type(None)), False), "label": ((int, type(None)), False),
+    "image_from": ((int, type(None)), False), "triggered": (_BOOL, False), "key": ((str, type(None)), False)}
+TRIGGER_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {"name": (_STR, True), "params": ((dict,), True)}
+
+
+def check_fields(body: Any, fields: dict[str, tuple[tuple[type, ...], bool]], path: Path, prefix: str) -> None:
+    """``InputError`` naming the file and the field unless ``body`` is a mapping with exactly the
+    known ``fields``, each of its type (an index is an int, not a bool or a string)."""
+    if not isinstance(body, dict):
+        raise InputError(f"{path}: {prefix.rstrip('.') or 'the plan'} must be a mapping")
+    for key in body:
+        if key not in fields:
+            raise InputError(f"{path}: unknown field {prefix}{key}")
+    for key, (types, required) in fields.items():
+        if key not in body:
+            if required:
+                raise InputError(f"{path}: field {prefix}{key} is missing")
+            continue
+        value = body[key]
+        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if wrong:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise InputError(f"{path}: field {prefix}{key} must be {names}, got {type(value).__name__}")
 
 
 class PoisonedDataset(ImageCaptionDataset):
@@ -155,6 +189,9 @@ class PoisonedDataset(ImageCaptionDataset):
 
     def describe(self) -> dict[str, Any]:
         return {"name": "poisoned", "base": self.base.describe(), "plan": self.plan.digest()}
+
+    def fingerprint(self) -> str | None:
+        return self.base.fingerprint()
 
 
 def poisoned_indices(dataset: object) -> set[int] | None:

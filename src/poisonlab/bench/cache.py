@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.bench.store import ResultsStore
-from poisonlab.utils.io import atomic_dir, file_lock, write_json
+from poisonlab.errors import InputError
+from poisonlab.utils.io import atomic_dir, write_json
+from poisonlab.utils.output import check_name, claim_output, file_lock
 
 log = logging.getLogger(__name__)
 MODEL = "model.safetensors"
@@ -42,18 +44,32 @@ class StageCache:
         """
         key = digest(inputs)
         self.keys[stage] = key
-        path = self.out / "cache" / f"{stage}-{key}"
+        path = self.out / "cache" / check_name(f"{stage}-{key}", "stage name", "the spec")
         with file_lock(self.out / "cache" / ".locks" / f"{stage}-{key}"):
+            if path.is_symlink():
+                raise InputError(f"{path} is a symlink: a stage folder is poisonlab's own; remove it")
             if (path / "done.json").is_file():  # what the stage cost when it was built (None for old caches)
-                done = json.loads((path / "done.json").read_text())
+                done = read_done(path / "done.json")
                 seconds, hit = done.get("seconds"), done.get("run") != self.run_id
             else:
                 log.info("stage %s: running", stage)
                 start = time.perf_counter()
                 with atomic_dir(path) as tmp:
+                    claim_output(tmp, ())  # the stage's folder is poisonlab's: its builders write there
                     build(tmp)
                     seconds, hit = round(time.perf_counter() - start, 2), False
                     write_json(tmp / "done.json", {"stage": stage, "inputs": inputs, "seconds": seconds,
                                                    "run": self.run_id})
         self.store.stage(self.experiment, stage, key, seconds, hit)
         return path
+
+
+def read_done(path: Path) -> dict[str, Any]:
+    """A stage's ``done.json``; ``InputError`` naming it when it is not a JSON object."""
+    try:
+        done = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path}: unreadable stage record ({err}); remove its folder to rebuild the stage") from None
+    if not isinstance(done, dict):
+        raise InputError(f"{path}: not a stage record; remove its folder to rebuild the stage")
+    return done

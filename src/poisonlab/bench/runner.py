@@ -33,19 +33,24 @@ from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
 from poisonlab.train import train_clip
-from poisonlab.utils.io import claim, write_json
+from poisonlab.utils.io import write_json
 from poisonlab.utils.machine import describe
+from poisonlab.utils.output import claim, claim_output, sweep
 
 log = logging.getLogger(__name__)
 PARTS = ("grid", "classifier", "ssl", "text")  # what a spec can hold; ``--only`` picks among them
+RUN_OUTPUTS = ("results.db", "results.db-journal", "results.db-wal", "results.db-shm", "cache", "report", ".claims")
+"""What a run writes into its output folder."""
 
 
 class Runner:
     """Executes an :class:`ExperimentSpec` into ``out_dir`` (cache, results.db)."""
 
     def __init__(self, spec: ExperimentSpec, out_dir: str | Path, progress: bool = True,
-                 run_id: str | None = None, only: Collection[str] | None = None) -> None:
-        """``only``: run just these parts of the spec (of :data:`PARTS`; default every part it has)."""
+                 run_id: str | None = None, only: Collection[str] | None = None, force: bool = False) -> None:
+        """``only``: run just these parts of the spec (of :data:`PARTS`; default every part it has);
+        ``force``: write into a non-empty ``out_dir`` that poisonlab did not write (only its own
+        entries are replaced there). A killed run's temporary stage folders are swept."""
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
         unknown = sorted(set(only or ()) - set(PARTS))
         if unknown:
@@ -56,6 +61,9 @@ class Runner:
                              f"{', '.join(p for p in PARTS if self.has(p)) or 'none'})")
         self.parts = frozenset(p for p in PARTS if (only is None or p in only) and self.has(p))
         self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
+        marker = claim_output(self.out, RUN_OUTPUTS, force=force, legacy=("results.db",))
+        if (self.out / "cache").is_dir() and run_id is None:
+            sweep(self.out / "cache", marker)
         self.store = ResultsStore(self.out / "results.db")
         self.cache = StageCache(self.out, spec.name, self.run_id, self.store)
         self.keys = self.cache.keys

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from poisonlab.errors import InputError
 from poisonlab.train.loop import TrainConfig
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
+"""A name from a spec that becomes part of a stage folder's name: letters, digits, ``. _ + -``."""
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Count = Annotated[int, Field(gt=0, le=10_000_000)]
+"""Items of generated data (the memory it needs is checked again when it is made)."""
+Dose = Annotated[int, Field(ge=0, le=10_000_000)]
+SPEC_BYTES = 1 << 20
 
 
 class Strict(BaseModel):
@@ -26,14 +35,14 @@ class TrainSpec(Strict):
     each of them, and the store keeps one row per seed (the report shows mean, sd and range).
     """
 
-    n: int = Field(gt=0)
-    data_seed: int = 0
-    epochs: float = Field(gt=0)
-    lr: float = Field(gt=0)
-    batch_size: int = Field(default=128, gt=0)
-    warmup: int = 0
-    seed: int = 0
-    seeds: list[int] = Field(default_factory=list)
+    n: Count
+    data_seed: Seed = 0
+    epochs: float = Field(gt=0, le=100_000)
+    lr: float = Field(gt=0, le=100)
+    batch_size: int = Field(default=128, gt=0, le=1 << 16)
+    warmup: int = Field(default=0, ge=0, le=10_000_000)
+    seed: Seed = 0
+    seeds: list[Seed] = Field(default_factory=list, max_length=64)
 
     def all_seeds(self) -> list[int]:
         """``seed`` first, then each other seed of ``seeds`` once."""
@@ -56,20 +65,20 @@ class TrainSpec(Strict):
 class PretrainSpec(TrainSpec):
     """The grid's clean model: one model (its cells take their seeds from ``poison.seeds``)."""
 
-    model: str = "poisonlab-tiny-rn"
-    seeds: list[int] = Field(default_factory=list, max_length=0)
+    model: Name = "poisonlab-tiny-rn"
+    seeds: list[Seed] = Field(default_factory=list, max_length=0)
 
 
 class PoisonSpec(TrainSpec):
-    target: str
+    target: Name
     rate: float = Field(gt=0, le=1)
 
 
 class AttackSpec(Strict):
     """One attack of the grid; ``rate`` overrides the poison rate of its section for this attack."""
 
-    name: str
-    trigger: str
+    name: Name
+    trigger: Name
     params: dict[str, Any] = Field(default_factory=dict)
     rate: float | None = Field(default=None, gt=0, le=1)
 
@@ -79,33 +88,33 @@ class AttackSpec(Strict):
 
 
 class DefenseSpec(Strict):
-    name: str
-    defense: str
-    dataset: str = "shapes"
+    name: Name
+    defense: Name
+    dataset: Name = "shapes"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class CleaningSpec(Strict):
-    n: int = Field(gt=0)
-    data_seed: int = 2
+    n: Count
+    data_seed: Seed = 2
 
 
 class TestSpec(Strict):
-    n: int = Field(default=2000, gt=0)
-    data_seed: int = 0
+    n: Count = 2000
+    data_seed: Seed = 0
 
 
 class RepairSpec(Strict):
-    name: str
-    repair: str
+    name: Name
+    repair: Name
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class PopulationSpec(Strict):
-    n: int = Field(default=4, ge=2)
-    n_train: int = Field(default=5000, gt=0)
-    epochs: float = Field(default=8, gt=0)
-    detectors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"cti": {}, "neural-cleanse": {}})
+    n: int = Field(default=4, ge=2, le=1000)
+    n_train: Count = 5000
+    epochs: float = Field(default=8, gt=0, le=100_000)
+    detectors: dict[Name, dict[str, Any]] = Field(default_factory=lambda: {"cti": {}, "neural-cleanse": {}})
 
 
 class ClassifierSpec(TrainSpec):
@@ -117,34 +126,34 @@ class ClassifierSpec(TrainSpec):
     repair every so many steps (the report's CA-vs-ASR curves; 0 turns it off).
     """
 
-    model: str = "poisonlab-resnet-tiny"
-    target: str
+    model: Name = "poisonlab-resnet-tiny"
+    target: Name
     rate: float = Field(gt=0, le=1)
     attacks: list[AttackSpec]
     trusted_share: float = Field(default=0.01, gt=0, le=1)
-    trusted_seed: int = 5
+    trusted_seed: Seed = 5
     repairs: list[RepairSpec]
     trace_every: int = Field(default=50, ge=0)
-    detect: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    detect: dict[Name, dict[str, Any]] = Field(default_factory=dict)
     population: PopulationSpec | None = None
 
 
 class SslSpec(TrainSpec):
     """SSL encoders: clean, patch-poisoned, distilled and PatchSearch-filtered; DECREE on two."""
 
-    dataset: str = "shapes"
-    method: str = "moco"
-    model: str = "poisonlab-resnet-tiny"
+    dataset: Name = "shapes"
+    method: Name = "moco"
+    model: Name = "poisonlab-resnet-tiny"
     min_scale: float = Field(default=0.2, gt=0, le=1)
-    test_n: int | None = None
-    target: str
+    test_n: Count | None = None
+    target: Name
     rate: float = Field(default=0.5, gt=0, le=1)
-    trigger: str = "patch-image"
+    trigger: Name = "patch-image"
     trigger_params: dict[str, Any] = Field(default_factory=dict)
     probe_share: float = Field(default=0.1, gt=0, le=1)
-    probe_seed: int = 7
+    probe_seed: Seed = 7
     distill: dict[str, Any] = Field(default_factory=dict)
-    distill_n: int = Field(default=2500, gt=0)
+    distill_n: Count = 2500
     patchsearch: dict[str, Any] = Field(default_factory=dict)
     decree: dict[str, Any] = Field(default_factory=dict)
 
@@ -152,10 +161,10 @@ class SslSpec(TrainSpec):
 class TextAttackSpec(Strict):
     """One text-modality attack of the text section; ``counts`` overrides the section's doses."""
 
-    name: str
-    attack: str
+    name: Name
+    attack: Name
     params: dict[str, Any] = Field(default_factory=dict)
-    counts: list[NonNegativeInt] | None = None
+    counts: list[Dose] | None = None
 
     def doses(self, section_counts: list[int]) -> list[int]:
         return self.counts if self.counts is not None else section_counts
@@ -173,9 +182,9 @@ class TextSpec(TrainSpec):
     """
 
     attacks: list[TextAttackSpec]
-    counts: list[NonNegativeInt] = Field(min_length=1)
-    seed_counts: list[int] = Field(default_factory=list)
-    defend_count: NonNegativeInt | None = None
+    counts: list[Dose] = Field(min_length=1)
+    seed_counts: list[Dose] = Field(default_factory=list)
+    defend_count: Dose | None = None
     filter_fraction: float = Field(default=0.1, gt=0, lt=1)
     defenses: list[DefenseSpec] = Field(default_factory=list)
 
@@ -183,9 +192,9 @@ class TextSpec(TrainSpec):
 class ExperimentSpec(Strict):
     """The attack x defense grid of the CLIP demo, plus optional classifier, SSL and text sections."""
 
-    name: str
-    dataset: str = "shapes"
-    image_size: int = 32
+    name: Name
+    dataset: Name = "shapes"
+    image_size: int = Field(default=32, ge=8, le=1024)
     pretrain: PretrainSpec
     poison: PoisonSpec
     attacks: list[AttackSpec]
@@ -234,11 +243,16 @@ def load_spec(path_or_preset: str | Path) -> ExperimentSpec:
     if not path.is_file():
         presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml") if not p.stem.endswith(".expected")))
         raise InputError(f"no spec file {path_or_preset!r} (bundled presets: {presets})")
+    if path.stat().st_size > SPEC_BYTES:
+        raise InputError(f"{path}: {path.stat().st_size} bytes is too large for a spec (at most {SPEC_BYTES})")
     try:
-        return ExperimentSpec.model_validate(yaml.safe_load(path.read_text()))
+        return ExperimentSpec.model_validate(yaml.safe_load(path.read_bytes().decode("utf-8")))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"{path.name}: {where}: {first['msg']}") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{path.name}: not valid YAML ({err})") from None
+        raise InputError(f"{path}: {where}: {first['msg']}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a spec (not UTF-8 text)") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: not valid YAML ({msg})") from None

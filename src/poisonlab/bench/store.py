@@ -20,6 +20,9 @@ import sqlite3
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any, NamedTuple
+from urllib.parse import quote
+
+from poisonlab.errors import InputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -86,6 +89,23 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("DROP TABLE results_unseeded")
 
 
+def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
+    """``InputError`` unless every table in ``conn`` is one of the store's, with the store's columns
+    (an empty file is a new store)."""
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        columns = {r[1] for r in conn.execute(f"PRAGMA table_info('{table}')")} if table in COLUMNS else set()
+        if not COLUMNS.get(table, {"?"}) <= columns:
+            raise InputError(f"{path}: not a poisonlab results store (table {table!r} is not one of its tables); "
+                             "poisonlab leaves it as it is")
+
+
+COLUMNS = {"results": {"experiment", "attack", "defense", "metric", "value"},
+           "stages": {"experiment", "stage", "key", "seconds", "cached"},
+           "points": {"experiment", "attack", "condition", "dose", "seed", "metric", "value"},
+           "documents": {"experiment", "name", "body"}}
+
+
 class ResultsStore:
     """Thin wrapper over ``sqlite3``; every write is its own committed transaction.
 
@@ -93,11 +113,31 @@ class ResultsStore:
     ``timeout`` seconds for the other's transaction.
     """
 
-    def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path), timeout=timeout)
-        _migrate(self.conn)
-        self.conn.executescript(SCHEMA)
+    def __init__(self, path: str | Path, timeout: float = 60.0, read_only: bool = False) -> None:
+        """Open (or, unless ``read_only``, create) the store at ``path``.
+
+        ``read_only`` opens the file with SQLite's ``mode=ro`` and never writes to it (a store of
+        an older layout is migrated in a copy in memory).
+
+        Raises:
+            InputError: ``path`` is not an SQLite file, or holds tables that are not poisonlab's.
+        """
+        path = Path(path)
+        try:
+            if read_only:
+                source = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=timeout)
+                _check_ours(source, path)
+                self.conn = sqlite3.connect(":memory:")
+                source.backup(self.conn)
+                source.close()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(str(path), timeout=timeout)
+                _check_ours(self.conn, path)
+            _migrate(self.conn)
+            self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise InputError(f"{path}: not a poisonlab results store ({err})") from None
 
     def put(self, experiment: str, attack: str, defense: str, metrics: dict[str, float], seed: int = 0) -> None:
         """One cell's numbers for one training seed."""

@@ -13,10 +13,12 @@ from poisonlab.cli.common import (
     at_model_size,
     budget_options,
     emit,
+    force_option,
     load_data,
     method_help,
     parse_params,
     stream_options,
+    training_out,
 )
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
@@ -24,12 +26,13 @@ from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models import open as models_open
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_classifier
 from poisonlab.models.protocols import fits
-from poisonlab.train import TrainConfig, init_from_env
+from poisonlab.train import TrainConfig
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.dist import default_device
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import atomic_write, write_json
+from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 
 
 def open_classifier(path: str, data: ImageCaptionDataset, pretrained: str | None = None,
@@ -70,16 +73,19 @@ def trusted_options(f: Any) -> Any:
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@force_option
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_size: int, n: int | None,
-                         data_seed: int, resume: bool, out: Path, data_config: DataConfig, as_json: bool) -> None:
+                         data_seed: int, resume: bool, out: Path, force: bool, data_config: DataConfig,
+                         as_json: bool) -> None:
     """Train a timm classifier on labelled (possibly poisoned) data."""
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
     if not data.classnames:
         raise InputError("classifier training needs labelled data with class names")
     bundle = create_classifier(arch, len(data.classnames), image_size, data.classnames, seed=config.seed)
-    result = train_classifier(bundle, data, config, out, resume=resume, dist=init_from_env(), data_config=data_config)
+    dist = training_out(out, force)
+    result = train_classifier(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "data": result.data}
     emit(summary, as_json, [f"trained {result.steps} steps, loss {result.final_loss:.4f}",
@@ -102,10 +108,11 @@ def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_siz
 @click.option("--trace-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure test CA and ASR every N steps (summary.json's report.trace).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@force_option
 @click.option("--json", "as_json", is_flag=True)
 def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_seed: int, trusted_share: float,
                params: tuple[str, ...], test_dataset: str, test_n: int, trigger_names: tuple[str, ...],
-               trigger_params: tuple[str, ...], target: str | None, trace_every: int, out: Path,
+               trigger_params: tuple[str, ...], target: str | None, trace_every: int, out: Path, force: bool,
                as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Repair a suspect classifier with a trusted share of labelled data; writes OUT/model.safetensors."""
     repair = defenses.create(method, family="classifier", kind="repair", **parse_params(params, "--param"))
@@ -122,6 +129,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
         found = evaluator.with_model(clf).summary(built, target or 0)
         return {"ca": found["ca"], **{f"asr:{k}": v["asr"] for k, v in found.get("backdoor", {}).items()}}
 
+    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force)
     result = repair.run(suspect, trusted, out=out, monitor=monitor, monitor_every=trace_every)
     after = evaluator.with_model(result.model).summary(built, target or 0)
     path = out / "model.safetensors"
@@ -150,10 +158,11 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
               help="Train N clean + N backdoored models and report each method's ROC AUC instead.")
 @click.option("--epochs", type=float, default=24.0, show_default=True, help="Training epochs per population model.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@force_option
 @click.option("--json", "as_json", is_flag=True)
 def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n: int | None, data_seed: int,
                trusted_share: float, params: tuple[str, ...], population: int | None, epochs: float, out: Path,
-               as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
+               force: bool, as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Is this model backdoored? Scores one model, or a population with ROC AUC and an ROC plot.
 
     cti and neural-cleanse need a classifier (or a CLIP model, as a zero-shot classifier over the
@@ -163,6 +172,9 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
     extra = parse_params(params, "--param")
     built = {m: detect.create(m, **extra) for m in methods}
     if population is not None:
+        if population < 2:
+            raise InputError("--population needs at least 2 models of each kind")
+        claim_output(out, ("models", "population.json", "roc.png"), force=force)
         _detect_population(built, population, dataset, trusted_share, epochs, out, as_json)
         return
     if model_path is None:
@@ -175,6 +187,7 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
             raise InputError(f"{name} needs a {family} model; {model_path} is an {suspect.family}")
     data = at_model_size(dataset, data, suspect.image_size, n, data_seed)
     trusted = trusted_set(data, trusted_share, suspect.image_size, data_seed)
+    claim_output(out, ("detection.json", *(f"{name}-trigger.png" for name in built)), force=force)
     found = {name: d(suspect, trusted) for name, d in built.items()}
     for name, det in found.items():
         if "_trigger" in det.details:
@@ -209,8 +222,6 @@ def _detect_population(built: dict[str, Any], population: int, dataset: str, sha
     )
     from poisonlab.report.roc import roc_figure
 
-    if population < 2:
-        raise InputError("--population needs at least 2 models of each kind")
     cfg = PopulationConfig(n_clean=population, n_backdoored=population, dataset=dataset, epochs=epochs)
     members = train_population(cfg, out / "models")
     result = evaluate_detectors(members, out / "models", built, population_trusted(cfg, share))

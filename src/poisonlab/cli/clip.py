@@ -9,13 +9,21 @@ import click
 import torch.nn.functional as F
 
 from poisonlab import triggers
-from poisonlab.cli.common import budget_options, emit, load_data, parse_params, stream_options
+from poisonlab.cli.common import (
+    budget_options,
+    emit,
+    force_option,
+    load_data,
+    parse_params,
+    stream_options,
+    training_out,
+)
 from poisonlab.data import apply_names
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import DEFAULT_MODEL, create_clip
 from poisonlab.models import open as models_open
 from poisonlab.models.clip import HF_HUB_PREFIX, pretrained_tags
-from poisonlab.train import TrainConfig, init_from_env, train_clip
+from poisonlab.train import TrainConfig, train_clip
 from poisonlab.train.dist import default_device
 from poisonlab.train.stream import DataConfig, data_summary
 from poisonlab.triggers.patch import load_image_tensor
@@ -50,12 +58,13 @@ def train_group() -> None:
 @budget_options("clip")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@force_option
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
 @stream_options()
 @click.option("--json", "as_json", is_flag=True)
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: TrainConfig, out: Path, resume: bool,
-                   n: int | None, data_seed: int, data_config: DataConfig, as_json: bool,
+                   force: bool, n: int | None, data_seed: int, data_config: DataConfig, as_json: bool,
                    cache_dir: str | None) -> None:
     """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP)."""
     if arch.startswith(HF_HUB_PREFIX) or (pretrained and pretrained in pretrained_tags(arch).get(arch, [])):
@@ -65,7 +74,7 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: Trai
     else:
         bundle = create_clip(arch, seed=config.seed)
     data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
-    dist = init_from_env()
+    dist = training_out(out, force)
     result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "samples_per_second": round(result.samples_per_second, 1),

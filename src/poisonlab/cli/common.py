@@ -16,8 +16,11 @@ from poisonlab.data import open_dataset, shard_paths
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.registry import Registry, parameters
+from poisonlab.train.dist import DistInfo, init_from_env
 from poisonlab.train.loop import RECIPES, TrainConfig
 from poisonlab.train.stream import MODES, DataConfig
+from poisonlab.utils.io import json_safe
+from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 
 
 def parse_value(text: str) -> Any:
@@ -40,9 +43,10 @@ def parse_params(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
 
 
 def emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    """Print the JSON summary (``--json``) or human-readable lines."""
+    """Print the JSON summary (``--json``; always valid JSON: a non-finite number is ``null``) or
+    human-readable lines."""
     if as_json:
-        click.echo(json.dumps(summary, sort_keys=True))
+        click.echo(json.dumps(json_safe(summary), sort_keys=True, allow_nan=False))
     else:
         for line in lines:
             click.echo(line)
@@ -177,3 +181,19 @@ def caught_line(report: dict[str, Any]) -> str:
     """A filter's score against a known poison plan, as the filtering commands print it."""
     return (f"poisons caught {report['caught']}/{report['poisoned']}: precision {report['precision']:.3f}, "
             f"recall {report['recall']:.3f}")
+
+
+def force_option(f: Any) -> Any:
+    """``--force`` for commands that write an ``--out`` folder (:func:`~poisonlab.utils.output.claim_output`)."""
+    return click.option("--force", is_flag=True,
+                        help="Write into a non-empty --out folder that poisonlab did not write (only poisonlab's own "
+                             "files are ever replaced; a file of yours with one of its names is refused).")(f)
+
+
+def training_out(out: Path, force: bool) -> DistInfo:
+    """Join the torchrun process group (if any) and, on the main rank, claim ``out`` for a training
+    run's files (:func:`~poisonlab.utils.output.claim_output`); returns this process's place."""
+    dist = init_from_env()
+    if dist.is_main:
+        claim_output(out, TRAIN_OUTPUTS, force=force)
+    return dist

@@ -13,6 +13,7 @@ from poisonlab.cli.clip import model_options, open_model
 from poisonlab.cli.common import (
     caught_line,
     emit,
+    force_option,
     load_data,
     method_help,
     parse_params,
@@ -24,6 +25,7 @@ from poisonlab.models import ClipBundle
 from poisonlab.train import init_from_env
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json
+from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 
 
 def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: list[str], target: str | None,
@@ -56,6 +58,7 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--target", default=None, help="Target class for ASR.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@force_option
 @stream_options()
 @click.option("--json", "as_json", is_flag=True)
 def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: int | None, data_seed: int,
@@ -63,7 +66,7 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
               epochs: float | None, batch_size: int | None, lr: float | None, params: tuple[str, ...],
               test_dataset: str, test_n: int, trigger_names: tuple[str, ...], trigger_params: tuple[str, ...],
               target: str | None, seed: int,
-              out: Path, data_config: DataConfig, as_json: bool, pretrained: str | None,
+              out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
               cache_dir: str | None) -> None:
     """Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."""
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
@@ -78,6 +81,7 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
     test_config = dataclasses.replace(data_config, skip_bad_images=False)
     before = summarize(suspect, test, trig, list(trigger_names), target, test_config)
+    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force)
     result = method.run(suspect, data, out=out, dist=init_from_env(), data_config=data_config)
     after = summarize(result.model, test, trig, list(trigger_names), target, test_config)
     summary = {"defense": defense, "report": result.report, "before": before, "after": after,
@@ -101,10 +105,11 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 @click.option("--threshold", type=float, default=None, help="Drop pairs with cosine distance above this (0.8).")
 @click.option("--drop-fraction", type=float, default=None, help="Drop this share of the worst pairs instead.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@force_option
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float | None, drop_fraction: float | None,
-              out: Path, data_config: DataConfig, as_json: bool, pretrained: str | None,
+              out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
               cache_dir: str | None) -> None:
     """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
     if drop_fraction is None and threshold is None:
@@ -112,6 +117,7 @@ def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float 
     flt = defenses.create("filter", family="clip", kind="filter", threshold=threshold, drop_fraction=drop_fraction)
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
+    claim_output(out, ("scores.csv", "kept.json"), force=force)
     result = flt.run(bundle, data, out=out, data_config=data_config)
     report = result.report
     summary = {k: v for k, v in report.items() if k != "distances"} | {"kept": len(result.kept or [])}

@@ -16,16 +16,21 @@ from poisonlab.cli.common import emit
 from poisonlab.cli.defend import audit_cmd, clean_cmd
 from poisonlab.cli.poison import poison, show
 from poisonlab.cli.report import report_cmd
+from poisonlab.cli.run import run_cmd
 from poisonlab.cli.ssl import clean_encoder_cmd, probe_cmd
-from poisonlab.errors import InputError, RunOffError
+from poisonlab.errors import InputError, RunOffError, crash_log, one_line
+from poisonlab.models.finite import ALLOW_NONFINITE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Open checkpoints whose weights hold NaN or infinity (refused by default: such a model is broken).")
+def cli(verbose: int, allow_nonfinite: bool) -> None:
     """poisonlab: poison, train, measure, detect and remove backdoors in image encoders."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ALLOW_NONFINITE.set(allow_nonfinite)
 
 
 @cli.command("list")
@@ -56,6 +61,7 @@ cli.add_command(detect_cmd)
 cli.add_command(probe_cmd)
 cli.add_command(clean_encoder_cmd)
 cli.add_command(report_cmd)
+cli.add_command(run_cmd)
 
 
 # Errors about a path itself (a folder under a regular file, no permission, a file where a folder
@@ -84,10 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(f"error: cannot use {err.filename}: {err.strerror or err}", err=True)
         return 2
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
-        logging.getLogger("poisonlab").debug("failure", exc_info=True)
-        click.echo(f"error: {type(err).__name__}: {err}", err=True)
-        return 1
+        return last_resort(err)
     return 0
+
+
+def last_resort(err: BaseException) -> int:
+    """An unexpected failure: one line naming it and the log file that holds its traceback; exit 1."""
+    logging.getLogger("poisonlab").debug("failure", exc_info=True)
+    try:
+        where = f" (traceback in {crash_log(err)})"
+    except OSError:
+        where = ""
+    click.echo(f"error: {one_line(err)}{where}", err=True)
+    return 1
 
 
 def entry() -> None:

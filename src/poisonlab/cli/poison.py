@@ -21,7 +21,7 @@ from poisonlab.cli.common import (
 )
 from poisonlab.data import open_dataset
 from poisonlab.report import plan_gallery, trigger_gallery
-from poisonlab.utils.io import output_dir
+from poisonlab.utils.output import output_dir
 
 POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards")
 
@@ -62,7 +62,7 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
     how = open_args(relative_spec(dataset, out), split, image_size, n, data_seed)
     plan = dataclasses.replace(plan, dataset={**plan.dataset, "open": {k: v for k, v in how.items() if v is not None}})
     poisoned = PoisonedDataset(data, plan)
-    with output_dir(out, force=force, legacy=POISON_OUTPUTS) as tmp:
+    with output_dir(out, POISON_OUTPUTS, force=force) as tmp:
         plan.save(tmp / "plan.json")
         plan_gallery(poisoned, tmp / "poisoned.png")
         if materialize:

@@ -14,20 +14,23 @@ from poisonlab.cli.common import (
     budget_options,
     caught_line,
     emit,
+    force_option,
     load_data,
     method_help,
     parse_params,
     stream_options,
+    training_out,
 )
 from poisonlab.defenses import trusted_indices
 from poisonlab.errors import InputError
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_encoder
-from poisonlab.train import TrainConfig, init_from_env
+from poisonlab.train import TrainConfig
 from poisonlab.train.data import label_tensors
 from poisonlab.train.ssl_run import train_ssl
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json
+from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 
 
 @train_group.command("ssl")
@@ -42,15 +45,17 @@ from poisonlab.utils.io import write_json
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@force_option
 @stream_options(training=False)
 @click.option("--json", "as_json", is_flag=True)
 def train_ssl_cmd(method: str, dataset: str, arch: str, config: TrainConfig, views: str, params: tuple[str, ...],
-                  image_size: int, n: int | None, data_seed: int, resume: bool, out: Path, data_config: DataConfig,
-                  as_json: bool) -> None:
+                  image_size: int, n: int | None, data_seed: int, resume: bool, out: Path, force: bool,
+                  data_config: DataConfig, as_json: bool) -> None:
     """Self-supervised training of an image encoder (labels are never read)."""
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
     bundle = create_encoder(arch, image_size, seed=config.seed)
-    result = train_ssl(bundle, data, config, method, out, resume=resume, dist=init_from_env(), views=views,
+    dist = training_out(out, force)
+    result = train_ssl(bundle, data, config, method, out, resume=resume, dist=dist, views=views,
                        data_config=data_config, **parse_params(params, "--param"))
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "data": result.data}
@@ -107,15 +112,17 @@ def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labe
 @click.option("--data-seed", type=int, default=2, show_default=True)
 @click.option("--param", "params", multiple=True, help="Defense hyper-parameter KEY=VALUE.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@force_option
 @click.option("--json", "as_json", is_flag=True)
 def clean_encoder_cmd(defense: str, model_path: str, dataset: str, n: int | None, data_seed: int,
-                      params: tuple[str, ...], out: Path, as_json: bool, pretrained: str | None,
+                      params: tuple[str, ...], out: Path, force: bool, as_json: bool, pretrained: str | None,
                       cache_dir: str | None) -> None:
     """Distil a suspect encoder into a clean student, or find poisoned training images (PatchSearch)."""
     method = defenses.create(defense, family="encoder", **parse_params(params, "--param"))
     data = load_data(dataset, n=n, seed=data_seed)
     encoder = open_classifier(model_path, data, pretrained, cache_dir)
     data = at_model_size(dataset, data, encoder.image_size, n, data_seed)
+    claim_output(out, (*TRAIN_OUTPUTS, "summary.json", "kept.json"), force=force)
     result = method.run(encoder, data, out=out)
     report = result.report
     lines = []

@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
 from typing import Any
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from poisonlab.data.base import (
     DATASETS,
@@ -31,6 +33,9 @@ def available() -> list[str]:
     return DATASETS.available()
 
 
+MAX_SHARDS = 1_000_000
+
+
 def shard_paths(pattern: str) -> list[Path] | None:
     """The shards a brace pattern names (``cc3m-{00000..00331}.tar``, ``a-{0..3}.tar::b.tar``),
     expanded with ``braceexpand`` as webdataset does; ``None`` when ``pattern`` is not one.
@@ -40,7 +45,14 @@ def shard_paths(pattern: str) -> list[Path] | None:
     """
     if not pattern.endswith(".tar") or not ("{" in pattern or "::" in pattern):
         return None
-    paths = [Path(p) for part in pattern.split("::") for p in braceexpand(part)]
+    paths: list[Path] = []
+    for part in pattern.split("::"):
+        try:
+            paths += [Path(p) for p in itertools.islice(braceexpand(part), MAX_SHARDS + 1 - len(paths))]
+        except UnbalancedBracesError:
+            raise InputError(f"shard pattern {pattern!r}: unbalanced braces") from None
+        if len(paths) > MAX_SHARDS:
+            raise InputError(f"shard pattern {pattern!r} names more than {MAX_SHARDS} shards")
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputError(f"shard pattern {pattern!r}: {len(missing)} of {len(paths)} shards do not exist "
@@ -65,9 +77,11 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
     Raises:
         InputError: unknown name (listing the valid ones) or a path that does not exist.
     """
+    check_image_size(size)
     if spec in DATASETS:
         kwargs: dict[str, Any] = dict(size=size, split=split, seed=seed, **params)
         if n is not None:
+            check_generated(n, size)
             kwargs["n"] = n
         return DATASETS.create(spec, **kwargs)
     shards = shard_paths(spec)
@@ -81,6 +95,27 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
     dataset = _open_path(path, split, size, skip_bad)
     discover(dataset, path if path.is_dir() else path.parent)
     return dataset
+
+
+MAX_IMAGE_SIZE = 4096
+
+
+def check_image_size(size: int) -> None:
+    """``InputError`` unless ``size`` is an image side poisonlab can decode to (1 to 4096 pixels)."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise InputError(f"image size {size} is not a side in pixels from 1 to {MAX_IMAGE_SIZE}")
+
+
+def check_generated(n: int, size: int) -> None:
+    """``InputError`` unless ``n`` generated ``size``-pixel images fit in half of this machine's memory
+    (checked before any is drawn)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"--n must be a positive number of items, got {n}")
+    need = n * 3 * size * size
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise InputError(f"--n {n} images of {size}x{size} pixels need {need / 2**30:.1f} GiB, more than half of "
+                         f"this machine's {have / 2**30:.1f} GiB")
 
 
 def _open_path(path: Path, split: str, size: int, skip_bad: bool) -> ImageCaptionDataset:

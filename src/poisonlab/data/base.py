@@ -7,6 +7,8 @@ carries ``classnames`` (``None`` when it has no classes) and the zero-shot ``tem
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from poisonlab.errors import InputError
 from poisonlab.registry import Registry
 
 Item = tuple[torch.Tensor, str, int]
@@ -79,6 +82,15 @@ class ImageCaptionDataset(Dataset):
     def describe(self) -> dict[str, Any]:
         return {"name": type(self).__name__, "size": len(self)}
 
+    def fingerprint(self) -> str | None:
+        """A digest of what the items are, which a resumed training run must find unchanged.
+
+        Readers of files digest every item's key, caption and label with each file's size and
+        modification time (so a replaced image or caption is noticed without reading the
+        images); data in memory digests its pixels. ``None`` where nothing identifies the items.
+        """
+        return None
+
 
 @dataclass
 class TensorDataset(ImageCaptionDataset):
@@ -116,6 +128,10 @@ class TensorDataset(ImageCaptionDataset):
 
     def describe(self) -> dict[str, Any]:
         return dict(self.description) or {"name": "tensor", "size": len(self)}
+
+    def fingerprint(self) -> str:
+        """The digest of the pixels, captions and labels."""
+        return digest_parts(self.images.numpy().tobytes(), self.caption_list, [int(y) for y in self.label_list])
 
 
 class Subset(ImageCaptionDataset):
@@ -156,6 +172,35 @@ class Subset(ImageCaptionDataset):
 
     def describe(self) -> dict[str, Any]:
         return {"name": "subset", "size": len(self), "of": self.base.describe()}
+
+    def fingerprint(self) -> str | None:
+        base = self.base.fingerprint()
+        return None if base is None else digest_parts(base, self.indices)
+
+
+def check_classnames(names: Sequence[str], source: str) -> list[str]:
+    """``names`` as a list, refused when one is empty or two are the same (a zero-shot head with
+    two identical classes, or a nameless one, measures nothing). Applied to names read from a
+    user's files and folders; open_clip's ImageNet list is the field's as it is (it names two
+    pairs of classes alike, as every paper's evaluation does)."""
+    names = [str(n) for n in names]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise InputError(f"{source}: class {i} has an empty name")
+        if name in seen:
+            raise InputError(f"{source}: classes {seen[name]} and {i} have the same name {name!r}")
+        seen[name] = i
+    return names
+
+
+def digest_parts(*parts: Any) -> str:
+    """16 hex digits of the SHA-256 of ``parts`` (bytes as they are, the rest as JSON)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:16]
 
 
 DATASETS: Registry[ImageCaptionDataset] = Registry("dataset")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import numbers
 import os
 import pickle
@@ -28,10 +29,18 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 
-from poisonlab.data.base import DEFAULT_TEMPLATES, ImageCaptionDataset, Item, TensorDataset
+from poisonlab.data.base import (
+    DEFAULT_TEMPLATES,
+    ImageCaptionDataset,
+    Item,
+    TensorDataset,
+    check_classnames,
+    digest_parts,
+)
 from poisonlab.data.zero_shot import BUILTIN_TEMPLATES, synset_classnames
 from poisonlab.errors import InputError
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
 
@@ -50,13 +59,31 @@ def decode_image(data: bytes | Path, size: int, where: str) -> torch.Tensor:
         with Image.open(src) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))
-            rgb = im.convert("RGB")
+            rgb = _to_rgb(im, where)
     except FileNotFoundError:
         raise InputError(f"{where}: image file not found") from None
     except DECODE_ERRORS as err:
         raise InputError(f"{where}: cannot read image ({err})") from None
     tensor = TF.resize(TF.pil_to_tensor(rgb), size, antialias=True)
     return TF.center_crop(tensor, [size, size]).float() / 255.0
+
+
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1}
+"""Single-channel modes wider than 8 bits, and the value that is white in each (16-bit PNGs and
+TIFFs open as ``I;16``/``I``; float TIFFs as ``F`` in [0, 1])."""
+
+
+def _to_rgb(im: Image.Image, where: str) -> Image.Image:
+    """``im`` as 8-bit RGB, wide greyscale scaled to 8 bits (PIL's ``convert`` clips it: a 16-bit mid
+    grey would become white)."""
+    white = WIDE_MODES.get(im.mode)
+    if white is None:
+        return im.convert("RGB")
+    values = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > white:
+        raise InputError(f"{where}: {im.mode} image values outside 0..{white}; save it as an 8- or 16-bit image")
+    grey = np.rint(values * (255.0 / white)).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def _class_captions(classnames: list[str], labels: list[int]) -> list[str]:
@@ -87,6 +114,14 @@ class _ImageFiles(ImageCaptionDataset):
 
     def captions(self) -> list[str]:
         return list(self.caption_list)
+
+    def fingerprint(self) -> str:
+        """Keys, captions, labels, and each image file's size and modification time."""
+        files = []
+        for p in self.paths:
+            st = p.stat()
+            files.append([st.st_size, st.st_mtime_ns])
+        return digest_parts(self.keys(), self.caption_list, self.label_list, files)
 
 
 class CsvDataset(_ImageFiles):
@@ -132,14 +167,17 @@ class CsvDataset(_ImageFiles):
             raise InputError(f"{self.csv_path.name}: no rows")
         return rows
 
-    @staticmethod
-    def _parse_labels(raw: list[str]) -> tuple[list[int], list[str] | None]:
+    def _parse_labels(self, raw: list[str]) -> tuple[list[int], list[str] | None]:
         if all(s == "" for s in raw):
             return [-1] * len(raw), None
+        empty = [i for i, s in enumerate(raw) if not s.strip()]
+        if empty:
+            raise InputError(f"{self.csv_path.name} row {empty[0] + 1}: empty label (give every row a label, or none)")
         if all(s.lstrip("-").isdigit() for s in raw):
             return [int(s) for s in raw], None
         names = sorted(set(raw))
-        return [names.index(s) for s in raw], names
+        index = {name: i for i, name in enumerate(names)}
+        return [index[s] for s in raw], names
 
     def where(self, index: int) -> str:
         return f"{self.csv_path.name} row {index + 1} ({self.paths[index].name})"
@@ -174,7 +212,8 @@ class FolderDataset(_ImageFiles):
             self.classnames, self.classnames_source = imagenet, "imagenet1k (WordNet-id folders, timm synsets)"
             self.templates, self.templates_source = BUILTIN_TEMPLATES["openai"](), "openai (open_clip zero_shot_metadata)"
         else:
-            self.classnames, self.classnames_source = [c.replace("_", " ") for c in classes], "folder names"
+            names = check_classnames([c.replace("_", " ") for c in classes], f"{self.root} (class folders)")
+            self.classnames, self.classnames_source = names, "folder names"
         self.paths: list[Path] = []
         self.label_list: list[int] = []
         for y, c in enumerate(classes):
@@ -256,7 +295,8 @@ def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> Te
     keys = [f"{p.name}/{i}" for p, b in zip(files, batches, strict=True) for i in range(len(b["labels"]))]
     meta = root / "batches.meta"
     if meta.is_file():
-        classnames = [n.decode() if isinstance(n, bytes) else n for n in _load_cifar_batch(meta)["label_names"]]
+        classnames = check_classnames([n.decode() if isinstance(n, bytes) else n
+                                       for n in _load_cifar_batch(meta)["label_names"]], str(meta))
     else:
         classnames = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     images = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
@@ -267,6 +307,18 @@ def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> Te
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def _truncated(shard: Path, end: int) -> bool:
+    """Whether a tar archive whose last member ends at ``end`` stops short of its end marker
+    (at least one 512-byte block of zeros, and nothing but zeros after it)."""
+    size = shard.stat().st_size
+    if size - end < 512:
+        return True
+    with open(shard, "rb") as f:
+        f.seek(end)
+        tail = f.read(min(size - end, 1 << 20))
+    return tail.count(0) != len(tail)
 
 
 @dataclass(frozen=True)
@@ -313,6 +365,7 @@ class WebDatasetShards(ImageCaptionDataset):
         self.size = size
         self.skip_bad = skip_bad
         self.skipped = 0
+        self.truncated: list[str] = []
         self.samples: list[ShardSample] = []
         for si, shard in enumerate(self.shards):
             self.samples += self._index(si, shard)
@@ -355,10 +408,22 @@ class WebDatasetShards(ImageCaptionDataset):
                         key, ext = split_member(m.name)
                         if ext:
                             groups.setdefault(key, {})[ext] = m
+                truncated = _truncated(shard, tar.offset)
+                if truncated and not self.skip_bad:
+                    raise InputError(f"{shard}: the shard is truncated (it ends without tar's end marker, after "
+                                     f"{len(groups)} sample keys); copy it again, or pass --skip-bad-images to use "
+                                     "its complete samples")
                 samples = [self._sample(si, tar, key, groups[key]) for key in groups]
         except (tarfile.TarError, OSError) as err:
             raise InputError(f"{shard}: cannot read webdataset shard ({err})") from None
-        return [s for s in samples if s is not None]
+        kept = [s for s in samples if s is not None]
+        if truncated:
+            whole = [s for s in kept if s.offset + s.nbytes <= shard.stat().st_size]
+            log.warning("%s is truncated: using its %d complete samples", shard, len(whole))
+            self.skipped += len(kept) - len(whole)
+            self.truncated.append(shard.name)
+            kept = whole
+        return kept
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -391,6 +456,12 @@ class WebDatasetShards(ImageCaptionDataset):
 
     def describe(self) -> dict[str, Any]:
         return {"name": "webdataset", "shards": [s.name for s in self.shards], "size": self.size}
+
+    def fingerprint(self) -> str:
+        """Every sample's key, caption, label and place in its shard, and each shard's size and
+        modification time."""
+        shards = [[p.stat().st_size, p.stat().st_mtime_ns] for p in self.shards]
+        return digest_parts([[s.shard, s.key, s.caption, s.label, s.offset, s.nbytes] for s in self.samples], shards)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -24,7 +24,7 @@ from pathlib import Path
 from open_clip import zero_shot_metadata
 from timm.data import ImageNetInfo
 
-from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.data.base import ImageCaptionDataset, check_classnames
 from poisonlab.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,20 @@ def _lines(path: Path, what: str) -> list[str]:
 
 
 def classnames_from(spec: str) -> tuple[list[str], str]:
-    """Names and their source from a built-in name (``imagenet1k``) or a file."""
+    """Names and their source from a built-in name (``imagenet1k``) or a file (one name per line in
+    label order; a blank line inside the list is refused, since it would shift every later class)."""
     if spec in BUILTIN_CLASSNAMES:
         return BUILTIN_CLASSNAMES[spec](), f"{spec} (open_clip zero_shot_metadata)"
-    return _lines(Path(spec), "class names"), Path(spec).name
+    path = Path(spec)
+    names = _lines(path, "class names")
+    try:
+        raw = path.read_text(encoding="utf-8").strip().splitlines()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read class names ({err.strerror})") from None
+    blank = [i for i, line in enumerate(raw) if not line.strip()]
+    if blank:
+        raise InputError(f"{path} line {blank[0] + 1}: empty class name (one name per line, in label order)")
+    return check_classnames(names, str(path)), path.name
 
 
 def templates_from(spec: str) -> tuple[list[str], str]:

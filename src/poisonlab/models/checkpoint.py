@@ -17,9 +17,11 @@ Other files: ``.pt``/``.bin``/``.pth`` are read with ``torch.load(weights_only=T
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from poisonlab.errors import InputError
+from poisonlab.models.finite import check_finite
 from poisonlab.utils.io import atomic_write, load_tensors, write_json
+from poisonlab.utils.output import NAME
 
 log = logging.getLogger(__name__)
 SIDECAR_FORMAT = "poisonlab.clip/1"
-
-
 def sidecar_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
@@ -134,8 +136,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise InputError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {msg}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         raise InputError(f"{path}: no state dict of tensors inside")
+    check_finite(state, path)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -189,6 +193,34 @@ def save_classifier(bundle: Any, path: str | Path) -> Path:
     return path
 
 
+def check_classifier_meta(meta: dict[str, Any], where: Path) -> None:
+    """``InputError`` naming the sidecar field that is not what a classifier sidecar holds: names
+    are names, ``timm_kwargs`` a mapping of names to scalars, ``num_classes`` 0 (an encoder) to 100000, class
+    names strings."""
+    for key in ("model_name", "timm_name"):
+        if not isinstance(meta[key], str) or not NAME.match(meta[key]):
+            raise InputError(f"{where}: {key} must be a name (letters, digits, . _ + - only), got {str(meta[key])[:60]!r}")
+    kwargs = meta["timm_kwargs"]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() and _plain(v)
+                                               for k, v in kwargs.items()):
+        raise InputError(f"{where}: timm_kwargs must map argument names to numbers, strings, booleans or "
+                         "lists of them")
+    n = meta["num_classes"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 100_000:
+        raise InputError(f"{where}: num_classes must be an integer from 0 (an encoder) to 100000, got {n!r}")
+    names = meta.get("classnames")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(c, str) for c in names)):
+        raise InputError(f"{where}: classnames must be a list of strings")
+    if meta.get("kind", "classifier") not in ("classifier", "encoder"):
+        raise InputError(f"{where}: kind must be classifier or encoder, got {str(meta.get('kind'))[:40]!r}")
+
+
+def _plain(value: Any) -> bool:
+    """A scalar, or a flat list of scalars (a timm argument such as ``layers=[1, 1, 1, 1]``)."""
+    scalar = (int, float, str, bool, type(None))
+    return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
+
+
 def load_classifier(path: str | Path, num_classes: int | None = None) -> Any:
     """Load a classifier saved by :func:`save_classifier`.
 
@@ -205,6 +237,7 @@ def load_classifier(path: str | Path, num_classes: int | None = None) -> Any:
     missing = [k for k in ("model_name", "timm_name", "timm_kwargs", "num_classes") if k not in meta]
     if missing:
         raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks {', '.join(missing)}")
+    check_classifier_meta(meta, sidecar_path(path))
     if num_classes is not None and num_classes != meta["num_classes"]:
         raise InputError(f"{path} has {meta['num_classes']} classes but the data has {num_classes}")
     import timm
@@ -212,7 +245,19 @@ def load_classifier(path: str | Path, num_classes: int | None = None) -> Any:
     pre = checked_preprocess(body, sidecar_path(path))  # type: ignore[arg-type]
     if "mean" not in pre or "std" not in pre:
         raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks preprocess_cfg mean and std")
-    model = timm.create_model(meta["timm_name"], pretrained=False, num_classes=meta["num_classes"], **meta["timm_kwargs"])
+    build = functools.partial(timm.create_model, meta["timm_name"], pretrained=False,
+                              num_classes=meta["num_classes"], **meta["timm_kwargs"])
+    try:
+        with torch.device("meta"):
+            need = sum(p.numel() * p.element_size() for p in build().parameters())
+    except Exception as err:  # noqa: BLE001 - a sidecar may break timm in any way
+        raise InputError(f"{sidecar_path(path)}: timm_name {meta['timm_name']!r} with these timm_kwargs builds no "
+                         f"model ({type(err).__name__}: {str(err).strip()[:160]})") from None
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise InputError(f"{sidecar_path(path)}: the model needs {need / 2**30:.1f} GiB of weights, more than half of "
+                         f"this machine's {have / 2**30:.1f} GiB")
+    model = build()
     bundle = ClassifierBundle(model, meta["model_name"], meta["timm_name"], meta["timm_kwargs"], meta["num_classes"],
                               int(pre.get("size", 32)), meta.get("classnames"), tuple(pre.get("mean")),
                               tuple(pre.get("std")))

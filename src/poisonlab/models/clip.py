@@ -28,7 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.errors import InputError
+from poisonlab.models.finite import check_finite
 from poisonlab.models.normalize import normalize_images
+from poisonlab.utils.io import atomic_write
+from poisonlab.utils.output import NAME
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
@@ -53,15 +56,40 @@ def register_config(name: str, config: dict[str, Any]) -> str:
     ``open_clip.add_model_config`` (open_clip's public mechanism).
     """
     register_configs()
+    if not isinstance(name, str) or not NAME.match(name):
+        raise InputError(f"architecture name {str(name)[:60]!r} is not a name (letters, digits, . _ + - only)")
+    if not isinstance(config, dict) or not isinstance(config.get("vision_cfg"), dict) \
+            or not isinstance(config.get("text_cfg"), dict):
+        raise InputError(f"the config of architecture {name!r} is not an open_clip model config "
+                         "(a mapping with vision_cfg and text_cfg)")
     if name in open_clip.list_models() and open_clip.get_model_config(name) == config:
         return name
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     new_name = f"{name}-{digest}"
     folder = Path(tempfile.gettempdir()) / f"poisonlab-configs-{os.getpid()}"
     folder.mkdir(exist_ok=True)
-    (folder / f"{new_name}.json").write_text(json.dumps(config))
+    with atomic_write(folder / f"{new_name}.json", "w") as f:
+        f.write(json.dumps(config))
     open_clip.add_model_config(folder / f"{new_name}.json")
+    _check_size(new_name, name)
     return new_name
+
+
+def _check_size(name: str, shown: str) -> None:
+    """Build architecture ``name`` on the meta device (no memory) and refuse it, before any
+    allocation, when its weights would not fit in half of this machine's memory or the config
+    does not build at all."""
+    try:
+        with _quiet_root_warnings(), torch.device("meta"):
+            model = open_clip.create_model(name, device="meta")
+    except Exception as err:  # noqa: BLE001 - a config from a file may break open_clip in any way
+        raise InputError(f"the config of architecture {shown!r} does not build an open_clip model "
+                         f"({type(err).__name__}: {str(err).strip()[:160]})") from None
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise InputError(f"the config of architecture {shown!r} needs {need / 2**30:.1f} GiB of weights, more than "
+                         f"half of this machine's {have / 2**30:.1f} GiB")
 
 
 def available_models() -> list[str]:
@@ -253,6 +281,7 @@ def _from_tag(name: str, tag: str, cache_dir: str | None, device: str | torch.de
     except (RuntimeError, OSError, ValueError, EOFError) as err:  # a truncated or foreign cache file
         raise InputError(f"model {name}, pretrained {tag!r}: the cached file {path} is unreadable or does not "
                          f"fit ({str(err).splitlines()[0][:160]}); remove it so open_clip downloads it again") from None
+    check_finite(bundle.model.state_dict(), path)
     bundle.mean = tuple(cfg.get("mean", bundle.mean))
     bundle.std = tuple(cfg.get("std", bundle.std))
     bundle.provenance = {"init": "pretrained", "model": name, "tag": tag, "file": path.name,

@@ -62,10 +62,12 @@ def load_expected(path: str | Path) -> list[Expected]:
     """The numbers of an ``*.expected.yaml`` file; ``InputError`` naming the entry that is malformed."""
     try:
         body = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"{path}: cannot read expected ranges ({err})") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise InputError(f"{path}: cannot read expected ranges ({str(err).splitlines()[0][:200]})") from None
     if not isinstance(body, dict) or not isinstance(body.get("numbers"), list):
         raise InputError(f"{path}: expected a mapping with a 'numbers' list")
+    if not body["numbers"]:
+        raise InputError(f"{path}: the 'numbers' list is empty: a check against nothing would pass whatever the run says")
     out = []
     for i, item in enumerate(body["numbers"]):
         try:

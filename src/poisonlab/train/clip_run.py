@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def provenance(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainConfig, how: str) -> dict[str, Any]:
     """What produced a checkpoint: parent weights, data (and poison plan digest), config."""
     record: dict[str, Any] = {"stage": how, "dataset": dataset.describe(), "config": asdict(config),
-                              "parent": bundle.provenance}
+                              "parent": bundle.provenance, "data_fingerprint": dataset.fingerprint()}
     if dataset.plan is not None:
         record["poison_plan"] = dataset.plan.digest()
         record["poisoned"] = len(dataset.plan.entries)
@@ -30,10 +30,12 @@ def provenance(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainCo
 
 
 def run_identity(record: dict[str, Any] | None) -> dict[str, Any]:
-    """What a resumed run must share with the saved one: the data and the poison plan (not the
-    data path, memory or stream, which gives the same batches)."""
+    """What a resumed run must share with the saved one: the data (its description and its content
+    fingerprint, :meth:`~poisonlab.data.base.ImageCaptionDataset.fingerprint`) and the poison plan
+    (not the data path, memory or stream, which gives the same batches)."""
     record = record or {}
-    return {"dataset": record.get("dataset"), "poison_plan": record.get("poison_plan")}
+    return {"dataset": record.get("dataset"), "data_fingerprint": record.get("data_fingerprint"),
+            "poison_plan": record.get("poison_plan")}
 
 
 def train_clip(bundle: ClipBundle, dataset: ImageCaptionDataset, config: TrainConfig,

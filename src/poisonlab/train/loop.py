@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +33,8 @@ from tqdm import tqdm
 from poisonlab.errors import InputError
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.schedule import SCHEDULES, multiplier
-from poisonlab.utils.io import atomic_write, load_tensors, run_lock
+from poisonlab.utils.io import atomic_write, load_tensors
+from poisonlab.utils.output import open_nofollow, run_lock
 from poisonlab.utils.seeding import derive_seed, make_generator
 
 log = logging.getLogger(__name__)
@@ -286,6 +288,8 @@ class Trainer:
         path = self.out / METRICS_FILE if self.out is not None else None
         if path is None or not path.is_file() or not self.dist.is_main:
             return
+        if path.is_symlink():
+            raise InputError(f"{path} is a symlink: poisonlab never writes through one; remove it")
         kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
         with atomic_write(path, "w") as f:
             f.write("".join(line + "\n" for line in kept))
@@ -347,7 +351,9 @@ class Trainer:
         self.objective.model.train()
         if self.out is not None and self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        metrics = open(self.out / METRICS_FILE, "a") if self.out is not None and self.dist.is_main else None
+        metrics = None
+        if self.out is not None and self.dist.is_main:
+            metrics = os.fdopen(open_nofollow(self.out / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
         show = self.progress and self.dist.is_main and sys.stderr.isatty()
         bar = tqdm(total=self.total, initial=self.step, disable=not show,
                    desc="train", leave=False, dynamic_ncols=True)

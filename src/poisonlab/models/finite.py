@@ -1,0 +1,29 @@
+"""Weights that are numbers: a checkpoint with NaN or infinity is refused when it is opened.
+
+A model whose weights hold NaN classifies every image as the same class, so it would "measure"
+an attack success rate of 100% and a retrieval of 1.0; it is broken, not backdoored.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+
+import torch
+
+from poisonlab.errors import InputError
+
+ALLOW_NONFINITE: ContextVar[bool] = ContextVar("allow_nonfinite", default=False)
+"""Open checkpoints whose weights hold NaN or infinity (``poisonlab --allow-nonfinite``); off by default."""
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """``InputError`` naming the first floating-point tensor of ``state`` that holds NaN or infinity
+    (a broken model measures as nonsense: every image the same class), unless :data:`ALLOW_NONFINITE`."""
+    if ALLOW_NONFINITE.get():
+        return
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise InputError(f"{where}: tensor {key!r} holds {bad} non-finite values (NaN or infinity): a broken "
+                             "model; poisonlab --allow-nonfinite opens it anyway")
