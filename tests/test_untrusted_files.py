@@ -105,6 +105,11 @@ def files(tmp_path_factory):
     for name, side in sidecars.items():
         (d / name).mkdir()
         f[name] = _clip_with(d / name, side=side)
+    (d / "deep").mkdir()
+    f["deep_sidecar"] = _clip_with(d / "deep")
+    (d / "deep" / "model.json").write_text("[" * 200_000)
+    (d / "deep-plan.json").write_text("{" + '"a": {' * 50_000)
+    f["deep_plan"] = str(d / "deep-plan.json")
     classifier_sidecars = {
         "timm_path": lambda m: m.update(timm_name="../x"),
         "timm_classes": lambda m: m.update(num_classes=10**12),
@@ -205,7 +210,9 @@ CASES = {
                                          "shapes", "--n", "200", "--out", "{out}"],
     "classifier sidecar kind a path": ["repair", "--method", "finetune", "--model", "{timm_kind}", "--dataset",
                                        "shapes", "--n", "200", "--out", "{out}"],
+    "sidecar nested past the stack": [*EVAL, "--model", "{deep_sidecar}"],
     # plans of the wrong types
+    "plan nested past the stack": [*TRAIN[:3], "{deep_plan}", "--steps", "1", "--out", "{out}"],
     "plan index a string": [*TRAIN[:3], "{plan_index_text}", "--steps", "1", "--out", "{out}"],
     "plan index a boolean": [*TRAIN[:3], "{plan_index_bool}", "--steps", "1", "--out", "{out}"],
     "plan entries a mapping": [*TRAIN[:3], "{plan_entries_map}", "--steps", "1", "--out", "{out}"],
@@ -614,3 +621,39 @@ def test_an_unexpected_failure_is_one_line_with_its_log(monkeypatch, tmp_path, c
     assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     log = re.search(r"traceback in (\S+)\)", err).group(1)
     assert "RuntimeError" in open(log).read() and "boom" in open(log).read()
+
+
+@pytest.mark.parametrize("state", [{"config": 5}, {"config": "[1]"}, {"config": "{", "identity": "{}"},
+                                   {"identity": 7}, {"step": "3"}])
+def test_resume_refuses_a_state_with_fields_of_the_wrong_type(state, tmp_path, capsys):
+    out = tmp_path / "run"
+    claim_output(out, TRAIN_OUTPUTS)
+    body = {"step": 1, "model": {}, "optimizer": {}, "rng": torch.get_rng_state(), "config": "{}", **state}
+    torch.save(body, out / "train_state.pt")
+    code = main([*TRAIN[:-1], "4", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_resume_drops_a_half_written_metrics_line(tmp_path, capsys, monkeypatch):
+    """A run killed mid-write leaves half a metrics row: the resume drops it instead of failing on it."""
+    from poisonlab.train.loop import Trainer
+
+    out = tmp_path / "run"
+    argv = [*TRAIN[:-1], "30", "--checkpoint-every", "15", "--out", str(out)]
+    step = Trainer._train_step
+
+    def killed(self, *args):
+        if self.step == 22:
+            raise RuntimeError("killed")
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", killed)
+    assert main(argv) == 1
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 21, "lo')
+    assert main([*argv, "--resume"]) == 0
+    capsys.readouterr()
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30]

@@ -78,8 +78,8 @@ class PoisonPlan:
             body = json.loads(path.read_text())
         except FileNotFoundError:
             raise InputError(f"plan file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"{path}: not a JSON plan ({err})") from None
+        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, or nested past Python's stack
+            raise InputError(f"{path}: not a JSON plan ({type(err).__name__})") from None
         if not isinstance(body, dict) or body.pop("format", None) != PLAN_FORMAT:
             raise InputError(f"{path}: not a poisonlab plan (format {PLAN_FORMAT} expected)")
         check_fields(body, PLAN_FIELDS, path, "")

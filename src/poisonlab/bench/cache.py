@@ -68,7 +68,7 @@ def read_done(path: Path) -> dict[str, Any]:
     """A stage's ``done.json``; ``InputError`` naming it when it is not a JSON object."""
     try:
         done = json.loads(path.read_text())
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RecursionError) as err:
         raise InputError(f"{path}: unreadable stage record ({err}); remove its folder to rebuild the stage") from None
     if not isinstance(done, dict):
         raise InputError(f"{path}: not a stage record; remove its folder to rebuild the stage")

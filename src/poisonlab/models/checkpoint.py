@@ -74,9 +74,9 @@ def _sidecar_body(path: str | Path) -> dict[str, Any] | None:
     if not side.is_file():
         return None
     try:
-        body = json.loads(side.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{side}: unreadable checkpoint sidecar ({err})") from None
+        body = json.loads(side.read_bytes())
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, or nested past Python's stack
+        raise InputError(f"{side}: unreadable checkpoint sidecar ({type(err).__name__})") from None
     return body if isinstance(body, dict) else {}
 
 

@@ -302,8 +302,8 @@ def _from_hub(model_id: str, cache_dir: str | None, device: str | torch.device) 
     try:
         body = json.loads(config_path.read_text())
         model_cfg = body["model_cfg"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"{what}: open_clip_config.json has no model_cfg ({err})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
+        raise InputError(f"{what}: open_clip_config.json has no model_cfg ({type(err).__name__})") from None
     pre = checked_preprocess(body, f"{what}: open_clip_config.json")
     weights = None
     for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):

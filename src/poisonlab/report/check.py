@@ -62,7 +62,7 @@ def load_expected(path: str | Path) -> list[Expected]:
     """The numbers of an ``*.expected.yaml`` file; ``InputError`` naming the entry that is malformed."""
     try:
         body = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
         raise InputError(f"{path}: cannot read expected ranges ({str(err).splitlines()[0][:200]})") from None
     if not isinstance(body, dict) or not isinstance(body.get("numbers"), list):
         raise InputError(f"{path}: expected a mapping with a 'numbers' list")

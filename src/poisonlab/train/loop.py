@@ -259,8 +259,11 @@ class Trainer:
         state = load_tensors(path, "resume state")
         if not isinstance(state, dict) or not {"step", "model", "optimizer", "rng", "config"} <= set(state):
             raise InputError(f"{path} is not a poisonlab training state (no step, model, optimizer and config)")
-        self.check_same_run(json.loads(state["config"]), json.loads(state.get("identity", "{}")), path)
-        step = int(state["step"])
+        saved = [_json_field(state, key, path) for key in ("config", "identity")]
+        self.check_same_run(saved[0], saved[1], path)
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise InputError(f"{path}: step must be a non-negative integer, got {type(step).__name__}")
         if step >= self.total:
             raise InputError(f"the run in {self.out} is finished ({step} of {self.total} steps): nothing to resume")
         model = self.objective.model
@@ -290,7 +293,7 @@ class Trainer:
             return
         if path.is_symlink():
             raise InputError(f"{path} is a symlink: poisonlab never writes through one; remove it")
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in path.read_text(errors="replace").splitlines() if _step_of(line) <= step]
         with atomic_write(path, "w") as f:
             f.write("".join(line + "\n" for line in kept))
 
@@ -391,3 +394,26 @@ class Trainer:
         if self.out is not None and not just_saved:
             self.save_checkpoint()
         return TrainResult(self.step, loss, seconds, done / seconds if seconds > 0 else 0.0)
+
+
+def _json_field(state: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """A training state's JSON text field ``key`` as a mapping (``{}`` when absent, as in old states)."""
+    text = state.get(key, "{}")
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: {key} is not the JSON text of a mapping; not a poisonlab training state")
+    return value
+
+
+def _step_of(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinity for a line that is no metrics row (a line a
+    killed run left half-written is dropped on resume, not parsed into a traceback)."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return math.inf
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else math.inf

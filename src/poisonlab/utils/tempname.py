@@ -34,7 +34,7 @@ def manifest_body(folder: Path) -> dict[str, Any] | None:
         return {}
     try:
         body = json.loads(path.read_bytes())
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
         return {}
     return body if isinstance(body, dict) else {}
 
