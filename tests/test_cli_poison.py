@@ -155,3 +155,48 @@ def test_poison_sweeps_only_its_own_killed_temp_folders(tmp_path, capsys):
     capsys.readouterr()
     assert code == 0 and (out / "plan.json").is_file()
     assert not dead.exists() and live.exists() and all(p.exists() for p in users)
+
+
+def test_the_lazy_command_table_matches_the_commands():
+    """``poisonlab --help`` lists every command from a table without importing it; the table's
+    help text is each command's own first paragraph, and nothing is registered past the table."""
+    import importlib
+    import inspect
+
+    from poisonlab.cli.main import COMMANDS
+
+    for name, (module, attr, text) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), attr)
+        assert command.name == name
+        assert text == " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split()), name
+
+
+def test_help_and_version_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from poisonlab.cli.main import main; rc = main(['--help']); rc2 = main(['--version']);"
+            " print('torch' in sys.modules, rc, rc2)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False 0 0"
+    assert "clean-encoder" in out and "poisonlab, version" in out
+
+
+def test_every_option_of_every_command_has_help():
+    import importlib
+
+    import click
+
+    from poisonlab.cli.main import COMMANDS
+
+    def leaves(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from leaves(sub, f"{path} {name}")
+        else:
+            yield path, command
+
+    for name, (module, attr, _) in COMMANDS.items():
+        for path, command in leaves(getattr(importlib.import_module(module), attr), name):
+            bare = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help]
+            assert not bare, f"{path}: {bare}"

@@ -13,6 +13,34 @@ def test_asr_excludes_target_class():
     res = attack_success_rate(preds, labels, target=3)
     assert res["asr"] == 2 / 3
     assert res["asr_all"] == 4 / 6
+    # RA: of those three, only image 2 (true class 1, predicted 1) keeps its class
+    assert res["ra"] == 1 / 3
+
+
+def test_der_matches_backdoorbench_by_hand():
+    from poisonlab.metrics import defense_effectiveness
+
+    # ASR 0.9 -> 0.1 (removed 0.8), CA 0.8 -> 0.7 (lost 0.1): (0.8 - 0.1 + 1) / 2
+    assert abs(defense_effectiveness(0.8, 0.9, 0.7, 0.1) - 0.85) < 1e-12
+    # a defense that raises ASR and CA is neither rewarded nor penalised for it: 0.5
+    assert defense_effectiveness(0.8, 0.5, 0.9, 0.6) == 0.5
+    # removes everything at no cost: 1; costs all accuracy, removes nothing: 0
+    assert defense_effectiveness(0.8, 1.0, 0.8, 0.0) == 1.0
+    assert defense_effectiveness(1.0, 0.9, 0.0, 0.9) == 0.0
+    assert defense_effectiveness(0.8, float("nan"), 0.8, 0.1) != defense_effectiveness(0.8, float("nan"), 0.8, 0.1)
+
+
+def test_report_rows_hold_ra_and_der(tmp_path):
+    from poisonlab.bench.store import ResultsStore
+    from poisonlab.report.experiment import ra_der_rows
+
+    store = ResultsStore(tmp_path / "r.db")
+    store.put("e", "badnet", "none", {"ca": 0.8, "asr": 0.9, "ra": 0.05})
+    for seed, (ca, asr) in enumerate(((0.7, 0.1), (0.75, 0.3))):
+        store.put("e", "badnet", "par", {"ca": ca, "asr": asr, "ra": 0.6}, seed)
+    rows = ra_der_rows(store.table("e"), ["badnet"], ["par"])
+    der = ((0.9 - 0.2) - (0.8 - 0.725) + 1) / 2  # from the seed means: ASR 0.2, CA 0.725
+    assert rows[1] == ["badnet", "5.0", f"60.0 / {100 * der:.1f}"]
 
 
 def _rank_loop(scores, mask):

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,35 @@ def test_materialized_shards_round_trip(shards, tmp_path, capsys):
         else:  # byte for byte
             assert written.image_bytes(i) == base.image_bytes(i)
             assert written[i][1:] == base[i][1:]
+
+
+def test_materialized_shards_read_back_with_webdataset(shards, tmp_path, capsys):
+    """webdataset.WebDataset (what open_clip_train reads) sees the written shards' samples with the
+    same keys, and a clean sample's members byte for byte."""
+    import webdataset as wds
+
+    out = tmp_path / "poisoned"
+    code, text, err = run(capsys, "poison", "--dataset", str(shards[0].parent), "--attack", "clip-dirty",
+                          "--target", "star", "--trigger", "badnet", "--rate", "0.05", "--out", str(out),
+                          "--materialize", "--json")
+    assert code == 0, err
+    base = open_dataset(str(shards[0].parent))
+    plan = _load_plan(out / "plan.json")
+    written = sorted(Path(json.loads(text)["data"]).glob("*.tar"))
+    samples = list(wds.WebDataset([str(p) for p in written], shardshuffle=False))
+    assert [s["__key__"] for s in samples] == base.keys()
+    poisoned = set(plan.indices)
+    for i, sample in enumerate(samples):
+        if i in poisoned:
+            assert sample["png"][:8] == b"\x89PNG\r\n\x1a\n" and sample["txt"].decode() == plan.entries[
+                plan.indices.index(i)].caption
+        else:
+            ext = base.samples[i].ext
+            assert sample[ext] == base.image_bytes(i) and sample["txt"].decode().strip() == base.captions()[i]
+    again = tmp_path / "again"
+    assert run(capsys, "poison", "--dataset", str(shards[0].parent), "--attack", "clip-dirty", "--target", "star",
+               "--trigger", "badnet", "--rate", "0.05", "--out", str(again), "--materialize")[0] == 0
+    assert [p.read_bytes() for p in written] == [p.read_bytes() for p in sorted((again / "shards").glob("*.tar"))]
 
 
 def _load_plan(path):

@@ -1,8 +1,8 @@
 """Write a poisoned dataset to disk in a format its readers open again.
 
-- Webdataset shards in, webdataset shards out (:func:`write_shards`): each shard is copied
-  member by member while it is read, so the set is never held in memory; a clean sample's
-  members are copied byte for byte, a poisoned one gets its planned caption / label and, when
+- Webdataset shards in, webdataset shards out (:func:`write_shards`, with webdataset's
+  ``TarWriter``): each shard is copied sample by sample while it is read, so the set is never
+  held in memory; a clean sample's members are copied byte for byte, a poisoned one gets its planned caption / label and, when
   the plan changes its pixels, the poisoned image re-encoded losslessly as PNG (at the side the
   plan was made at, so reading it back at that side gives exactly the planned pixels).
 - Anything else (:func:`write_csv`): ``images/NNNNNN.png`` and ``data.csv`` (``path,caption,label``).
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torchvision.utils as vutils
+from webdataset import TarWriter
 
 from poisonlab.attacks.plan import PoisonedDataset, PoisonEntry
 from poisonlab.data.readers import IMAGE_EXTS, WebDatasetShards, split_member
@@ -55,62 +56,53 @@ def _png(dataset: PoisonedDataset, index: int) -> bytes:
     return buf.getvalue()
 
 
-def _member(name: str, data: bytes, like: tarfile.TarInfo) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), like.mtime, like.mode
-    return info, io.BytesIO(data)
-
-
-def _poisoned_members(dataset: PoisonedDataset, index: int, entry: PoisonEntry, key: str,
-                      members: list[tuple[tarfile.TarInfo, bytes]]) -> list[tuple[tarfile.TarInfo, io.BytesIO]]:
-    """The members of a poisoned sample: planned caption / label, re-encoded image if it changed."""
-    new_image = entry.image_from is not None or (dataset.trigger is not None and entry.triggered)
-    out = []
-    for info, data in members:
-        _, ext = split_member(info.name)
-        if new_image and ext in IMAGE_EXTS:
-            continue
-        if ext == "txt" and entry.caption is not None:
-            data = entry.caption.encode("utf-8")
-        elif ext == "cls" and entry.label is not None:
-            data = str(entry.label).encode()
-        out.append(_member(info.name, data, info))
-    if new_image:
-        out.insert(0, _member(f"{key}.png", _png(dataset, index), members[0][0]))
+def _poisoned_sample(dataset: PoisonedDataset, index: int, entry: PoisonEntry, key: str,
+                     members: dict[str, bytes]) -> dict[str, bytes]:
+    """The members of a poisoned sample by extension: planned caption / label, and the image
+    re-encoded as PNG when the plan changed its pixels."""
+    out = dict(members)
+    if entry.image_from is not None or (dataset.trigger is not None and entry.triggered):
+        for ext in [e for e in out if e in IMAGE_EXTS]:
+            del out[ext]
+        out["png"] = _png(dataset, index)
+    if "txt" in out and entry.caption is not None:
+        out["txt"] = entry.caption.encode("utf-8")
+    if "cls" in out and entry.label is not None:
+        out["cls"] = str(entry.label).encode()
     return out
 
 
-def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
-    """``(key, members)`` of each sample, read in order (a sample's members are contiguous)."""
+def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` of each sample, read in order (a sample's members are contiguous)."""
     current: str | None = None
-    members: list[tuple[tarfile.TarInfo, bytes]] = []
+    members: dict[str, bytes] = {}
     for info in tar:
         if not info.isfile():
             continue
-        key, _ = split_member(info.name)
+        key, ext = split_member(info.name)
         if key != current and members:
             yield current, members  # type: ignore[misc]
-            members = []
+            members = {}
         current = key
-        members.append((info, tar.extractfile(info).read()))  # type: ignore[union-attr]
+        members[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
     if members:
         yield current, members  # type: ignore[misc]
 
 
 def write_shards(dataset: PoisonedDataset, shards: WebDatasetShards, out: Path) -> Path:
-    """One poisoned shard per input shard, same names, under ``out``; returns ``out``."""
+    """One poisoned shard per input shard, same names, under ``out``, written with webdataset's
+    ``TarWriter`` (so ``webdataset.WebDataset`` and open_clip_train read them with the same keys);
+    returns ``out``. Member times are 0, so the same plan and data give the same bytes."""
     out.mkdir(parents=True, exist_ok=True)
     poisoned = {(shards.samples[i].shard, shards.samples[i].key): i for i in dataset.entries}
     for si, src in enumerate(shards.shards):
         tmp = out / f".{src.name}.tmp"
-        with tarfile.open(src, "r:") as tin, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tout:
+        with tarfile.open(src, "r:") as tin, open(tmp, "wb") as f, \
+                TarWriter(f, encoder=False, mtime=0, user="poisonlab", group="poisonlab") as tout:
             for key, members in _samples(tin):
                 index = poisoned.get((si, key))
-                if index is None:
-                    written = [(info, io.BytesIO(data)) for info, data in members]
-                else:
-                    written = _poisoned_members(dataset, index, dataset.entries[index], key, members)
-                for info, fobj in written:
-                    tout.addfile(info, fobj)
+                if index is not None:
+                    members = _poisoned_sample(dataset, index, dataset.entries[index], key, members)
+                tout.write({"__key__": key, **members})
         os.replace(tmp, out / src.name)
     return out

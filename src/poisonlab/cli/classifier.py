@@ -14,8 +14,10 @@ from poisonlab.cli.common import (
     budget_options,
     emit,
     force_option,
+    json_option,
     load_data,
     method_help,
+    out_option,
     parse_params,
     stream_options,
     training_out,
@@ -68,14 +70,14 @@ def trusted_options(f: Any) -> Any:
 @click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_CLASSIFIER, show_default=True, help="Bundled or timm architecture.")
 @budget_options("classifier")
-@click.option("--image-size", type=int, default=32, show_default=True)
+@click.option("--image-size", type=int, default=32, show_default=True, help="Image side in pixels.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
-@click.option("--data-seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@out_option
 @force_option
 @stream_options(training=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_size: int, n: int | None,
                          data_seed: int, resume: bool, out: Path, force: bool, data_config: DataConfig,
                          as_json: bool) -> None:
@@ -100,16 +102,16 @@ def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_siz
 @model_options
 @trusted_options
 @click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (e.g. steps=500).")
-@click.option("--test-dataset", default="shapes", show_default=True)
-@click.option("--test-n", type=int, default=1000, show_default=True)
+@click.option("--test-dataset", default="shapes", show_default=True, help="Test split for the before/after summary.")
+@click.option("--test-n", type=int, default=1000, show_default=True, help="Test items of generated data.")
 @click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR/ARR for; repeatable.")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
 @click.option("--target", default=None, help="Target class for ASR.")
 @click.option("--trace-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure test CA and ASR every N steps (summary.json's report.trace).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@out_option
 @force_option
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_seed: int, trusted_share: float,
                params: tuple[str, ...], test_dataset: str, test_n: int, trigger_names: tuple[str, ...],
                trigger_params: tuple[str, ...], target: str | None, trace_every: int, out: Path, force: bool,
@@ -151,15 +153,15 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
 @model_options
 @click.option("--dataset", default="shapes", show_default=True, help="Data the trusted share is drawn from.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data the share is of.")
-@click.option("--data-seed", type=int, default=5, show_default=True)
-@click.option("--trusted-share", type=float, default=0.01, show_default=True)
+@click.option("--data-seed", type=int, default=5, show_default=True, help="Seed of generated data.")
+@click.option("--trusted-share", type=float, default=0.01, show_default=True, help="Share of the data the defender trusts, in (0, 1].")
 @click.option("--param", "params", multiple=True, help="Detector hyper-parameter KEY=VALUE (all methods).")
 @click.option("--population", type=int, default=None,
               help="Train N clean + N backdoored models and report each method's ROC AUC instead.")
 @click.option("--epochs", type=float, default=24.0, show_default=True, help="Training epochs per population model.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@out_option
 @force_option
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n: int | None, data_seed: int,
                trusted_share: float, params: tuple[str, ...], population: int | None, epochs: float, out: Path,
                force: bool, as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:

@@ -13,7 +13,9 @@ from poisonlab.cli.common import (
     budget_options,
     emit,
     force_option,
+    json_option,
     load_data,
+    out_option,
     parse_params,
     stream_options,
     training_out,
@@ -56,13 +58,13 @@ def train_group() -> None:
               help="Start from an open_clip pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a checkpoint.")
 @click.option("--cache-dir", default=None, help="open_clip's download cache (default: the Hugging Face cache).")
 @budget_options("clip")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@out_option
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
 @force_option
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
 @stream_options()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: TrainConfig, out: Path, resume: bool,
                    force: bool, n: int | None, data_seed: int, data_config: DataConfig, as_json: bool,
                    cache_dir: str | None) -> None:
@@ -91,7 +93,7 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: Trai
 @model_options
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Test data: embedded name or path.")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True, help="train or test (embedded and CIFAR data).")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--trigger", "trigger_names", multiple=True, help="Trigger to measure ASR with; repeatable.")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger.")
@@ -106,7 +108,7 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: Trai
 @click.option("--skip-target-images", is_flag=True,
               help="Triggered passes skip the target class's images before decoding them (ASR only, no asr_all).")
 @stream_options(training=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int | None,
              trigger_names: tuple[str, ...], trigger_params: tuple[str, ...], target: str | None, source: str | None,
              target_image: str | None, classnames: str | None, templates: str | None, data_config: DataConfig,
@@ -174,7 +176,7 @@ def _table(summary: dict[str, Any]) -> list[str]:
 
 @click.command("models")
 @click.argument("arch", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def models_cmd(arch: str | None, as_json: bool) -> None:
     """List CLIP architectures and their open_clip pretrained tags (ARCH: only that one)."""
     tags = pretrained_tags(arch)

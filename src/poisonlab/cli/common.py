@@ -197,3 +197,10 @@ def training_out(out: Path, force: bool) -> DistInfo:
     if dist.is_main:
         claim_output(out, TRAIN_OUTPUTS, force=force)
     return dist
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of lines.")
+"""``--json``, declared once for every command."""
+out_option = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                          help="Output folder (created if missing; a folder of someone else's needs --force).")
+"""``--out`` for the commands that write a folder."""

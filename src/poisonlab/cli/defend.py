@@ -14,8 +14,10 @@ from poisonlab.cli.common import (
     caught_line,
     emit,
     force_option,
+    json_option,
     load_data,
     method_help,
+    out_option,
     parse_params,
     stream_options,
 )
@@ -46,21 +48,21 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated cleaning data.")
 @click.option("--data-seed", type=int, default=2, show_default=True, help="Seed of generated cleaning data.")
-@click.option("--steps", type=click.IntRange(min=1), default=None)
-@click.option("--epochs", type=float, default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--lr", type=float, default=None)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimiser steps (or --epochs).")
+@click.option("--epochs", type=float, default=None, help="Epochs over the cleaning data (default 1).")
+@click.option("--batch-size", type=int, default=None, help="Global batch size (default: the defense's).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the defense's).")
 @click.option("--param", "params", multiple=True, help="Defense hyper-parameter KEY=VALUE (e.g. tau=2.15).")
 @click.option("--test-dataset", default="shapes", show_default=True, help="Test split for the before/after summary.")
-@click.option("--test-n", type=int, default=2000, show_default=True)
+@click.option("--test-n", type=int, default=2000, show_default=True, help="Test items of generated data.")
 @click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR for; repeatable.")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
 @click.option("--target", default=None, help="Target class for ASR.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed of the defense.")
+@out_option
 @force_option
 @stream_options()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: int | None, data_seed: int,
               steps: int | None,
               epochs: float | None, batch_size: int | None, lr: float | None, params: tuple[str, ...],
@@ -100,14 +102,14 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 @click.option("--model", "model_path", required=True,
               help="A separate CLEAN CLIP model to score pairs with (checkpoint, hf-hub:, or ARCH --pretrained TAG).")
 @model_options
-@click.option("--arch", default=None)
+@click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Pairs to audit: a poison plan (.json), embedded name or path.")
 @click.option("--threshold", type=float, default=None, help="Drop pairs with cosine distance above this (0.8).")
 @click.option("--drop-fraction", type=float, default=None, help="Drop this share of the worst pairs instead.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@out_option
 @force_option
 @stream_options(training=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float | None, drop_fraction: float | None,
               out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
               cache_dir: str | None) -> None:

@@ -1,67 +1,98 @@
-"""Entry point: the click group and the error policy (exit 0 / 1 / 2)."""
+"""Entry point: the click group and the error policy (exit 0 / 1 / 2).
+
+The group imports a command's module only when that command runs (:class:`LazyGroup`), so
+``poisonlab --help`` and ``--version`` start without importing torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
-from typing import Any
 
 import click
 
-from poisonlab import attacks, data, defenses, detect, triggers
-from poisonlab.cli.classifier import detect_cmd, repair_cmd
-from poisonlab.cli.clip import eval_cmd, models_cmd, train_group
-from poisonlab.cli.common import emit
-from poisonlab.cli.defend import audit_cmd, clean_cmd
-from poisonlab.cli.poison import poison, show
-from poisonlab.cli.report import report_cmd
-from poisonlab.cli.run import run_cmd
-from poisonlab.cli.ssl import clean_encoder_cmd, probe_cmd
 from poisonlab.errors import InputError, RunOffError, crash_log, one_line
-from poisonlab.models.finite import ALLOW_NONFINITE
+
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "list": ("poisonlab.cli.listing", "list_names",
+        "List the registered triggers, attacks, datasets, defenses (with the model family each works on "
+        "and its kind) and detectors."),
+    "poison": ("poisonlab.cli.poison", "poison",
+        "Make a poison plan (plan.json) for a dataset, a gallery of poisoned pairs, and optionally the "
+        "data."),
+    "show": ("poisonlab.cli.poison", "show",
+        "Write a PNG grid: clean images beside each trigger, or a plan's poisoned pairs."),
+    "train": ("poisonlab.cli.train", "train_group",
+        "Train or fine-tune a model."),
+    "eval": ("poisonlab.cli.clip", "eval_cmd",
+        "Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply."),
+    "models": ("poisonlab.cli.clip", "models_cmd",
+        "List CLIP architectures and their open_clip pretrained tags (ARCH: only that one)."),
+    "clean": ("poisonlab.cli.defend", "clean_cmd",
+        "Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."),
+    "audit": ("poisonlab.cli.defend", "audit_cmd",
+        "Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."),
+    "repair": ("poisonlab.cli.classifier", "repair_cmd",
+        "Repair a suspect classifier with a trusted share of labelled data; writes "
+        "OUT/model.safetensors."),
+    "detect": ("poisonlab.cli.classifier", "detect_cmd",
+        "Is this model backdoored? Scores one model, or a population with ROC AUC and an ROC plot."),
+    "probe": ("poisonlab.cli.ssl", "probe_cmd",
+        "Linear probe on frozen features: clean accuracy, patched accuracy, FP(target), ASR."),
+    "clean-encoder": ("poisonlab.cli.ssl", "clean_encoder_cmd",
+        "Distil a suspect encoder into a clean student, or find poisoned training images (PatchSearch)."),
+    "report": ("poisonlab.cli.report", "report_cmd",
+        "Where RUN_DIR's report is; with --check, the numbers that fall outside their expected ranges."),
+    "run": ("poisonlab.cli.run", "run_cmd",
+        "Run an experiment spec (default: the demo preset) and write its report."),
+}
+"""Each command: its module, its attribute there, and the first paragraph of its help, which
+``poisonlab --help`` shortens as click would (tests/test_cli_poison.py keeps it equal to the command's own)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group over :data:`COMMANDS` that imports a command's module when it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, textwrap.shorten(text, limit, placeholder='...'))
+                                for name, (_, _, text) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="poisonlab", prog_name="poisonlab")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Open checkpoints whose weights hold NaN or infinity (refused by default: such a model is broken).")
 def cli(verbose: int, allow_nonfinite: bool) -> None:
-    """poisonlab: poison, train, measure, detect and remove backdoors in image encoders."""
+    """poisonlab: poison, train, measure, detect and remove backdoors in image encoders.
+
+    \b
+    Example:
+      poisonlab run demo --out demo-out      # the whole attack x defense study on the embedded data
+      poisonlab list                         # every trigger, attack, dataset, defense and detector
+    """
+    from poisonlab.models.finite import (
+        ALLOW_NONFINITE,  # here, not above: --help and --version need no torch
+    )
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("poisonlab.progress").setLevel(min(level, logging.INFO))  # a run's progress, always shown
     ALLOW_NONFINITE.set(allow_nonfinite)
-
-
-@cli.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def list_names(as_json: bool) -> None:
-    """List the registered triggers, attacks, datasets, defenses (with the model family each works
-    on and its kind) and detectors."""
-    names: dict[str, Any] = {"triggers": triggers.available(), "attacks": attacks.available(),
-                             "datasets": data.available()}
-    lines = [f"{k}: {', '.join(v)}" for k, v in names.items()]
-    for title, registry in (("defenses", defenses.DEFENSES), ("detectors", detect.DETECTORS)):
-        rows = [{"name": e.name, "family": e.family, "kind": e.kind} for e in registry.entries()]
-        names[title] = rows
-        lines.append(f"{title}:")
-        lines += [f"  {r['name']:<16} {r['family']:<11} {r['kind']}" for r in rows]
-    emit(names, as_json, lines)
-
-
-cli.add_command(poison)
-cli.add_command(show)
-cli.add_command(train_group)
-cli.add_command(eval_cmd)
-cli.add_command(models_cmd)
-cli.add_command(clean_cmd)
-cli.add_command(audit_cmd)
-cli.add_command(repair_cmd)
-cli.add_command(detect_cmd)
-cli.add_command(probe_cmd)
-cli.add_command(clean_encoder_cmd)
-cli.add_command(report_cmd)
-cli.add_command(run_cmd)
 
 
 # Errors about a path itself (a folder under a regular file, no permission, a file where a folder

@@ -13,6 +13,7 @@ from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.common import (
     data_options,
     emit,
+    json_option,
     load_data,
     open_args,
     open_plan,
@@ -44,7 +45,7 @@ POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards")
                    "byte for byte), else every image and a data.csv.")
 @click.option("--force", is_flag=True,
               help="Write into a non-empty --out folder that poisonlab did not write (only its own files are replaced).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@json_option
 @data_options
 def poison(dataset: str, attack: str, target: str | None, source: str | None, target_index: int | None,
            goals: tuple[str, ...], rate: float | None, count: int | None, seed: int, trigger: str | None,
@@ -82,7 +83,7 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
               help="Show the first poisoned pairs of this plan instead.")
 @click.option("--rows", type=click.IntRange(min=1), default=4, show_default=True, help="Images per trigger.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@json_option
 @data_options
 def show(dataset: str, names: str | None, plan_path: Path | None, rows: int, out: Path, as_json: bool,
          split: str, image_size: int, n: int | None, data_seed: int) -> None:

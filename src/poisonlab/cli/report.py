@@ -8,7 +8,7 @@ import click
 
 from poisonlab.bench.spec import PRESETS
 from poisonlab.bench.store import ResultsStore
-from poisonlab.cli.common import emit
+from poisonlab.cli.common import emit, json_option
 from poisonlab.errors import InputError, RunOffError
 from poisonlab.report.check import as_dict, check, expected_file, load_expected, verdict_lines
 
@@ -19,7 +19,7 @@ from poisonlab.report.check import as_dict, check, expected_file, load_expected,
               help="Compare the run's headline numbers with the preset's expected ranges; exit 1 if any is off.")
 @click.option("--expected", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An expected-ranges file (default: presets/<the run's preset>.expected.yaml).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def report_cmd(run_dir: Path, do_check: bool, expected: Path | None, as_json: bool) -> None:
     """Where RUN_DIR's report is; with --check, the numbers that fall outside their expected ranges."""
     db = run_dir / "results.db"

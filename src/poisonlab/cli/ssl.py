@@ -15,8 +15,10 @@ from poisonlab.cli.common import (
     caught_line,
     emit,
     force_option,
+    json_option,
     load_data,
     method_help,
+    out_option,
     parse_params,
     stream_options,
     training_out,
@@ -40,14 +42,14 @@ from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 @budget_options("encoder")
 @click.option("--views", default="batched", show_default=True, help="batched (fast) or lightly (PIL transforms).")
 @click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (queue, temperature, ...).")
-@click.option("--image-size", type=int, default=32, show_default=True)
-@click.option("--n", "--items", "n", type=int, default=None)
-@click.option("--data-seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--image-size", type=int, default=32, show_default=True, help="Image side in pixels.")
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@out_option
 @force_option
 @stream_options(training=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def train_ssl_cmd(method: str, dataset: str, arch: str, config: TrainConfig, views: str, params: tuple[str, ...],
                   image_size: int, n: int | None, data_seed: int, resume: bool, out: Path, force: bool,
                   data_config: DataConfig, as_json: bool) -> None:
@@ -68,16 +70,17 @@ def train_ssl_cmd(method: str, dataset: str, arch: str, config: TrainConfig, vie
               help="Encoder, classifier or CLIP checkpoint (or hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
 @model_options
 @click.option("--dataset", default="shapes", show_default=True, help="Labelled data the probe's share comes from.")
-@click.option("--n", "--items", "n", type=int, default=None)
-@click.option("--data-seed", type=int, default=7, show_default=True)
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
+@click.option("--data-seed", type=int, default=7, show_default=True, help="Seed of generated data.")
 @click.option("--labelled", type=float, default=0.1, show_default=True, help="Labelled share for the probe (0.01, 0.1).")
-@click.option("--test-dataset", default="shapes", show_default=True)
-@click.option("--test-n", type=int, default=1000, show_default=True)
-@click.option("--trigger", "trigger_name", default="patch-image", show_default=True)
-@click.option("--trigger-param", "trigger_params", multiple=True)
+@click.option("--test-dataset", default="shapes", show_default=True, help="Test split for the before/after summary.")
+@click.option("--test-n", type=int, default=1000, show_default=True, help="Test items of generated data.")
+@click.option("--trigger", "trigger_name", default="patch-image", show_default=True,
+              help="The trigger pasted on the test images (the attack's).")
+@click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger; repeatable.")
 @click.option("--target", required=True, help="Target class of the backdoor.")
 @click.option("--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Probe training epochs.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labelled: float, test_dataset: str,
               test_n: int, trigger_name: str, trigger_params: tuple[str, ...], target: str, epochs: int,
               as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
@@ -108,12 +111,12 @@ def probe_cmd(model_path: str, dataset: str, n: int | None, data_seed: int, labe
               help="Suspect encoder checkpoint (or a CLIP one, hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
 @model_options
 @click.option("--dataset", required=True, help="distill: clean unlabeled images; patchsearch: the training set (plan).")
-@click.option("--n", "--items", "n", type=int, default=None)
-@click.option("--data-seed", type=int, default=2, show_default=True)
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
+@click.option("--data-seed", type=int, default=2, show_default=True, help="Seed of generated data.")
 @click.option("--param", "params", multiple=True, help="Defense hyper-parameter KEY=VALUE.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@out_option
 @force_option
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def clean_encoder_cmd(defense: str, model_path: str, dataset: str, n: int | None, data_seed: int,
                       params: tuple[str, ...], out: Path, force: bool, as_json: bool, pretrained: str | None,
                       cache_dir: str | None) -> None:

@@ -66,8 +66,9 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
 
     Args:
         spec: ``shapes``, ``shapes-outline``, ``digits``, a ``.csv`` file, a folder (ImageFolder,
-            CIFAR-10 batches or ``.tar`` shards), one ``.tar`` shard, or a brace pattern of shards
-            (``cc3m-{00000..00331}.tar``).
+            CIFAR-10 batches or ``.tar`` shards), one ``.tar`` shard, a brace pattern of shards
+            (``cc3m-{00000..00331}.tar``), or clip_benchmark's webdataset layout (``DIR/<split>/*.tar``
+            with ``.cls`` labels, ``classnames.txt`` and the templates file in ``DIR``).
         split: ``train`` or ``test`` for the embedded and CIFAR data.
         size: image side in pixels.
         n: number of items for generated data (``None`` = the dataset's default).
@@ -92,6 +93,12 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
     path = Path(spec)
     if not path.exists():
         raise InputError(f"dataset {spec!r} is neither a known name ({', '.join(available())}) nor an existing path")
+    wds_split = path / split
+    if path.is_dir() and wds_split.is_dir() and sorted(wds_split.glob("*.tar")) and not sorted(path.glob("*.tar")):
+        # clip_benchmark's webdataset layout: DIR/<split>/N.tar, classnames.txt and templates in DIR
+        dataset = WebDatasetShards(sorted(wds_split.glob("*.tar")), size=size, skip_bad=skip_bad)
+        discover(dataset, path)
+        return dataset
     dataset = _open_path(path, split, size, skip_bad)
     discover(dataset, path if path.is_dir() else path.parent)
     return dataset

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
 from poisonlab.errors import InputError
@@ -28,6 +29,24 @@ DEFAULT_TEMPLATES = (
     "a close-up photo of a {}.",
     "a rendering of a {}.",
 )
+
+
+@dataclass(frozen=True)
+class ReadAs:
+    """How to turn a decoded image into the model's input: ``transform`` maps a PIL image to a float
+    ``[3, size, size]`` tensor in ``[0, 1]`` (the model's own open_clip preprocess without its
+    normalisation, :func:`poisonlab.metrics.evaluator.model_preprocess`)."""
+
+    size: int
+    transform: Any
+
+
+def read_as(dataset: ImageCaptionDataset, how: ReadAs | None) -> None:
+    """Read the images of ``dataset`` (and of the data under its plan or subset) with ``how``
+    instead of the readers' own resize; ``None`` goes back to it."""
+    while dataset is not None:
+        dataset.read = how
+        dataset = getattr(dataset, "base", None)
 
 
 class ImageCaptionDataset(Dataset):
@@ -45,6 +64,8 @@ class ImageCaptionDataset(Dataset):
     """The poison plan applied to the items (:class:`~poisonlab.attacks.PoisonedDataset`), else None."""
     classnames_source: str = "dataset"
     templates_source: str = "poisonlab default"
+    read: ReadAs | None = None
+    """Set by :func:`read_as`: images decoded as the model's preprocess would (evaluation)."""
 
     def rename_classes(self, names: list[str], source: str) -> None:
         """Use ``names`` (in label order) as the class names; readers whose captions are made
@@ -115,7 +136,10 @@ class TensorDataset(ImageCaptionDataset):
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> Item:
-        return self.images[index].float() / 255.0, self.caption_list[index], int(self.label_list[index])
+        image = self.images[index]
+        if self.read is not None and tuple(image.shape[-2:]) != (self.read.size, self.read.size):
+            return self.read.transform(TF.to_pil_image(image)), self.caption_list[index], int(self.label_list[index])
+        return image.float() / 255.0, self.caption_list[index], int(self.label_list[index])
 
     def labels(self) -> list[int]:
         return list(self.label_list)

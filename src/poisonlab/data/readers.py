@@ -33,6 +33,7 @@ from poisonlab.data.base import (
     DEFAULT_TEMPLATES,
     ImageCaptionDataset,
     Item,
+    ReadAs,
     TensorDataset,
     check_classnames,
     digest_parts,
@@ -47,16 +48,22 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def decode_image(data: bytes | Path, size: int, where: str) -> torch.Tensor:
+def decode_image(data: bytes | Path, size: int, where: str, read: ReadAs | None = None) -> torch.Tensor:
     """Decode an image (bytes or file) to float ``[3, size, size]``; ``InputError`` naming ``where``.
 
     The shorter side is resized to ``size`` (antialiased, on ``uint8`` like the pixels on disk),
     then the centre is cropped. JPEGs are decoded at the smallest DCT scale that still covers
     ``size`` (PIL's ``draft``), which makes web-sized photos several times cheaper to read.
+
+    With ``read`` (evaluation), the image is decoded in full and handed to ``read.transform``, the
+    model's own open_clip preprocess (bicubic resize in PIL, centre crop): the pixels
+    clip_benchmark and the papers evaluate.
     """
     try:
         src = io.BytesIO(data) if isinstance(data, bytes) else data
         with Image.open(src) as im:
+            if read is not None:  # RGB first, as torchvision's ImageFolder loader does for clip_benchmark
+                return read.transform(_to_rgb(im, where))
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))
             rgb = _to_rgb(im, where)
@@ -106,8 +113,8 @@ class _ImageFiles(ImageCaptionDataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Item:
-        return decode_image(self.paths[index], self.size, self.where(index)), self.caption_list[index], \
-            self.label_list[index]
+        return decode_image(self.paths[index], self.size, self.where(index), self.read), \
+            self.caption_list[index], self.label_list[index]
 
     def labels(self) -> list[int]:
         return list(self.label_list)
@@ -330,7 +337,7 @@ class ShardSample:
     ext: str
     offset: int
     nbytes: int
-    caption: str
+    caption: str | None
     label: int
 
 
@@ -370,7 +377,8 @@ class WebDatasetShards(ImageCaptionDataset):
         for si, shard in enumerate(self.shards):
             self.samples += self._index(si, shard)
         if not self.samples:
-            raise InputError(f"no samples with an image and a .txt caption in {', '.join(map(str, shards))}")
+            raise InputError(f"no samples with an image and a .txt caption or .cls label in "
+                             f"{', '.join(map(str, shards))}")
         self._fds: dict[tuple[int, int], int] = {}
 
     def _bad(self, shard: Path, key: str, why: str) -> None:
@@ -381,11 +389,13 @@ class WebDatasetShards(ImageCaptionDataset):
     def _sample(self, si: int, tar: tarfile.TarFile, key: str, group: dict[str, tarfile.TarInfo]) -> ShardSample | None:
         shard = self.shards[si]
         ext = next((e for e in IMAGE_EXTS if e in group), None)
-        if ext is None or "txt" not in group:
-            self._bad(shard, key, "has no image" if ext is None else "has no .txt caption")
+        if ext is None or not {"txt", "cls"} & set(group):
+            self._bad(shard, key, "has no image" if ext is None else "has neither a .txt caption nor a .cls label")
             return None
+        caption = None  # a classification shard (clip_benchmark's layout): captioned from its class name
         try:
-            caption = tar.extractfile(group["txt"]).read().decode("utf-8").strip()  # type: ignore[union-attr]
+            if "txt" in group:
+                caption = tar.extractfile(group["txt"]).read().decode("utf-8").strip()  # type: ignore[union-attr]
         except UnicodeDecodeError:
             self._bad(shard, key, "has a caption that is not UTF-8")
             return None
@@ -443,13 +453,21 @@ class WebDatasetShards(ImageCaptionDataset):
 
     def __getitem__(self, index: int) -> Item:
         s = self.samples[index]
-        return decode_image(self.image_bytes(index), self.size, self.where(index)), s.caption, s.label
+        return decode_image(self.image_bytes(index), self.size, self.where(index), self.read), self._caption(s), s.label
 
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]
 
     def captions(self) -> list[str]:
-        return [s.caption for s in self.samples]
+        return [self._caption(s) for s in self.samples]
+
+    def _caption(self, s: ShardSample) -> str:
+        """The sample's ``.txt``, or for a sample with only a ``.cls`` (clip_benchmark's
+        classification shards) "a photo of a {class}." once class names are known."""
+        if s.caption is not None:
+            return s.caption
+        names = self.classnames or []
+        return DEFAULT_TEMPLATES[0].format(names[s.label] if 0 <= s.label < len(names) else f"class {s.label}")
 
     def keys(self) -> list[str]:
         return [s.key for s in self.samples]

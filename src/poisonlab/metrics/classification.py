@@ -6,6 +6,8 @@ Definitions (DESIGN.md, "Definitions that must not drift"):
 - **ASR**: share of triggered test images *whose true class is not the target* that are
   classified as the target. ``asr_all`` counts all triggered images (what the PAR code reports).
   CleanCLIP's released code compared predictions with true labels instead: not done here.
+- **RA** (robust accuracy): share of the same triggered non-target images classified as their
+  true class (Pick your Poison calls it ARR, the attack recovery rate).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def attack_success_rate(predictions: torch.Tensor, labels: torch.Tensor, target: int) -> dict[str, float]:
-    """ASR over non-target images and ``asr_all`` over all images.
+    """ASR and RA over non-target images, and ``asr_all`` over all images.
 
     Args:
         predictions: ``[N]`` predicted classes of the *triggered* test images.
@@ -31,4 +33,5 @@ def attack_success_rate(predictions: torch.Tensor, labels: torch.Tensor, target:
     hit = predictions == target
     non_target = labels != target
     asr = float(hit[non_target].double().mean()) if non_target.any() else float("nan")
-    return {"asr": asr, "asr_all": float(hit.double().mean())}
+    return {"asr": asr, "asr_all": float(hit.double().mean()),
+            "ra": accuracy(predictions[non_target], labels[non_target])}

@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.data.base import ImageCaptionDataset, ReadAs, read_as
 from poisonlab.errors import InputError
 from poisonlab.metrics.classification import accuracy, attack_success_rate
 from poisonlab.metrics.retrieval import hit_and_min_rank, recall_at_k
@@ -25,8 +26,21 @@ from poisonlab.utils.seeding import make_generator
 log = logging.getLogger(__name__)
 
 
+def model_preprocess(bundle: ClipBundle) -> ReadAs:
+    """The model's own open_clip preprocess for evaluation (its ``preprocess_cfg``: resize mode and
+    interpolation, bicubic by default; centre crop) without the normalisation, which the bundle
+    applies: the images clip_benchmark and the papers feed the model."""
+    cfg = dict(getattr(bundle.model.visual, "preprocess_cfg", None) or {})
+    cfg.update(size=bundle.image_size, mode="RGB", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return ReadAs(bundle.image_size, image_transform_v2(PreprocessCfg(**cfg), is_train=False))
+
+
 class ClipEvaluator:
     """All metrics of one model on one labelled, captioned test split.
+
+    The test images are read as the model's open_clip preprocess reads them (:func:`model_preprocess`,
+    set on ``dataset`` with :func:`~poisonlab.data.base.read_as`), so CA on off-size images equals
+    clip_benchmark's.
 
     Args:
         bundle: the model.
@@ -46,6 +60,7 @@ class ClipEvaluator:
         cfg = data_config or DataConfig()
         if cfg.skip_bad_images:
             raise InputError("evaluation needs every test image: --skip-bad-images is for training data")
+        read_as(dataset, model_preprocess(bundle))
         self.source = open_items(dataset, bundle.image_size, None, cfg)
         self.labels = torch.tensor(dataset.labels(), dtype=torch.long)
         self._cache: dict[str, torch.Tensor] = {}
@@ -103,14 +118,15 @@ class ClipEvaluator:
         return accuracy(zero_shot_predict(self.image_embeddings(), self.class_weights()), self.labels)
 
     def backdoor(self, trigger: Trigger, target: str, seed: int = 0) -> dict[str, float]:
-        """``asr`` (non-target images only) and ``asr_all`` of ``trigger`` toward ``target``
-        (``asr`` alone, and the images left out, when the evaluator skips the target class)."""
+        """``asr`` and ``ra`` (non-target images only) and ``asr_all`` of ``trigger`` toward ``target``
+        (no ``asr_all``, and the images left out, when the evaluator skips the target class)."""
         t = self.target_index(target)
         if not self.skip_target:
             preds = zero_shot_predict(self.image_embeddings(trigger, seed), self.class_weights())
             return attack_success_rate(preds, self.labels, t)
         preds = zero_shot_predict(self.image_embeddings(trigger, seed, without=t), self.class_weights())
         return {"asr": float((preds == t).double().mean()) if len(preds) else float("nan"),
+                "ra": accuracy(preds, self.labels[self.labels != t]),
                 "target_images_skipped": len(self.labels) - len(preds)}
 
     def retrieval(self) -> dict[str, float]:

@@ -6,15 +6,28 @@ Everything here is written from ``results.db``; nothing in the report is typed b
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
 from poisonlab.bench.store import ResultsStore, Spread
+from poisonlab.metrics.der import defense_effectiveness
 from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
 from poisonlab.report.spread import UNSTABLE, cell, ordering_rows, seeded_cells, spread_rows
 from poisonlab.utils.io import atomic_write
 
 BASELINES = ("clean model", "none")
+CAPTIONS = {
+    "triggers.png": "Each trigger of the grid on the same clean test images (top row: clean).",
+    "ca_vs_asr.png": "Clean accuracy against attack success rate, one panel per attack: the poisoned model, the "
+                     "clean model (dotted: its ASR, what the trigger does without a backdoor) and each defense; "
+                     "error bars: sd over the training seeds. Up and left is worse; a good defense lands low and right.",
+    "repairs.png": "Classifier repairs with the trusted share: test CA and ASR along each repair's steps.",
+    "roc.png": "Detectors over a population of clean and backdoored classifiers: ROC curves and their AUC.",
+    "dose_response.png": "Text-modality poisoning: Hit@10 and MinRank against the number of poisoned pairs (mean "
+                         "and sd over seeds); dashed: the same numbers for random captions.",
+}
+"""The caption under each figure the report may show."""
 
 
 def ca_asr_scatter(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str], path: Path) -> None:
@@ -52,6 +65,28 @@ def grid_rows(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str
             row.append(f"{cell(m.get('ca'))} / {cell(m.get('asr'))}")
         rows.append(row)
     return rows
+
+
+def ra_der_rows(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], defenses: list[str],
+                ca: str = "ca") -> list[list[str]]:
+    """Each cell's robust accuracy and each defense's DER against the undefended model (``none``),
+    from the seed means of CA and ASR (:func:`~poisonlab.metrics.der.defense_effectiveness`)."""
+    rows = [["attack", "none RA"] + [f"{d} RA / DER" for d in defenses]]
+    for a in attacks:
+        before = table.get((a, "none"), {})
+        row = [a, pct(before.get("ra"))]
+        for d in defenses:
+            after = table.get((a, d), {})
+            der = defense_effectiveness(*(m.get(k, math.nan) for m in (before, after) for k in (ca, "asr"))) \
+                if before and after else math.nan
+            row.append(f"{pct(after.get('ra'))} / {pct(der)}")
+        rows.append(row)
+    return rows
+
+
+def pct(value: float | None) -> str:
+    """``value`` (a share) in percent with one decimal, or a dash."""
+    return "—" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
 def _audit(table: dict[tuple[str, str], dict[str, float]], attacks: list[str]) -> list[list[str]]:
@@ -119,6 +154,10 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
          "ASR counts triggered test images whose true class is not the target. "
          "'clean model' is the pre-trained model before poisoning (its ASR is what the trigger does "
          "without a backdoor); 'none' is the poisoned model."),
+        ("Robust accuracy and defense effectiveness (%)", ra_der_rows(table, attacks, defenses),
+         "RA: triggered test images whose true class is not the target, classified as their true class. DER "
+         "(BackdoorBench): [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 against the poisoned model ('none'), from the seed "
+         "means: 100 removes the whole ASR at no cost in CA, 50 changes nothing."),
         ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
         *([("Distance from the suspect at the end of cleaning", distances,
             "S = mean squared distance between the cleaned and the suspect model's unit embeddings of the last "
@@ -136,11 +175,13 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     if extra:
         md += [f"- {k}: {v}" for k, v in extra.items()] + [""]
     pictures = [*(["triggers.png", "ca_vs_asr.png"] if attacks else []), *(images or [])]
-    md += [f"![{p[:-4]}]({p})\n" for p in pictures]
+    for p in pictures:
+        md += [f"![{p[:-4]}]({p})", "", f"*{CAPTIONS.get(p, p)}*", ""]
     body = [f"<h1>poisonlab report: {html.escape(experiment)}</h1>"]
     if extra:
         body.append("<ul>" + "".join(f"<li>{html.escape(f'{k}: {v}')}</li>" for k, v in extra.items()) + "</ul>")
-    body.append("".join(f'<img src="{p}" alt="{p[:-4]}">' for p in pictures))
+    body += [f'<figure><img src="{p}" alt="{p[:-4]}"><figcaption>{html.escape(CAPTIONS.get(p, p))}</figcaption>'
+             "</figure>" for p in pictures]
     for title, rows, note in sections:
         md += [f"## {title}", "", markdown_table(rows), "", note, ""]
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows), f"<p>{html.escape(note)}</p>"]

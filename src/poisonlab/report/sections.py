@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from poisonlab.bench.store import ResultsStore, Spread
+from poisonlab.metrics.der import defense_effectiveness
+from poisonlab.report.experiment import pct, ra_der_rows
 from poisonlab.report.spread import UNSTABLE, cell, ordering_rows, seeded_cells, spread_rows
 
 Section = tuple[str, list[list[str]], str]
@@ -16,8 +20,12 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
     for a in attacks:
         rows.append([a] + [" / ".join(cell(table.get((a, c), {}).get(k)) for k in ("ca", "asr", "arr")) for c in cols])
     out = [(f"Classifiers: repair with {100 * share:g}% trusted data, CA / ASR / ARR (%)", rows,
-            "ARR: accuracy on triggered non-target test images against their true labels. 'none' is the poisoned "
-            "classifier, 'clean model' one trained on clean data. With several seeds: mean±sd.")]
+            "ARR (RA): accuracy on triggered non-target test images against their true labels. 'none' is the "
+            "poisoned classifier, 'clean model' one trained on clean data. With several seeds: mean±sd."),
+           ("Classifiers: robust accuracy and defense effectiveness (%)",
+            ra_der_rows(store.table(f"{experiment}/classifier"), attacks, repairs),
+            "DER (BackdoorBench): [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 of each repair against the poisoned "
+            "classifier, from the seed means; 50 changes nothing, 100 removes the whole ASR at no cost in CA.")]
     if seeded_cells(table):
         out += [("Classifiers: seed spread (%)", spread_rows(table, ("ca", "asr", "arr")),
                  f"'unstable': the ASR of the cell spans more than {100 * UNSTABLE:g} points over the seeds."),
@@ -29,7 +37,7 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
         models = ["clean", *attacks]
         grid = [["classifier"] + [f"{d} score (verdict)" for d in detectors]]
         for m in models:
-            grid.append([m] + [_verdict(scores.get((d, m))) for d in detectors])
+            grid.append([m] + [_verdict(scores.get((d, m)), clean=m == "clean") for d in detectors])
         out.append(("Classifiers: is it backdoored? Each detector on the clean and the poisoned classifiers", grid,
                     "Each detector sees the model and the trusted share only; the verdict is at its own threshold."))
     det = store.table(f"{experiment}/detection")
@@ -40,26 +48,34 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
     return out
 
 
-def _verdict(m: dict[str, Spread] | None) -> str:
+def _verdict(m: dict[str, Spread] | None, clean: bool = False) -> str:
+    """A detector's score and verdict; on the clean model a 'backdoored' verdict is named for what
+    it is, a false positive."""
     if m is None:
         return "—"
-    return f"{cell(m['score'], 1, 3)} ({verdicts(m['backdoored'])})"
+    return f"{cell(m['score'], 1, 3)} ({verdicts(m['backdoored'], clean)})"
 
 
-def verdicts(s: Spread) -> str:
-    """'backdoored' / 'clean', or how many seeds said 'backdoored'."""
-    if s.n == 1:
-        return "backdoored" if s.mean else "clean"
-    return f"backdoored on {sum(v > 0 for v in s.values)} of {s.n} seeds"
+def verdicts(s: Spread, clean: bool = False) -> str:
+    """'backdoored' / 'clean', or how many seeds said 'backdoored'; for a model known to be clean
+    (``clean``) a 'backdoored' verdict is marked as a false positive."""
+    flagged = sum(v > 0 for v in s.values)
+    said = ("backdoored" if flagged else "clean") if s.n == 1 else f"backdoored on {flagged} of {s.n} seeds"
+    return f"{said}: false positive" if clean and flagged else said
 
 
 def ssl_sections(store: ResultsStore, experiment: str, target: str) -> list[Section]:
     table = store.spread(f"{experiment}/ssl")
-    rows = [["encoder", "probe clean acc (%)", f"FP({target})", "ASR (%)"]]
+    means = store.table(f"{experiment}/ssl")
+    poisoned = means.get(("poisoned", "probe"), {})
+    rows = [["encoder", "probe clean acc (%)", f"FP({target})", "ASR (%)", "RA (%)", "DER (%)"]]
     for label in ("clean", "poisoned", "distill", "patchsearch"):
         m = table.get((label, "probe"))
         if m:
-            rows.append([label, cell(m["clean_acc"]), cell(m["fp"], 1, 0), cell(m["asr"])])
+            mean = means[(label, "probe")]
+            der = defense_effectiveness(*(v.get(k, math.nan) for v in (poisoned, mean) for k in ("clean_acc", "asr"))) \
+                if label in ("distill", "patchsearch") and poisoned else math.nan
+            rows.append([label, cell(m["clean_acc"]), cell(m["fp"], 1, 0), cell(m["asr"]), cell(m.get("ra")), pct(der)])
     ps = table.get(("patchsearch", "filter"), {})
     filt = [["removed", "poisons caught", "precision", "recall"]]
     if ps:
@@ -69,14 +85,17 @@ def ssl_sections(store: ResultsStore, experiment: str, target: str) -> list[Sect
     for label in ("clean", "poisoned"):
         m = table.get((label, "decree"))
         if m:
-            dec.append([label, cell(m["pl1"], 1, 3), cell(m["similarity"], 1, 3), verdicts(m["backdoored"])])
+            dec.append([label, cell(m["pl1"], 1, 3), cell(m["similarity"], 1, 3),
+                        verdicts(m["backdoored"], clean=label == "clean")])
     seeded = {k: v for k, v in seeded_cells(table).items() if k[1] == "probe"}
     spread = [("SSL: seed spread of the linear probes", spread_rows(seeded, ("clean_acc", "asr")),
                f"Mean ± sd [min, max] (%) over the training seeds; 'unstable': ASR spans more than "
                f"{100 * UNSTABLE:g} points.")] if seeded else []
     return [
         ("SSL encoders: linear probe on frozen features", rows,
-         "FP: patched test images of other classes that the probe assigns to the target class."),
+         "FP: patched test images of other classes that the probe assigns to the target class; RA: those the "
+         "probe assigns to their true class; DER (BackdoorBench) of distillation and PatchSearch against the "
+         "poisoned encoder, from the seed means (50: no change, 100: the whole ASR removed at no cost)."),
         ("SSL: PatchSearch on the poisoned training set", filt, "The 'patchsearch' encoder is retrained on the kept images."),
         ("SSL: DECREE", dec, "A small PL1 (a small inverted trigger collapses the embeddings) flags a backdoor."),
         *spread,

@@ -43,9 +43,10 @@ def _cell(runs: list[dict[str, float]], key: str, digits: int = 2, scale: float 
 
 def dose_response(store: ResultsStore, experiment: str, path: Path) -> Path | None:
     """Poisoned pairs against Hit@10 and MinRank, one line per attack (mean over seeds, error bar:
-    sd), its random-caption baseline dashed in the same colour; ``None`` when nothing was measured."""
+    sd), its random-caption baseline dashed in the same colour; an attack measured at one dose has no
+    line (its table row says it all); ``None`` when no attack has two doses."""
     data = series(store, experiment)
-    attacks = sorted({a for a, c in data if c == "none"})
+    attacks = sorted(a for a, c in data if c == "none" and len(data[(a, c)]) > 1)  # a curve needs two doses
     if not attacks:
         return None
     fig, (hit, rank) = plt.subplots(1, 2, figsize=(9, 3.6))

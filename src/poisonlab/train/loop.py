@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from poisonlab.errors import InputError
 from poisonlab.train.dist import DistInfo
+from poisonlab.train.progress import ProgressLines
 from poisonlab.train.schedule import SCHEDULES, multiplier
 from poisonlab.utils.io import atomic_write, load_tensors
 from poisonlab.utils.output import open_nofollow, run_lock
@@ -360,6 +361,7 @@ class Trainer:
         show = self.progress and self.dist.is_main and sys.stderr.isatty()
         bar = tqdm(total=self.total, initial=self.step, disable=not show,
                    desc="train", leave=False, dynamic_ncols=True)
+        lines = ProgressLines(self.total, self.step) if self.progress and self.dist.is_main and not show else None
         start, first, loss = time.perf_counter(), self.step, float("nan")
         last_finite = float("nan")
         batches = self.data.batches(self.step_indices(self.step), self.dist.device)
@@ -373,6 +375,8 @@ class Trainer:
                 last_finite = loss
                 self.step += 1
                 bar.update(1)
+                if lines is not None:
+                    lines.update(self.step, loss)
                 if metrics is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total):
                     metrics.write(json.dumps({"step": self.step, "loss": round(loss, 6), "lr": lr, **extra}) + "\n")
                     metrics.flush()
