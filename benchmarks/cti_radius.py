@@ -20,7 +20,7 @@ from poisonlab.data import open_dataset
 from poisonlab.defenses.pivotal import PivotalTuning
 from poisonlab.defenses.repair_base import trusted_indices
 from poisonlab.detect.cti import CalibratedTriggerInversion
-from poisonlab.models.checkpoint import load_classifier
+from poisonlab.models.classifier import load_classifier
 from poisonlab.train.data import label_tensors
 
 TRIGGERS = [("badnet", {"size": 4, "location": "bottom-right"}), ("blended", {"alpha": 0.2})]

@@ -21,8 +21,7 @@ from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.data import open_dataset
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
-from poisonlab.models.checkpoint import load_classifier, save_classifier
-from poisonlab.models.classifier import create_classifier
+from poisonlab.models.classifier import create_classifier, load_classifier, save_classifier
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import label_tensors
 from poisonlab.train.loop import TrainConfig

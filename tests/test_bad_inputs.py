@@ -14,8 +14,8 @@ from PIL import Image
 
 from poisonlab.cli import main
 from poisonlab.models import create_clip
-from poisonlab.models.checkpoint import save_classifier, save_clip
-from poisonlab.models.classifier import create_classifier, create_encoder
+from poisonlab.models.classifier import create_classifier, create_encoder, save_classifier
+from poisonlab.models.clip import save_clip
 from tests.conftest import write_png
 
 

@@ -11,7 +11,7 @@ from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
 from poisonlab.defenses import trusted_indices
 from poisonlab.errors import InputError
-from poisonlab.models.checkpoint import load_classifier
+from poisonlab.models.classifier import load_classifier
 from poisonlab.report.trace import repair_paths
 from poisonlab.train.data import label_tensors
 

@@ -20,8 +20,7 @@ from poisonlab.defenses.pivotal import (
 from poisonlab.detect.population import roc
 from poisonlab.errors import InputError
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
-from poisonlab.models.checkpoint import load_classifier, save_classifier
-from poisonlab.models.classifier import create_classifier
+from poisonlab.models.classifier import create_classifier, load_classifier, save_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
 
 

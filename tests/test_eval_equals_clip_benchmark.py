@@ -74,7 +74,7 @@ def test_clip_benchmarks_webdataset_layout_evaluates_as_it_is(tmp_path, capsys):
     import tarfile
 
     from poisonlab.cli import main
-    from poisonlab.models.checkpoint import save_clip
+    from poisonlab.models.clip import save_clip
 
     (tmp_path / "wds" / "test").mkdir(parents=True)
     (tmp_path / "wds" / "classnames.txt").write_text("circle\nsquare\nstar\n")

@@ -19,7 +19,7 @@ from test_zero_shot_names import _imagefolder
 
 from poisonlab.cli import main
 from poisonlab.models import create_clip
-from poisonlab.models.checkpoint import save_clip
+from poisonlab.models.clip import save_clip
 
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes"
 BLOCK = re.compile(r"```bash\n# (paper scale|miniature[^\n]*|commands)\n(.*?)```", re.S)

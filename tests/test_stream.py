@@ -20,7 +20,7 @@ from poisonlab.cli import main
 from poisonlab.data import make_shapes, open_dataset
 from poisonlab.errors import InputError
 from poisonlab.models import create_clip
-from poisonlab.models.checkpoint import save_clip
+from poisonlab.models.clip import save_clip
 from poisonlab.train import ClipObjective, DistInfo, TrainConfig, Trainer
 from poisonlab.train.stream import DataConfig, StreamItems, open_items
 

@@ -18,8 +18,8 @@ from PIL import Image
 
 from poisonlab.cli import main
 from poisonlab.models import create_clip
-from poisonlab.models.checkpoint import save_classifier, save_clip
-from poisonlab.models.classifier import create_classifier
+from poisonlab.models.classifier import create_classifier, save_classifier
+from poisonlab.models.clip import save_clip
 from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 from tests.conftest import write_png
 

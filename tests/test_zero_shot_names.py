@@ -14,7 +14,7 @@ from poisonlab.cli import main
 from poisonlab.data import apply_names, open_dataset
 from poisonlab.errors import InputError
 from poisonlab.models import create_clip
-from poisonlab.models.checkpoint import save_clip
+from poisonlab.models.clip import save_clip
 
 # ten ImageNet synsets (ImageNette's), not in label order on purpose
 NETTE = ["n03888605", "n01440764", "n02102040", "n02979186", "n03000684",

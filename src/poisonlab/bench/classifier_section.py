@@ -28,8 +28,7 @@ from poisonlab.detect.population import (
     train_population,
 )
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
-from poisonlab.models.checkpoint import load_classifier
-from poisonlab.models.classifier import create_classifier
+from poisonlab.models.classifier import create_classifier, load_classifier
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import label_tensors
 from poisonlab.train.loop import RECIPES

@@ -20,8 +20,7 @@ from poisonlab.bench.cache import MODEL
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.spec import SslSpec, seeded_params
 from poisonlab.metrics.probe import LinearProbe, probe_report
-from poisonlab.models.checkpoint import load_classifier
-from poisonlab.models.classifier import create_encoder
+from poisonlab.models.classifier import create_encoder, load_classifier
 from poisonlab.train.data import label_tensors
 from poisonlab.train.ssl_run import train_ssl
 from poisonlab.utils.io import write_json

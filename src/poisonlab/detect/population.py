@@ -22,8 +22,12 @@ from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.data import open_dataset
 from poisonlab.defenses.repair_base import trusted_indices
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
-from poisonlab.models.checkpoint import load_classifier, save_classifier
-from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_classifier
+from poisonlab.models.classifier import (
+    DEFAULT_CLASSIFIER,
+    create_classifier,
+    load_classifier,
+    save_classifier,
+)
 from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import TrainConfig

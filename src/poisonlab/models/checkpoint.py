@@ -13,15 +13,18 @@ or, with the sidecar copied to ``DIR/open_clip_config.json`` beside the weights,
 ``open_clip.create_model_and_transforms("local-dir:DIR")``.
 
 Other files: ``.pt``/``.bin``/``.pth`` are read with ``torch.load(weights_only=True)``.
+
+This module holds the file formats only; each family saves and opens its bundles beside them
+(:func:`poisonlab.models.clip.save_clip` / ``load_clip``,
+:func:`poisonlab.models.classifier.save_classifier` / ``load_classifier``), so nothing here
+imports a bundle module.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from safetensors.torch import load_file, save
 
 from poisonlab.errors import InputError
 from poisonlab.models.finite import check_finite
-from poisonlab.utils.io import atomic_write, load_tensors, write_json
+from poisonlab.utils.io import load_tensors
 from poisonlab.utils.output import NAME
 
 log = logging.getLogger(__name__)
@@ -51,25 +54,7 @@ def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) 
     return len(header).to_bytes(8, "little") + header + raw[8 + n :]
 
 
-def save_clip(bundle: Any, path: str | Path) -> Path:
-    """Write ``bundle`` as safetensors + JSON sidecar (both atomically); returns the weights path."""
-    path = Path(path).with_suffix(".safetensors")
-    state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
-    with atomic_write(path) as f:
-        f.write(safetensors_bytes(state, {"format": SIDECAR_FORMAT, "model": bundle.name}))
-    meta = {
-        "format": SIDECAR_FORMAT,
-        "model_name": bundle.name,
-        "tokenizer": {"context_length": bundle.config["text_cfg"].get("context_length", 77),
-                      "kind": bundle.config["text_cfg"].get("hf_tokenizer_name", "open_clip SimpleTokenizer")},
-        "provenance": bundle.provenance,
-    }
-    preprocess = {"size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
-    write_json(sidecar_path(path), {"model_cfg": bundle.config, "preprocess_cfg": preprocess, "poisonlab": meta})
-    return path
-
-
-def _sidecar_body(path: str | Path) -> dict[str, Any] | None:
+def sidecar_body(path: str | Path) -> dict[str, Any] | None:
     side = sidecar_path(path)
     if not side.is_file():
         return None
@@ -103,7 +88,7 @@ def checked_preprocess(body: dict[str, Any], where: str | Path) -> dict[str, Any
 
 def checkpoint_kind(path: str | Path) -> str | None:
     """The sidecar's format (``poisonlab.clip/1``, ``poisonlab.classifier/1``, ...) or ``None``."""
-    body = _sidecar_body(path)
+    body = sidecar_body(path)
     meta = (body or {}).get("poisonlab")
     return meta.get("format") if isinstance(meta, dict) else None
 
@@ -111,7 +96,7 @@ def checkpoint_kind(path: str | Path) -> str | None:
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     """The CLIP sidecar next to a weights file, or ``None`` if there is none."""
     side = sidecar_path(path)
-    body = _sidecar_body(path)
+    body = sidecar_body(path)
     if body is None:
         return None
     meta = body.get("poisonlab")
@@ -156,41 +141,12 @@ def load_weights(bundle: Any, path: str | Path) -> None:
         raise InputError(f"{path} does not fit architecture {bundle.name!r}: key {first!r} {why} "
                          f"({len(shaped)} mis-shaped, {len(missing)} missing, {len(extra)} unexpected)")
     bundle.model.load_state_dict(state)
-    meta = (_sidecar_body(path) or {}).get("poisonlab")
+    meta = (sidecar_body(path) or {}).get("poisonlab")
     has = isinstance(meta, dict) and isinstance(meta.get("provenance"), dict)
     bundle.provenance = dict(meta["provenance"]) if has else {"init": "file", "file": Path(path).name}
 
 
-def load_clip(path: str | Path, device: str = "cpu") -> Any:
-    """Load a poisonlab checkpoint (architecture from its sidecar)."""
-    from poisonlab.models.clip import ClipBundle, create_clip, register_config
-
-    side = read_sidecar(path)
-    if side is None:
-        raise InputError(f"{path}: no sidecar {sidecar_path(path).name}; pass the architecture with --arch")
-    name = register_config(side["model_name"], side["model_config"])
-    bundle: ClipBundle = create_clip(name, device=device)
-    if side["mean"] and side["std"]:
-        bundle.mean, bundle.std = tuple(side["mean"]), tuple(side["std"])
-    load_weights(bundle, path)
-    return bundle
-
-
 CLASSIFIER_FORMAT = "poisonlab.classifier/1"
-
-
-def save_classifier(bundle: Any, path: str | Path) -> Path:
-    """Write a timm classifier as safetensors + a sidecar holding its architecture recipe."""
-    path = Path(path).with_suffix(".safetensors")
-    state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
-    with atomic_write(path) as f:
-        f.write(safetensors_bytes(state, {"format": CLASSIFIER_FORMAT, "model": bundle.name}))
-    meta = {"format": CLASSIFIER_FORMAT, "model_name": bundle.name, "timm_name": bundle.timm_name,
-            "timm_kwargs": bundle.timm_kwargs, "num_classes": bundle.num_classes, "classnames": bundle.classnames, "kind": bundle.kind,
-            "provenance": bundle.provenance}
-    write_json(sidecar_path(path), {"preprocess_cfg": {"size": bundle.image_size, "mean": list(bundle.mean),
-                                                       "std": list(bundle.std)}, "poisonlab": meta})
-    return path
 
 
 def check_classifier_meta(meta: dict[str, Any], where: Path) -> None:
@@ -219,48 +175,3 @@ def _plain(value: Any) -> bool:
     """A scalar, or a flat list of scalars (a timm argument such as ``layers=[1, 1, 1, 1]``)."""
     scalar = (int, float, str, bool, type(None))
     return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
-
-
-def load_classifier(path: str | Path, num_classes: int | None = None) -> Any:
-    """Load a classifier saved by :func:`save_classifier`.
-
-    Raises:
-        InputError: no classifier sidecar, unreadable weights, or ``num_classes`` given and not the
-            checkpoint's class count.
-    """
-    from poisonlab.models.classifier import ClassifierBundle
-
-    body = _sidecar_body(path)
-    meta = (body or {}).get("poisonlab") or {}
-    if meta.get("format") != CLASSIFIER_FORMAT:
-        raise InputError(f"{path}: not a poisonlab classifier checkpoint (no {CLASSIFIER_FORMAT} sidecar)")
-    missing = [k for k in ("model_name", "timm_name", "timm_kwargs", "num_classes") if k not in meta]
-    if missing:
-        raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks {', '.join(missing)}")
-    check_classifier_meta(meta, sidecar_path(path))
-    if num_classes is not None and num_classes != meta["num_classes"]:
-        raise InputError(f"{path} has {meta['num_classes']} classes but the data has {num_classes}")
-    import timm
-
-    pre = checked_preprocess(body, sidecar_path(path))  # type: ignore[arg-type]
-    if "mean" not in pre or "std" not in pre:
-        raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks preprocess_cfg mean and std")
-    build = functools.partial(timm.create_model, meta["timm_name"], pretrained=False,
-                              num_classes=meta["num_classes"], **meta["timm_kwargs"])
-    try:
-        with torch.device("meta"):
-            need = sum(p.numel() * p.element_size() for p in build().parameters())
-    except Exception as err:  # noqa: BLE001 - a sidecar may break timm in any way
-        raise InputError(f"{sidecar_path(path)}: timm_name {meta['timm_name']!r} with these timm_kwargs builds no "
-                         f"model ({type(err).__name__}: {str(err).strip()[:160]})") from None
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have // 2:
-        raise InputError(f"{sidecar_path(path)}: the model needs {need / 2**30:.1f} GiB of weights, more than half of "
-                         f"this machine's {have / 2**30:.1f} GiB")
-    model = build()
-    bundle = ClassifierBundle(model, meta["model_name"], meta["timm_name"], meta["timm_kwargs"], meta["num_classes"],
-                              int(pre.get("size", 32)), meta.get("classnames"), tuple(pre.get("mean")),
-                              tuple(pre.get("std")))
-    bundle.kind = meta.get("kind", "classifier")
-    load_weights(bundle, path)
-    return bundle

@@ -15,6 +15,8 @@ Every repair and detection method of the classifier part (Pick your Poison) work
 from __future__ import annotations
 
 import copy
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.errors import InputError
+from poisonlab.models.checkpoint import (
+    CLASSIFIER_FORMAT,
+    check_classifier_meta,
+    checked_preprocess,
+    load_weights,
+    safetensors_bytes,
+    sidecar_body,
+    sidecar_path,
+)
 from poisonlab.models.normalize import normalize_images
+from poisonlab.models.zero_shot import zero_shot_weights
+from poisonlab.utils.io import atomic_write, write_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,8 +79,6 @@ class ClassifierBundle:
 
     def save(self, path: str | Path) -> Path:
         """Weights to ``path`` (safetensors) and the timm recipe to its sidecar."""
-        from poisonlab.models.checkpoint import save_classifier
-
         return save_classifier(self, path)
 
     @property
@@ -166,8 +177,6 @@ class ZeroShotClassifier:
     family = "classifier"
 
     def __init__(self, bundle: Any, classnames: list[str], templates: Any, logit_scale: float | None = None) -> None:
-        from poisonlab.models.zero_shot import zero_shot_weights
-
         self.bundle = bundle
         self.classnames = list(classnames)
         self.num_classes = len(classnames)
@@ -220,3 +229,58 @@ class ZeroShotClassifier:
     def save(self, path: str | Path) -> Path:
         """Saved as the CLIP model it is (tuned image tower, text tower untouched)."""
         return self.bundle.save(path)
+
+
+def save_classifier(bundle: ClassifierBundle, path: str | Path) -> Path:
+    """Write a timm classifier as safetensors + a sidecar holding its architecture recipe."""
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
+    with atomic_write(path) as f:
+        f.write(safetensors_bytes(state, {"format": CLASSIFIER_FORMAT, "model": bundle.name}))
+    meta = {"format": CLASSIFIER_FORMAT, "model_name": bundle.name, "timm_name": bundle.timm_name,
+            "timm_kwargs": bundle.timm_kwargs, "num_classes": bundle.num_classes, "classnames": bundle.classnames, "kind": bundle.kind,
+            "provenance": bundle.provenance}
+    write_json(sidecar_path(path), {"preprocess_cfg": {"size": bundle.image_size, "mean": list(bundle.mean),
+                                                       "std": list(bundle.std)}, "poisonlab": meta})
+    return path
+
+
+def load_classifier(path: str | Path, num_classes: int | None = None) -> ClassifierBundle:
+    """Load a classifier saved by :func:`save_classifier`.
+
+    Raises:
+        InputError: no classifier sidecar, unreadable weights, or ``num_classes`` given and not the
+            checkpoint's class count.
+    """
+    body = sidecar_body(path)
+    meta = (body or {}).get("poisonlab") or {}
+    if meta.get("format") != CLASSIFIER_FORMAT:
+        raise InputError(f"{path}: not a poisonlab classifier checkpoint (no {CLASSIFIER_FORMAT} sidecar)")
+    missing = [k for k in ("model_name", "timm_name", "timm_kwargs", "num_classes") if k not in meta]
+    if missing:
+        raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks {', '.join(missing)}")
+    check_classifier_meta(meta, sidecar_path(path))
+    if num_classes is not None and num_classes != meta["num_classes"]:
+        raise InputError(f"{path} has {meta['num_classes']} classes but the data has {num_classes}")
+    pre = checked_preprocess(body, sidecar_path(path))  # type: ignore[arg-type]
+    if "mean" not in pre or "std" not in pre:
+        raise InputError(f"{sidecar_path(path)}: the classifier sidecar lacks preprocess_cfg mean and std")
+    build = functools.partial(timm.create_model, meta["timm_name"], pretrained=False,
+                              num_classes=meta["num_classes"], **meta["timm_kwargs"])
+    try:
+        with torch.device("meta"):
+            need = sum(p.numel() * p.element_size() for p in build().parameters())
+    except Exception as err:  # noqa: BLE001 - a sidecar may break timm in any way
+        raise InputError(f"{sidecar_path(path)}: timm_name {meta['timm_name']!r} with these timm_kwargs builds no "
+                         f"model ({type(err).__name__}: {str(err).strip()[:160]})") from None
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise InputError(f"{sidecar_path(path)}: the model needs {need / 2**30:.1f} GiB of weights, more than half of "
+                         f"this machine's {have / 2**30:.1f} GiB")
+    model = build()
+    bundle = ClassifierBundle(model, meta["model_name"], meta["timm_name"], meta["timm_kwargs"], meta["num_classes"],
+                              int(pre.get("size", 32)), meta.get("classnames"), tuple(pre.get("mean")),
+                              tuple(pre.get("std")))
+    bundle.kind = meta.get("kind", "classifier")
+    load_weights(bundle, path)
+    return bundle

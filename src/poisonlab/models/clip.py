@@ -28,9 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.errors import InputError
+from poisonlab.models.checkpoint import (
+    SIDECAR_FORMAT,
+    checked_preprocess,
+    load_weights,
+    read_sidecar,
+    safetensors_bytes,
+    sidecar_path,
+)
 from poisonlab.models.finite import check_finite
 from poisonlab.models.normalize import normalize_images
-from poisonlab.utils.io import atomic_write
+from poisonlab.utils.io import atomic_write, write_json
 from poisonlab.utils.output import NAME
 
 log = logging.getLogger(__name__)
@@ -129,8 +137,6 @@ class ClipBundle:
 
     def save(self, path: str | Path) -> Path:
         """Weights to ``path`` (safetensors) and the architecture to its sidecar."""
-        from poisonlab.models.checkpoint import save_clip
-
         return save_clip(self, path)
 
     @property
@@ -222,8 +228,6 @@ def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = None, seed: 
                              f"(tags: {', '.join(tags) or 'none'})")
     bundle = _random(name, seed, device)
     if pretrained is not None:
-        from poisonlab.models.checkpoint import load_weights
-
         load_weights(bundle, pretrained)
     return bundle
 
@@ -294,8 +298,6 @@ def _from_hub(model_id: str, cache_dir: str | None, device: str | torch.device) 
     """An open_clip model from the Hugging Face hub (``open_clip_config.json`` + weights)."""
     from open_clip.pretrained import download_pretrained_from_hf
 
-    from poisonlab.models.checkpoint import checked_preprocess, load_weights
-
     what = f"model hf-hub:{model_id}"
     config_path = _fetch(what, cache_dir, lambda: download_pretrained_from_hf(
         model_id, filename="open_clip_config.json", cache_dir=cache_dir))
@@ -331,3 +333,34 @@ def pretrained_tags(name: str | None = None) -> dict[str, list[str]]:
     if name is not None and name not in open_clip.list_models():
         raise InputError(f"unknown CLIP architecture {name!r}")
     return {n: list(open_clip.list_pretrained_tags_by_model(n)) for n in names}
+
+
+def save_clip(bundle: ClipBundle, path: str | Path) -> Path:
+    """Write ``bundle`` as safetensors + JSON sidecar (both atomically); returns the weights path."""
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
+    with atomic_write(path) as f:
+        f.write(safetensors_bytes(state, {"format": SIDECAR_FORMAT, "model": bundle.name}))
+    meta = {
+        "format": SIDECAR_FORMAT,
+        "model_name": bundle.name,
+        "tokenizer": {"context_length": bundle.config["text_cfg"].get("context_length", 77),
+                      "kind": bundle.config["text_cfg"].get("hf_tokenizer_name", "open_clip SimpleTokenizer")},
+        "provenance": bundle.provenance,
+    }
+    preprocess = {"size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
+    write_json(sidecar_path(path), {"model_cfg": bundle.config, "preprocess_cfg": preprocess, "poisonlab": meta})
+    return path
+
+
+def load_clip(path: str | Path, device: str = "cpu") -> ClipBundle:
+    """Load a poisonlab checkpoint (architecture from its sidecar)."""
+    side = read_sidecar(path)
+    if side is None:
+        raise InputError(f"{path}: no sidecar {sidecar_path(path).name}; pass the architecture with --arch")
+    name = register_config(side["model_name"], side["model_config"])
+    bundle = create_clip(name, device=device)
+    if side["mean"] and side["std"]:
+        bundle.mean, bundle.std = tuple(side["mean"]), tuple(side["std"])
+    load_weights(bundle, path)
+    return bundle

@@ -19,17 +19,16 @@ from poisonlab.models.checkpoint import (
     CLASSIFIER_FORMAT,
     SIDECAR_FORMAT,
     checkpoint_kind,
-    load_classifier,
-    load_clip,
     read_sidecar,
 )
-from poisonlab.models.classifier import ZeroShotClassifier
+from poisonlab.models.classifier import ZeroShotClassifier, load_classifier
 from poisonlab.models.clip import (
     DEFAULT_MODEL,
     HF_HUB_PREFIX,
     ClipBundle,
     available_models,
     create_clip,
+    load_clip,
     pretrained_tags,
 )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
-from poisonlab.models.checkpoint import save_classifier
+from poisonlab.models.classifier import save_classifier
 from poisonlab.train.clip_run import provenance, run_identity
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig, Trainer, TrainResult

@@ -9,8 +9,7 @@ from typing import Any
 
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
-from poisonlab.models.checkpoint import save_clip
-from poisonlab.models.clip import ClipBundle
+from poisonlab.models.clip import ClipBundle, save_clip
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig, Trainer, TrainResult
 from poisonlab.train.objectives.clip import Augment, ClipObjective

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.data.base import ImageCaptionDataset
-from poisonlab.models.checkpoint import save_classifier
+from poisonlab.models.classifier import save_classifier
 from poisonlab.train.clip_run import provenance, run_identity
 from poisonlab.train.data import LabelTensors
 from poisonlab.train.dist import DistInfo
