@@ -150,6 +150,10 @@ def files(tmp_path_factory):
         "plan_unknown_field": {"extra": 1},
         "plan_trigger_name_number": {"trigger": {"name": 5, "params": {}}},
         "plan_no_entries": {"entries": None},
+        "plan_open_n_text": {"dataset": {"name": "shapes", "open": {"spec": "shapes", "n": "40"}}},
+        "plan_open_unknown": {"dataset": {"name": "shapes", "open": {"spec": "shapes", "n": 40, "evil": 1}}},
+        "plan_open_spec_number": {"dataset": {"name": "shapes", "open": {"spec": 7}}},
+        "plan_index_twice": {"entries": [{"index": 3, "caption": "a star"}, {"index": 3, "caption": "a cross"}]},
     }
     for name, change in bad_plans.items():
         body = {**plan, **change}
@@ -223,6 +227,10 @@ CASES = {
     "plan unknown field": [*TRAIN[:3], "{plan_unknown_field}", "--steps", "1", "--out", "{out}"],
     "plan trigger name a number": [*TRAIN[:3], "{plan_trigger_name_number}", "--steps", "1", "--out", "{out}"],
     "plan without entries": [*TRAIN[:3], "{plan_no_entries}", "--steps", "1", "--out", "{out}"],
+    "plan open n a string": [*TRAIN[:3], "{plan_open_n_text}", "--steps", "1", "--out", "{out}"],
+    "plan open unknown field": [*TRAIN[:3], "{plan_open_unknown}", "--steps", "1", "--out", "{out}"],
+    "plan open spec a number": [*TRAIN[:3], "{plan_open_spec_number}", "--steps", "1", "--out", "{out}"],
+    "plan lists an item twice": [*TRAIN[:3], "{plan_index_twice}", "--steps", "1", "--out", "{out}"],
     # sizes checked before anything is allocated
     "n 10^12": [*POISON[:3], "--n", "1000000000000", *POISON[5:], "--out", "{out}"],
     "image size 100000": [*POISON, "--image-size", "100000", "--out", "{out}"],
@@ -657,3 +665,42 @@ def test_resume_drops_a_half_written_metrics_line(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [10, 20, 30]
+
+
+def test_no_command_overwrites_what_it_reads(tmp_path, capsys):
+    """A user pointing --out at the folder of the model or data they pass would lose it."""
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    model = out / "model.safetensors"
+    before = digest(model)
+    for argv in (["clean", "--defense", "finetune", "--model", str(model), "--dataset", "shapes", "--n", "20",
+                  "--steps", "1", "--test-n", "20", "--out", str(out)],
+                 [*TRAIN, "--pretrained", str(model), "--out", str(out)]):
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "reads" in err and len(err.splitlines()) == 1, err
+    assert digest(model) == before
+    plan = tmp_path / "plan"
+    assert main([*POISON, "--materialize", "--out", str(plan)]) == 0
+    csv_before = digest(plan / "data.csv")
+    code = main(["poison", "--dataset", str(plan / "data.csv"), "--attack", "clip-dirty", "--target", "star",
+                 "--rate", "0.1", "--trigger", "badnet", "--materialize", "--out", str(plan)])
+    assert code == 2 and digest(plan / "data.csv") == csv_before
+    capsys.readouterr()
+
+
+def test_a_spec_may_name_user_data_by_path_and_a_store_may_not_name_a_file(tmp_path, capsys):
+    from poisonlab.bench.spec import load_spec
+    from poisonlab.bench.store import ResultsStore
+
+    spec = load_spec(_spec(tmp_path, dataset=str(tmp_path / "data" / "pairs.csv")))
+    assert spec.dataset.endswith("pairs.csv")
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "evil.expected.yaml").write_text("numbers: [{experiment: x, attack: a, row: r, metric: m, range: [0, 1]}]\n")
+    store = ResultsStore(run / "results.db")
+    store.put("../../evil", "a", "r", {"m": 0.5})
+    store.close()
+    code = main(["report", str(run), "--check"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no expected ranges" in err, err

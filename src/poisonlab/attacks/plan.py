@@ -206,7 +206,11 @@ def check_plan(plan: PoisonPlan, dataset: ImageCaptionDataset) -> None:
     if n != plan.num_samples:
         raise InputError(f"plan made for another dataset: it is for {plan.num_samples} items, the dataset has {n}")
     classes = len(dataset.classnames) if dataset.classnames else None
+    seen: set[int] = set()
     for e in plan.entries:
+        if e.index in seen:
+            raise InputError(f"plan lists item {e.index} twice (each poisoned item has one entry)")
+        seen.add(e.index)
         for name, value in (("index", e.index), ("image_from", e.image_from)):
             if value is not None and not 0 <= value < n:
                 raise InputError(f"plan entry {name} {value} is outside the dataset's {n} items")

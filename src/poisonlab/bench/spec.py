@@ -16,6 +16,8 @@ PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
 """A name from a spec that becomes part of a stage folder's name: letters, digits, ``. _ + -``."""
+DataName = Annotated[str, Field(min_length=1, max_length=4096)]
+"""An embedded dataset's name or a path to the user's data (only ever read)."""
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Count = Annotated[int, Field(gt=0, le=10_000_000)]
 """Items of generated data (the memory it needs is checked again when it is made)."""
@@ -90,7 +92,7 @@ class AttackSpec(Strict):
 class DefenseSpec(Strict):
     name: Name
     defense: Name
-    dataset: Name = "shapes"
+    dataset: DataName = "shapes"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -141,7 +143,7 @@ class ClassifierSpec(TrainSpec):
 class SslSpec(TrainSpec):
     """SSL encoders: clean, patch-poisoned, distilled and PatchSearch-filtered; DECREE on two."""
 
-    dataset: Name = "shapes"
+    dataset: DataName = "shapes"
     method: Name = "moco"
     model: Name = "poisonlab-resnet-tiny"
     min_scale: float = Field(default=0.2, gt=0, le=1)
@@ -193,7 +195,7 @@ class ExperimentSpec(Strict):
     """The attack x defense grid of the CLIP demo, plus optional classifier, SSL and text sections."""
 
     name: Name
-    dataset: Name = "shapes"
+    dataset: DataName = "shapes"
     image_size: int = Field(default=32, ge=8, le=1024)
     pretrain: PretrainSpec
     poison: PoisonSpec

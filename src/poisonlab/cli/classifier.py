@@ -86,7 +86,7 @@ def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_siz
     if not data.classnames:
         raise InputError("classifier training needs labelled data with class names")
     bundle = create_classifier(arch, len(data.classnames), image_size, data.classnames, seed=config.seed)
-    dist = training_out(out, force)
+    dist = training_out(out, force, (dataset,))
     result = train_classifier(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "data": result.data}
@@ -131,7 +131,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
         found = evaluator.with_model(clf).summary(built, target or 0)
         return {"ca": found["ca"], **{f"asr:{k}": v["asr"] for k, v in found.get("backdoor", {}).items()}}
 
-    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force)
+    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force, inputs=(model_path, dataset))
     result = repair.run(suspect, trusted, out=out, monitor=monitor, monitor_every=trace_every)
     after = evaluator.with_model(result.model).summary(built, target or 0)
     path = out / "model.safetensors"
@@ -189,7 +189,8 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
             raise InputError(f"{name} needs a {family} model; {model_path} is an {suspect.family}")
     data = at_model_size(dataset, data, suspect.image_size, n, data_seed)
     trusted = trusted_set(data, trusted_share, suspect.image_size, data_seed)
-    claim_output(out, ("detection.json", *(f"{name}-trigger.png" for name in built)), force=force)
+    claim_output(out, ("detection.json", *(f"{name}-trigger.png" for name in built)), force=force,
+                 inputs=(model_path, dataset))
     found = {name: d(suspect, trusted) for name, d in built.items()}
     for name, det in found.items():
         if "_trigger" in det.details:

@@ -76,7 +76,7 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: Trai
     else:
         bundle = create_clip(arch, seed=config.seed)
     data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
-    dist = training_out(out, force)
+    dist = training_out(out, force, (dataset, pretrained, arch))
     result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "samples_per_second": round(result.samples_per_second, 1),

@@ -104,15 +104,25 @@ def at_model_size(spec: str, data: ImageCaptionDataset, size: int, n: int | None
     return load_data(spec, size=size, n=n, seed=seed)
 
 
+OPEN_FIELDS = {"spec": str, "split": str, "size": int, "n": int, "seed": int}
+"""How a plan says to reopen its dataset (``poison`` writes these)."""
+
+
 def open_plan(path: Path, skip_bad: bool = False) -> PoisonedDataset:
     """Rebuild the poisoned dataset a plan file describes (its data paths are relative to it).
 
     Items are read at the image side the plan was made at (``poison --image-size``), where its
     trigger was drawn; training resizes them to the model's input size after the trigger."""
     plan = PoisonPlan.load(path)
-    args = dict(plan.dataset.get("open") or {})
-    if "spec" not in args:
+    args = plan.dataset.get("open") or {}
+    if not isinstance(args, dict) or not isinstance(args.get("spec"), str):
         raise InputError(f"{path}: plan does not say how to reopen its dataset (made outside the CLI?)")
+    for key, value in args.items():
+        kind = OPEN_FIELDS.get(key)
+        if kind is None or not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(f"{path}: dataset.open.{key} is not a field of type "
+                             f"{kind.__name__ if kind else 'spec, split, size, n or seed'}")
+    args = dict(args)
     spec = args.pop("spec")
     beside = str(path.parent / spec)
     if not Path(spec).is_absolute() and (Path(beside).exists() or _shards_exist(beside)):
@@ -190,12 +200,13 @@ def force_option(f: Any) -> Any:
                              "files are ever replaced; a file of yours with one of its names is refused).")(f)
 
 
-def training_out(out: Path, force: bool) -> DistInfo:
+def training_out(out: Path, force: bool, inputs: tuple[str | None, ...] = ()) -> DistInfo:
     """Join the torchrun process group (if any) and, on the main rank, claim ``out`` for a training
-    run's files (:func:`~poisonlab.utils.output.claim_output`); returns this process's place."""
+    run's files (:func:`~poisonlab.utils.output.claim_output`; ``inputs``: the files the run reads,
+    never overwritten); returns this process's place."""
     dist = init_from_env()
     if dist.is_main:
-        claim_output(out, TRAIN_OUTPUTS, force=force)
+        claim_output(out, TRAIN_OUTPUTS, force=force, inputs=inputs)
     return dist
 
 

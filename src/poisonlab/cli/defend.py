@@ -83,7 +83,7 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
     test_config = dataclasses.replace(data_config, skip_bad_images=False)
     before = summarize(suspect, test, trig, list(trigger_names), target, test_config)
-    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force)
+    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force, inputs=(model_path, dataset, pretrained))
     result = method.run(suspect, data, out=out, dist=init_from_env(), data_config=data_config)
     after = summarize(result.model, test, trig, list(trigger_names), target, test_config)
     summary = {"defense": defense, "report": result.report, "before": before, "after": after,
@@ -119,7 +119,7 @@ def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float 
     flt = defenses.create("filter", family="clip", kind="filter", threshold=threshold, drop_fraction=drop_fraction)
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
-    claim_output(out, ("scores.csv", "kept.json"), force=force)
+    claim_output(out, ("scores.csv", "kept.json"), force=force, inputs=(model_path, dataset))
     result = flt.run(bundle, data, out=out, data_config=data_config)
     report = result.report
     summary = {k: v for k, v in report.items() if k != "distances"} | {"kept": len(result.kept or [])}

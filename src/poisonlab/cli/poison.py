@@ -63,7 +63,7 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
     how = open_args(relative_spec(dataset, out), split, image_size, n, data_seed)
     plan = dataclasses.replace(plan, dataset={**plan.dataset, "open": {k: v for k, v in how.items() if v is not None}})
     poisoned = PoisonedDataset(data, plan)
-    with output_dir(out, POISON_OUTPUTS, force=force) as tmp:
+    with output_dir(out, POISON_OUTPUTS, force=force, inputs=(dataset,)) as tmp:
         plan.save(tmp / "plan.json")
         plan_gallery(poisoned, tmp / "poisoned.png")
         if materialize:

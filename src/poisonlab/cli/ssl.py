@@ -56,7 +56,7 @@ def train_ssl_cmd(method: str, dataset: str, arch: str, config: TrainConfig, vie
     """Self-supervised training of an image encoder (labels are never read)."""
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
     bundle = create_encoder(arch, image_size, seed=config.seed)
-    dist = training_out(out, force)
+    dist = training_out(out, force, (dataset,))
     result = train_ssl(bundle, data, config, method, out, resume=resume, dist=dist, views=views,
                        data_config=data_config, **parse_params(params, "--param"))
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
@@ -125,7 +125,7 @@ def clean_encoder_cmd(defense: str, model_path: str, dataset: str, n: int | None
     data = load_data(dataset, n=n, seed=data_seed)
     encoder = open_classifier(model_path, data, pretrained, cache_dir)
     data = at_model_size(dataset, data, encoder.image_size, n, data_seed)
-    claim_output(out, (*TRAIN_OUTPUTS, "summary.json", "kept.json"), force=force)
+    claim_output(out, (*TRAIN_OUTPUTS, "summary.json", "kept.json"), force=force, inputs=(model_path, dataset))
     result = method.run(encoder, data, out=out)
     report = result.report
     lines = []

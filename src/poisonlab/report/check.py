@@ -30,6 +30,7 @@ import yaml
 
 from poisonlab.bench.store import ResultsStore
 from poisonlab.errors import InputError
+from poisonlab.utils.output import NAME
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def check(store: ResultsStore, expected: list[Expected]) -> list[Finding]:
 def expected_file(store: ResultsStore, presets: Path) -> Path | None:
     """``presets/<name>.expected.yaml`` of the experiment in ``store`` (``None`` if there is none)."""
     names = {e.split("/")[0] for e in store.experiments()}
+    names = {n for n in names if NAME.match(n)}  # a name read from a store becomes a path only as a name
     found = [presets / f"{n}.expected.yaml" for n in sorted(names) if (presets / f"{n}.expected.yaml").is_file()]
     return found[0] if len(found) == 1 else None
 

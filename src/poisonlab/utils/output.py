@@ -89,14 +89,16 @@ def read_manifest(folder: Path) -> tuple[list[str], str | None] | None:
 
 
 def claim_output(folder: str | os.PathLike[str], names: Iterable[str], *, force: bool = False,
-                 legacy: Iterable[str] = ()) -> str:
+                 legacy: Iterable[str] = (), inputs: Iterable[str | os.PathLike[str] | None] = ()) -> str:
     """Make ``folder`` a poisonlab output folder that may receive ``names``; returns its marker.
 
     A missing or empty folder is created and claimed. A folder with a manifest is poisonlab's. A
     non-empty folder without one is refused unless every name of ``legacy`` is a regular file in it
     (a folder an older poisonlab wrote) or ``force``. Any of ``names`` present there that the
     manifest does not list is refused, ``force`` or not. Temporary entries that killed runs left
-    (with the folder's marker) are swept.
+    (with the folder's marker) are swept. ``inputs`` are the files the command reads (a checkpoint,
+    a plan, a CSV): one that is among the entries it would replace is refused, since the run would
+    overwrite what it reads (``clean --model runs/x/model.safetensors --out runs/x``).
 
     Raises:
         InputError: ``folder`` is a file, a symlink stands where it would be created, the manifest
@@ -124,6 +126,14 @@ def claim_output(folder: str | os.PathLike[str], names: Iterable[str], *, force:
     links = [n for n in names if (folder / n).is_symlink()]
     if links:
         raise InputError(f"{folder / links[0]} is a symlink: poisonlab never writes through one; remove it")
+    for given in inputs:
+        if given is None or not os.path.isfile(given):
+            continue
+        for name in names:
+            target = folder / name
+            if target.is_file() and os.path.samefile(given, target):
+                raise InputError(f"--out {folder} holds {name}, which this command reads ({given}): it would be "
+                                 "overwritten; choose another --out")
     theirs = [n for n in names if n in present and n not in owned]
     if theirs:
         raise InputError(f"{folder / theirs[0]} exists and poisonlab did not write it; move it away or choose "
@@ -175,7 +185,8 @@ def hold(path: str | os.PathLike[str]) -> int:
 
 
 @contextlib.contextmanager
-def output_dir(path: str | os.PathLike[str], names: Iterable[str], force: bool = False) -> Iterator[Path]:
+def output_dir(path: str | os.PathLike[str], names: Iterable[str], force: bool = False,
+               inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Iterator[Path]:
     """Stage a command's outputs, then put them into ``path`` without touching what poisonlab did
     not write there.
 
@@ -189,7 +200,7 @@ def output_dir(path: str | os.PathLike[str], names: Iterable[str], force: bool =
     """
     path = Path(path)
     names = list(names)
-    marker = claim_output(path, names, force=force)
+    marker = claim_output(path, names, force=force, inputs=inputs)
     owned = (read_manifest(path) or ([], None))[0]
     tmp = Path(tempfile.mkdtemp(prefix=f".stage.{marker}.", suffix=".tmp", dir=path))
     held = hold(tmp)
