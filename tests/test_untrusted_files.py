@@ -132,6 +132,12 @@ def files(tmp_path_factory):
         write_png(d / "folders" / a / "0.png")
         write_png(d / "folders" / b / "0.png")
     f["dup_folders"] = str(d / "folders")
+    with tarfile.open(d / "escape.tar", "w") as tar:
+        for name, data in (("../0.png", b"x"), ("../0.txt", b"a cat"), ("/abs/1.png", b"x"), ("/abs/1.txt", b"a cat")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    f["escape_shard"] = str(d / "escape.tar")
     data = _shard(d / "whole.tar")
     (d / "cut.tar").write_bytes(data[: len(data) * 2 // 3 // 512 * 512])
     f["cut_shard"] = str(d / "cut.tar")
@@ -239,6 +245,14 @@ CASES = {
     "brace pattern unbalanced": [*TRAIN[:3], "{dir}/s-{{0..3.tar", "--steps", "1", "--out", "{out}"],
     # decoding and class names
     "truncated shard": [*TRAIN[:3], "{cut_shard}", "--steps", "1", "--batch-size", "2", "--out", "{out}"],
+    "shard member names leave the archive": ["poison", "--dataset", "{escape_shard}", "--attack", "clip-dirty",
+                                             "--target", "0", "--count", "1", "--trigger", "badnet", "--materialize",
+                                             "--out", "{out}"],
+    "batch of one with batch norm": ["train", "classifier", "--dataset", "shapes", "--n", "32", "--batch-size", "1",
+                                     "--steps", "1", "--out", "{out}"],
+    "warmup of 10^20 steps": [*TRAIN, "--warmup", "100000000000000000000", "--out", "{out}"],
+    "epochs 10^12": [*TRAIN[:-2], "--epochs", "1000000000000", "--out", "{out}"],
+    "detect a population of 10^9": ["detect", "--method", "cti", "--population", "1000000000", "--out", "{out}"],
     "csv empty label": [*TRAIN[:3], "{empty_label}", "--steps", "1", "--batch-size", "2", "--out", "{out}"],
     "class names duplicated": [*EVAL, "--model", "{arch_abs}", "--classnames", "{dup_names}"],
     "class names with a blank line": ["eval", "--dataset", "shapes", "--n", "20", "--model", "{nan}",

@@ -156,7 +156,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
 @click.option("--data-seed", type=int, default=5, show_default=True, help="Seed of generated data.")
 @click.option("--trusted-share", type=float, default=0.01, show_default=True, help="Share of the data the defender trusts, in (0, 1].")
 @click.option("--param", "params", multiple=True, help="Detector hyper-parameter KEY=VALUE (all methods).")
-@click.option("--population", type=int, default=None,
+@click.option("--population", type=click.IntRange(2, 1000), default=None,
               help="Train N clean + N backdoored models and report each method's ROC AUC instead.")
 @click.option("--epochs", type=float, default=24.0, show_default=True, help="Training epochs per population model.")
 @out_option
@@ -174,8 +174,6 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
     extra = parse_params(params, "--param")
     built = {m: detect.create(m, **extra) for m in methods}
     if population is not None:
-        if population < 2:
-            raise InputError("--population needs at least 2 models of each kind")
         claim_output(out, ("models", "population.json", "roc.png"), force=force)
         _detect_population(built, population, dataset, trusted_share, epochs, out, as_json)
         return

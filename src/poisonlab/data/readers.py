@@ -316,6 +316,13 @@ def Cifar10Dataset(root: str | Path, split: str = "train", size: int = 32) -> Te
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
+def _inside(name: str) -> bool:
+    """Whether a tar member's name stays inside the archive's folder (relative, no ``..`` part): a
+    name that does not is never copied into a shard poisonlab writes."""
+    parts = name.replace("\\", "/").split("/")
+    return not name.startswith(("/", "\\")) and ".." not in parts
+
+
 def _truncated(shard: Path, end: int) -> bool:
     """Whether a tar archive whose last member ends at ``end`` stops short of its end marker
     (at least one 512-byte block of zeros, and nothing but zeros after it)."""
@@ -414,7 +421,9 @@ class WebDatasetShards(ImageCaptionDataset):
             with tarfile.open(shard, "r:") as tar:
                 groups: dict[str, dict[str, tarfile.TarInfo]] = {}
                 for m in tar:
-                    if m.isfile():
+                    if m.isfile() and not _inside(m.name):
+                        self._bad(shard, m.name, "is a member whose name leaves the archive's folder (absolute or ..)")
+                    elif m.isfile():
                         key, ext = split_member(m.name)
                         if ext:
                             groups.setdefault(key, {})[ext] = m

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 # Config fields a resumed run may change: how often it logs and saves, not what it computes.
 BOOKKEEPING = {"checkpoint_every", "log_every"}
+MAX_STEPS = 10**9
+"""More optimiser steps than any run needs (the papers' largest is ~10^6)."""
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -85,8 +87,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _finite(self, "lr", "weight_decay", "eps", "momentum", "epochs", "grad_clip", *("betas",))
         for name in ("warmup", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) <= MAX_STEPS:
+                raise InputError(f"{name.replace('_', '-')} must be in 0..{MAX_STEPS}, got {getattr(self, name)}")
         if self.log_every < 1 or not 0 <= self.seed < 2**63:
             raise InputError(f"log every must be >= 1 and seed in 0..2^63-1, got {self.log_every}, {self.seed}")
         if self.weight_decay < 0 or self.eps <= 0 or not all(0 <= b < 1 for b in self.betas):
@@ -105,9 +107,12 @@ class TrainConfig:
             raise InputError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
 
     def total_steps(self, num_samples: int, world_size: int = 1) -> int:
-        if self.steps is not None:
-            return self.steps
-        return max(1, int(self.epochs * num_samples // (self.batch_size * world_size)))  # type: ignore[operator]
+        """Optimiser steps of the run; ``InputError`` past :data:`MAX_STEPS` (a typo, not a plan)."""
+        steps = self.steps if self.steps is not None else \
+            max(1, int(self.epochs * num_samples // (self.batch_size * world_size)))  # type: ignore[operator]
+        if steps > MAX_STEPS:
+            raise InputError(f"{steps} optimiser steps is more than {MAX_STEPS}: check --steps / --epochs")
+        return steps
 
 
 def _finite(cfg: Any, *names: str) -> None:
@@ -210,6 +215,9 @@ class Trainer:
         per_step = config.batch_size * self.dist.world_size
         if len(data) < per_step:
             raise InputError(f"{len(data)} training items are fewer than one global batch ({per_step})")
+        if config.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in objective.model.modules()):
+            raise InputError("a batch of one image cannot train a model with batch normalisation (the bundled "
+                             "ResNets): use --batch-size 2 or more")
         self.steps_per_epoch = len(data) // per_step
         dropped = len(data) - self.steps_per_epoch * per_step
         if dropped:
