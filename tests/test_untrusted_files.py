@@ -95,6 +95,9 @@ def files(tmp_path_factory):
         f[name] = _clip_with(d / name, change)
         (d / f"clf-{name}").mkdir()
         f[f"clf_{name}"] = _classifier_with(d / f"clf-{name}", change)
+    (d / "overflow").mkdir()
+    f["overflow"] = _clip_with(d / "overflow", lambda s: [v.mul_(1e30) for k, v in s.items()
+                                                           if k.startswith("visual") and v.dim() > 1])
     sidecars = {
         "arch_path": lambda b: b["poisonlab"].update(model_name="../../../tmp/poisonlab-escape"),
         "arch_abs": lambda b: b["poisonlab"].update(model_name=str(d / "abs-escape")),
@@ -207,6 +210,7 @@ CASES = {
                               "--n", "200", "--out", "{out}"],
     "detect infinite classifier": ["detect", "--method", "cti", "--model", "{clf_inf}", "--dataset", "shapes",
                                    "--n", "200", "--out", "{out}"],
+    "finite weights that overflow": [*EVAL, "--model", "{overflow}"],
     "sidecar architecture is a path": [*EVAL, "--model", "{arch_path}"],
     "sidecar architecture is absolute": [*EVAL, "--model", "{arch_abs}"],
     "sidecar model_cfg a list": [*EVAL, "--model", "{cfg_list}"],

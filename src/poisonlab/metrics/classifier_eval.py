@@ -15,6 +15,7 @@ import torch
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.metrics.classification import accuracy, attack_success_rate
+from poisonlab.models.finite import check_outputs
 from poisonlab.train.data import dataset_images
 from poisonlab.triggers import Trigger
 from poisonlab.utils.seeding import make_generator
@@ -32,7 +33,7 @@ def predict(classifier: Any, images: torch.Tensor, trigger: Trigger | None = Non
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if trigger is not None:
             x = trigger(x, generator=g)
-        out.append(classifier.logits(x.to(classifier.device)).argmax(1).cpu())
+        out.append(check_outputs(classifier.logits(x.to(classifier.device)), "logits").argmax(1).cpu())
     return torch.cat(out)
 
 

@@ -19,6 +19,7 @@ from poisonlab.metrics.classification import accuracy, attack_success_rate
 from poisonlab.metrics.retrieval import hit_and_min_rank, recall_at_k
 from poisonlab.metrics.zero_shot import zero_shot_predict, zero_shot_weights
 from poisonlab.models.clip import ClipBundle
+from poisonlab.models.finite import check_outputs
 from poisonlab.train.stream import DataConfig, open_items, sequential
 from poisonlab.triggers import Trigger
 from poisonlab.utils.seeding import make_generator
@@ -79,7 +80,7 @@ class ClipEvaluator:
                 x = trigger(x, generator=g)
             out.append(self.bundle.encode_image(x).float().cpu())
         self.passes += 1
-        return torch.cat(out)
+        return check_outputs(torch.cat(out), "image embeddings")
 
     def image_embeddings(self, trigger: Trigger | None = None, seed: int = 0, without: int | None = None) -> torch.Tensor:
         """Embeddings of every test image (``without``: of those whose class is not ``without``),
@@ -97,7 +98,7 @@ class ClipEvaluator:
             caps = self.dataset.captions()
             embs = [self.bundle.encode_text(self.bundle.tokenize(caps[i : i + 512])).float().cpu()
                     for i in range(0, len(caps), 512)]
-            self._cache["captions"] = torch.cat(embs)
+            self._cache["captions"] = check_outputs(torch.cat(embs), "text embeddings")
         return self._cache["captions"]
 
     def class_weights(self) -> torch.Tensor:

@@ -27,3 +27,14 @@ def check_finite(state: dict[str, torch.Tensor], where: str | Path) -> None:
             bad = int((~torch.isfinite(value)).sum())
             raise InputError(f"{where}: tensor {key!r} holds {bad} non-finite values (NaN or infinity): a broken "
                              "model; poisonlab --allow-nonfinite opens it anyway")
+
+
+def check_outputs(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values`` (a model's embeddings or logits), or ``InputError`` when any is NaN or infinite: finite
+    weights can still overflow, and a model that outputs NaN would measure as every image in class 0.
+    Allowed, like non-finite weights, with :data:`ALLOW_NONFINITE`."""
+    if not ALLOW_NONFINITE.get() and not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).sum())
+        raise InputError(f"the model's {what} hold {bad} non-finite values (NaN or infinity): a broken model; "
+                         "poisonlab --allow-nonfinite measures it anyway")
+    return values
