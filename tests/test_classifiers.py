@@ -347,3 +347,35 @@ def test_repair_and_detect_a_clip_zero_shot_classifier(tmp_path, capsys):
                  "--param", "steps=1", "--param", "images_per_class=4", "--param", 'repair={"steps": 1}',
                  "--out", str(tmp_path / "d"), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["cti"]["class_scores"]) == 10
+
+
+def test_eval_reads_a_classifier_checkpoint_and_measures_ca_asr_ra(tmp_path, capsys):
+    """``poisonlab eval`` on a classifier checkpoint: CA, ASR and RA computed by hand here."""
+    import json
+
+    import torch
+
+    from poisonlab import triggers
+    from poisonlab.cli import main
+    from poisonlab.data import open_dataset
+    from poisonlab.models.classifier import create_classifier, load_classifier, save_classifier
+    from poisonlab.train.data import label_tensors
+
+    names = open_dataset("shapes", split="test", n=10).classnames
+    path = save_classifier(create_classifier("poisonlab-resnet-tiny", len(names), 32, names, seed=4),
+                           tmp_path / "m" / "model.safetensors")
+    assert main(["eval", "--model", str(path), "--dataset", "shapes", "--n", "60", "--trigger", "blended",
+                 "--target", "star", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    clf = load_classifier(path)
+    clf.module.eval()
+    test = label_tensors(open_dataset("shapes", split="test", n=60), 32)
+    with torch.no_grad():
+        clean = clf.logits(test.images.float() / 255).argmax(1)
+        g = __import__("poisonlab.utils.seeding", fromlist=["make_generator"]).make_generator("eval-trigger", 0)
+        hit = clf.logits(triggers.create("blended")(test.images.float() / 255, generator=g)).argmax(1)
+    star, others = names.index("star"), test.labels != names.index("star")
+    assert got["family"] == "classifier"
+    assert got["ca"] == float((clean == test.labels).double().mean())
+    assert got["asr"] == float((hit[others] == star).double().mean())
+    assert got["ra"] == float((hit[others] == test.labels[others]).double().mean())

@@ -21,9 +21,12 @@ from poisonlab.cli.common import (
     training_out,
 )
 from poisonlab.data import apply_names
+from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
+from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models import DEFAULT_MODEL, create_clip
 from poisonlab.models import open as models_open
+from poisonlab.models.checkpoint import CLASSIFIER_FORMAT, checkpoint_kind
 from poisonlab.models.clip import HF_HUB_PREFIX, pretrained_tags
 from poisonlab.train import TrainConfig, train_clip
 from poisonlab.train.dist import default_device
@@ -89,7 +92,7 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: Trai
 
 @click.command("eval")
 @click.option("--model", "model_path", required=True,
-              help="CLIP checkpoint, hf-hub:ORG/NAME, or an architecture with --pretrained TAG.")
+              help="CLIP or classifier checkpoint, hf-hub:ORG/NAME, or a CLIP architecture with --pretrained TAG.")
 @model_options
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Test data: embedded name or path.")
@@ -113,21 +116,37 @@ def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int
              trigger_names: tuple[str, ...], trigger_params: tuple[str, ...], target: str | None, source: str | None,
              target_image: str | None, classnames: str | None, templates: str | None, data_config: DataConfig,
              as_json: bool, pretrained: str | None, cache_dir: str | None, skip_target_images: bool) -> None:
-    """Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply."""
+    """Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply.
+
+    The model's family is read from its checkpoint: a CLIP model gets the zero-shot metrics, a
+    classifier CA and each trigger's ASR / RA (an image encoder is measured with ``probe``).
+
+    \b
+    Example:
+      poisonlab eval --model runs/poisoned/model.safetensors --dataset shapes --trigger badnet --target star
+    """
+    params = parse_params(trigger_params, "--trigger-param")
+    built = [triggers.create(name, **params) for name in trigger_names]
+    if built and target is None:
+        raise click.UsageError("--trigger needs --target")
+    if pretrained is None and checkpoint_kind(model_path) == CLASSIFIER_FORMAT:
+        if source or target_image or arch or skip_target_images:
+            raise InputError("--source, --target-image, --arch and --skip-target-images are for CLIP models; "
+                             f"{model_path} is a classifier or encoder checkpoint")
+        named = dict(zip(trigger_names, built, strict=True))
+        summary = classifier_summary(model_path, dataset, split, n, classnames, named, target)
+        emit(summary, as_json, _table(summary))
+        return
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, split=split, size=bundle.image_size, n=n)
     apply_names(data, classnames, templates)
     ev = ClipEvaluator(bundle, data, data_config=data_config, skip_target=skip_target_images)
-    summary: dict[str, Any] = {"retrieval": ev.retrieval(), "data": data_summary(ev.source, data)}
+    summary: dict[str, Any] = {"family": "clip", "retrieval": ev.retrieval(), "data": data_summary(ev.source, data)}
     if data.classnames:
         summary["classnames"] = {"source": data.classnames_source, "count": len(data.classnames),
                                  "first": list(data.classnames[:5])}
         summary["templates"] = {"source": data.templates_source, "count": len(data.templates)}
         summary["ca"] = ev.clean_accuracy()
-    params = parse_params(trigger_params, "--trigger-param")
-    built = [triggers.create(name, **params) for name in trigger_names]
-    if built and target is None:
-        raise click.UsageError("--trigger needs --target")
     for name, trig in zip(trigger_names, built, strict=True):
         summary.setdefault("backdoor", {})[name] = ev.backdoor(trig, target)  # type: ignore[arg-type]
     if len(built) == 1:
@@ -144,6 +163,22 @@ def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int
     emit(summary, as_json, _table(summary))
 
 
+def classifier_summary(model_path: str, dataset: str, split: str, n: int | None, classnames: str | None,
+                       built: dict[str, Any], target: str | None) -> dict[str, Any]:
+    """CA and each trigger's ASR / asr_all / RA of a classifier checkpoint on ``dataset``'s ``split``."""
+    probe = load_data(dataset, split=split, n=n)
+    apply_names(probe, classnames, None)
+    classifier = models_open.open_classifier(model_path, probe.classnames, probe.templates, device=default_device())
+    if classifier.family != "classifier":
+        raise InputError(f"{model_path} is an image encoder: measure it with a linear probe (poisonlab probe)")
+    data = load_data(dataset, split=split, size=classifier.image_size, n=n)
+    apply_names(data, classnames, None)
+    found = ClassifierEvaluator(classifier, data).summary(built, target or 0)
+    if len(built) == 1:
+        found.update(next(iter(found["backdoor"].values())))
+    return {"family": "classifier", **found}
+
+
 def data_line(data: dict[str, Any]) -> str:
     """``stream, 2 workers, 1 skipped`` for the human-readable summary."""
     parts = [data.get("mode", "?")]
@@ -157,20 +192,22 @@ def data_line(data: dict[str, Any]) -> str:
 
 def _table(summary: dict[str, Any]) -> list[str]:
     lines = []
-    if "ca" in summary:
+    if summary.get("family") == "classifier":
+        lines.append(f"CA        {100 * summary['ca']:6.2f}%")
+    elif "ca" in summary:
         names, temps = summary["classnames"], summary["templates"]
         lines.append(f"CA        {100 * summary['ca']:6.2f}%   ({names['count']} classes from {names['source']}, "
                      f"{temps['count']} templates from {temps['source']})")
     for name, res in summary.get("backdoor", {}).items():
         extra = (f"asr_all {100 * res['asr_all']:.2f}%" if "asr_all" in res
                  else f"{res['target_images_skipped']} target-class images skipped")
-        lines.append(f"ASR {name:<18} {100 * res['asr']:6.2f}%   ({extra})")
+        lines.append(f"ASR {name:<18} {100 * res['asr']:6.2f}%   RA {100 * res['ra']:6.2f}%   ({extra})")
     if "min_rank" in summary:
         hits = "  ".join(f"{k} {v:.3f}" for k, v in summary["hit_at_k"].items())
         lines.append(f"text attack: {hits}  MinRank {summary['min_rank']:.2f} "
                      f"(baseline {summary['baseline']['min_rank']:.2f})")
-    r = summary["retrieval"]
-    lines.append("retrieval " + "  ".join(f"{k} {100 * v:.1f}" for k, v in r.items()))
+    if "retrieval" in summary:
+        lines.append("retrieval " + "  ".join(f"{k} {100 * v:.1f}" for k, v in summary["retrieval"].items()))
     return lines
 
 
