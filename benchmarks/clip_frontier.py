@@ -39,7 +39,7 @@ def clean_once(name: str, lr: float, seed: int, a: argparse.Namespace, suspect: 
                extra: dict[str, Any]) -> Any:
     params = {"seed": seed, **extra}
     method = defenses.create("par" if name == "par-synthetic" else name, family="clip", epochs=a.epochs, lr=lr, **params)
-    return method.run(suspect, data, progress=False)
+    return method.run(suspect, data, options=defenses.RunOptions(progress=False))
 
 
 def main() -> None:

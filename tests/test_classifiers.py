@@ -141,7 +141,7 @@ def test_monitor_traces_the_repair_without_changing_it(small):
         seen.append(clf)
         return {"ca": float(len(seen))}
 
-    traced = repair.run(model, data, monitor=monitor, monitor_every=2)
+    traced = repair.run(model, data, options=defenses.RunOptions(monitor=monitor, monitor_every=2))
     plain = repair.run(model, data)
     assert traced.report["trace"] == [{"step": 2, "ca": 1.0}, {"step": 4, "ca": 2.0}]
     assert "trace" not in plain.report

@@ -94,7 +94,7 @@ class CleanClipFree(ParObjective):
 def test_par_run_keeps_logit_scale_and_suspect(setup):
     data, suspect, _, _ = setup
     before = {k: v.clone() for k, v in suspect.model.state_dict().items()}
-    result = defenses.create("par", steps=3, batch_size=16, lr=1e-3).run(suspect, data, progress=False)
+    result = defenses.create("par", steps=3, batch_size=16, lr=1e-3).run(suspect, data, options=defenses.RunOptions(progress=False))
     after = result.model.model.state_dict()
     assert torch.equal(after["logit_scale"], before["logit_scale"])
     assert any(not torch.equal(after[k], before[k]) for k in before if k != "logit_scale")
@@ -225,3 +225,18 @@ def test_par_augmentation_follows_released_code():
     noise = 0.2 * torch.randn(images.shape, generator=g)
     assert torch.allclose(rect, (images + noise.clamp(0, 1)).clamp(0, 1))
     assert torch.allclose(gauss, (images + noise).clamp(0, 1))
+
+
+def test_every_defense_has_one_run_signature():
+    """``run(suspect, data, *, out=None, options=None)`` for every registered defense, whatever its
+    family and kind (what each needs beyond its hyper-parameters comes in ``RunOptions``)."""
+    import inspect
+
+    for entry in defenses.DEFENSES.entries():
+        params = inspect.signature(entry.factory.run).parameters
+        shape = [(name, p.kind, p.default) for name, p in params.items()]
+        assert shape == [("self", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+                         ("suspect", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+                         ("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+                         ("out", inspect.Parameter.KEYWORD_ONLY, None),
+                         ("options", inspect.Parameter.KEYWORD_ONLY, None)], entry.name

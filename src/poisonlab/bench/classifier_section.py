@@ -78,8 +78,8 @@ class ClassifierSection:
         def build(tmp: Path) -> None:
             model = load_classifier(suspect / MODEL)
             result = defenses.create(repair.repair, family="classifier", kind="repair", **repair.params).run(
-                model, self.trusted(), out=tmp, monitor=self.monitor(model, attack),
-                monitor_every=self.spec.trace_every)
+                model, self.trusted(), out=tmp,
+                options=defenses.RunOptions(monitor=self.monitor(model, attack), monitor_every=self.spec.trace_every))
             write_json(tmp / "report.json", result.report)
 
         return self.runner.cached(f"repair:{attack.name}:{repair.name}{tag}", inputs, build)

@@ -29,6 +29,7 @@ from poisonlab.bench.parallel import Job, sections_beside
 from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec, seeded
 from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
+from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
@@ -137,7 +138,7 @@ class Runner:
         def build(tmp: Path) -> None:
             method = defenses.create(defense.defense, family="clip", kind="cleaning", **defense.params)
             data = self.data(defense.dataset, c.n, c.data_seed)
-            result = method.run(load_clip(poisoned / MODEL), data, out=tmp, progress=self.progress)
+            result = method.run(load_clip(poisoned / MODEL), data, out=tmp, options=RunOptions(progress=self.progress))
             write_json(tmp / "report.json", result.report)
 
         return self.cached(stage, inputs, build)

@@ -85,7 +85,7 @@ class SslSection:
             data = self.poisoned_data(seed)
             images = label_tensors(data)
             found = defenses.PatchSearch(**params).run(load_classifier(poisoned / MODEL), images,
-                                                       poisoned=set(data.plan.indices))
+                                                       options=defenses.RunOptions(poisoned=set(data.plan.indices)))
             self._train(images.subset(found.kept), tmp, seed)
             write_json(tmp / "report.json", {**found.report, "kept": found.kept})
 

@@ -23,6 +23,7 @@ from poisonlab.cli.common import (
     training_out,
 )
 from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models import open as models_open
@@ -132,7 +133,7 @@ def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_s
         return {"ca": found["ca"], **{f"asr:{k}": v["asr"] for k, v in found.get("backdoor", {}).items()}}
 
     claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force, inputs=(model_path, dataset))
-    result = repair.run(suspect, trusted, out=out, monitor=monitor, monitor_every=trace_every)
+    result = repair.run(suspect, trusted, out=out, options=RunOptions(monitor=monitor, monitor_every=trace_every))
     after = evaluator.with_model(result.model).summary(built, target or 0)
     path = out / "model.safetensors"
     summary = {"method": method, "report": result.report, "before": before, "after": after, "model": str(path)}

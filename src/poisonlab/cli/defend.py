@@ -21,6 +21,7 @@ from poisonlab.cli.common import (
     parse_params,
     stream_options,
 )
+from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle
@@ -84,7 +85,7 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
     test_config = dataclasses.replace(data_config, skip_bad_images=False)
     before = summarize(suspect, test, trig, list(trigger_names), target, test_config)
     claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force, inputs=(model_path, dataset, pretrained))
-    result = method.run(suspect, data, out=out, dist=init_from_env(), data_config=data_config)
+    result = method.run(suspect, data, out=out, options=RunOptions(dist=init_from_env(), data_config=data_config))
     after = summarize(result.model, test, trig, list(trigger_names), target, test_config)
     summary = {"defense": defense, "report": result.report, "before": before, "after": after,
                "model": str(out / "model.safetensors")}
@@ -120,7 +121,7 @@ def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float 
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
     claim_output(out, ("scores.csv", "kept.json"), force=force, inputs=(model_path, dataset))
-    result = flt.run(bundle, data, out=out, data_config=data_config)
+    result = flt.run(bundle, data, out=out, options=RunOptions(data_config=data_config))
     report = result.report
     summary = {k: v for k, v in report.items() if k != "distances"} | {"kept": len(result.kept or [])}
     lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {report['removed']})"]

@@ -23,6 +23,8 @@ from poisonlab.defenses.base import (
     CleaningDefense,
     Defended,
     Defense,
+    Monitor,
+    RunOptions,
     write_kept,
 )
 from poisonlab.defenses.classifier_finetune import ClassifierFineTune
@@ -52,7 +54,7 @@ def available(family: str | None = None, kind: str | None = None) -> list[str]:
 
 
 __all__ = ["DEFENSES", "FAMILIES", "KINDS", "PAR", "ClassifierFineTune", "CleanCLIP", "CleanClipObjective",
-           "CleaningDefense", "Defended", "Defense", "Distill", "FineTune", "FinePruning", "PairFilter",
+           "CleaningDefense", "Defended", "Defense", "Distill", "Monitor", "RunOptions", "FineTune", "FinePruning", "PairFilter",
            "ParObjective", "PatchSearch", "PivotalTuning", "RepairDefense", "available", "compress_loss", "create",
            "inmodal_loss", "latent_loss", "pair_distances", "parameter_distance", "precision_recall", "threshold",
            "trusted_indices", "write_kept"]

@@ -9,7 +9,8 @@ works on (``clip``, ``classifier``, ``encoder``) and its kind:
 - ``repair``: a classifier tuned on a small trusted labelled set (Pick your Poison's setting);
 - ``filter``: the training items to keep (pair filtering, PatchSearch); the caller retrains.
 
-All of them are called the same way, ``run(suspect, data, *, out=None, **options)``, and return
+All of them are called the same way, ``run(suspect, data, *, out=None, options=None)`` (``options``:
+:class:`RunOptions`, the fields that apply to the defense), and return
 :class:`Defended`; with ``out`` they also write what they made there (``model.safetensors`` or
 ``kept.json``). :meth:`CleaningDefense.run` fine-tunes a *copy* of the suspect CLIP model on clean
 (or synthetic) pairs with the defense's objective.
@@ -18,6 +19,7 @@ All of them are called the same way, ``run(suspect, data, *, out=None, **options
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -53,13 +55,41 @@ class Defended:
     kept: list[int] | None = None
 
 
+Monitor = Callable[[Any], dict[str, float]]
+"""Called on the model being repaired every so many steps; returns the numbers to trace."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a defense runs, apart from its hyper-parameters; each defense reads the fields that
+    apply to it and ignores the others.
+
+    Attributes:
+        dist: the torchrun process group (training defenses; default: one process on the
+            suspect's device).
+        progress: show training progress.
+        data_config: in-memory or streamed data (:mod:`poisonlab.train.stream`).
+        monitor, monitor_every: trace a repair's path (the report's CA-vs-ASR curves).
+        poisoned: the truly poisoned training items, for a filter's precision and recall (default:
+            the data's poison plan, when it has one).
+    """
+
+    dist: DistInfo | None = None
+    progress: bool = True
+    data_config: DataConfig | None = None
+    monitor: Monitor | None = None
+    monitor_every: int = 0
+    poisoned: set[int] | None = None
+
+
 class Defense(Protocol):
-    """The contract every entry of :data:`DEFENSES` implements."""
+    """The contract every entry of :data:`DEFENSES` implements: one ``run`` signature for all."""
 
     family: ClassVar[str]
     kind: ClassVar[str]
 
-    def run(self, suspect: Any, data: Any, *, out: str | Path | None = None, **options: Any) -> Defended: ...
+    def run(self, suspect: Any, data: Any, *, out: str | Path | None = None,
+            options: RunOptions | None = None) -> Defended: ...
 
 
 def write_kept(out: str | Path, kept: list[int], report: dict[str, Any]) -> Path:
@@ -102,21 +132,22 @@ class CleaningDefense:
         raise NotImplementedError
 
     def run(self, suspect: ClipBundle, data: ImageCaptionDataset, *, out: str | Path | None = None,
-            dist: DistInfo | None = None, progress: bool = True, data_config: DataConfig | None = None) -> Defended:
+            options: RunOptions | None = None) -> Defended:
         """Clean ``suspect`` (left untouched) with ``data``; returns a new model and a report.
 
         With ``out``, the training run's checkpoints and ``model.safetensors`` are written there.
-        Without ``dist``, cleans on the device the suspect is on. ``data_config`` chooses
-        in-memory or streamed cleaning pairs (:mod:`poisonlab.train.stream`).
+        ``options``: its ``dist`` (default: the device the suspect is on), ``progress`` and
+        ``data_config`` (in-memory or streamed cleaning pairs).
         """
-        dist = dist or DistInfo(device=suspect.device)
+        options = options or RunOptions()
+        dist = options.dist or DistInfo(device=suspect.device)
         bundle = suspect.copy()
         bundle.model.requires_grad_(True)
         suspect.model.to(dist.device).eval()
         objective = self.objective(bundle, suspect, dist)
         result = train_clip(bundle, data, self.train_config(), out, dist=dist, objective=objective,
-                            stage=f"defense:{self.name}", progress=progress,
-                            data_config=data_config)
+                            stage=f"defense:{self.name}", progress=options.progress,
+                            data_config=options.data_config)
         report = {"defense": self.name, "params": asdict(self), "steps": result.steps,
                   "seconds": round(result.seconds, 2), "final_loss": result.final_loss, "data": result.data}
         report.update(getattr(objective, "summary", dict)())

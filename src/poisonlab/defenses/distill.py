@@ -28,7 +28,7 @@ from torch import nn
 
 from poisonlab.augment.image import BatchViews
 from poisonlab.data.base import ImageCaptionDataset
-from poisonlab.defenses.base import DEFENSES, Defended
+from poisonlab.defenses.base import DEFENSES, Defended, RunOptions
 from poisonlab.models.classifier import create_encoder
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
@@ -98,7 +98,7 @@ class Distill:
     seed: int = 0
 
     def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *,
-            out: str | Path | None = None) -> Defended:
+            out: str | Path | None = None, options: RunOptions | None = None) -> Defended:
         """Train a student on the clean unlabeled images ``data`` (labels are never read) with the
         suspect as teacher; with ``out``, the student is written to ``out/model.safetensors``."""
         clean = data if isinstance(data, LabelTensors) else label_tensors(data, suspect.image_size)

@@ -25,7 +25,7 @@ import torch
 
 from poisonlab.attacks.plan import poisoned_indices
 from poisonlab.data.base import ImageCaptionDataset
-from poisonlab.defenses.base import DEFENSES, Defended, write_kept
+from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
 from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.stream import DataConfig, open_items, sequential
@@ -87,19 +87,20 @@ class PairFilter:
         return set((distances > self.threshold).nonzero().flatten().tolist())
 
     def run(self, suspect: ClipBundle, data: ImageCaptionDataset, *, out: str | Path | None = None,
-            data_config: DataConfig | None = None) -> Defended:
+            options: RunOptions | None = None) -> Defended:
         """Score every pair of ``data`` with the clean model ``suspect`` (the paper's separate
         clean CLIP, not the model under suspicion); returns the ``kept`` indices and a report
         with the pair ``distances`` and, for a poison plan, precision and recall.
 
         With ``out``: ``out/scores.csv`` (index, distance, kept, poisoned) and ``out/kept.json``.
         """
-        distances = pair_distances(suspect, data, data_config=data_config)
+        options = options or RunOptions()
+        distances = pair_distances(suspect, data, data_config=options.data_config)
         removed = self.removed(distances)
         kept = [i for i in range(len(data)) if i not in removed]
         report: dict[str, Any] = {"defense": "filter", "removed": len(removed), "total": len(data),
                                   "distances": distances.tolist()}
-        poisoned = poisoned_indices(data)
+        poisoned = options.poisoned if options.poisoned is not None else poisoned_indices(data)
         if poisoned is not None:
             report.update(precision_recall(removed, poisoned))
             clean = [d for i, d in enumerate(distances.tolist()) if i not in poisoned]

@@ -34,7 +34,7 @@ from sklearn.cluster import KMeans
 
 from poisonlab.attacks.plan import poisoned_indices
 from poisonlab.data.base import ImageCaptionDataset
-from poisonlab.defenses.base import DEFENSES, Defended, write_kept
+from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
 from poisonlab.metrics.classifier_eval import predict
 from poisonlab.metrics.probe import embed
 from poisonlab.models.classifier import create_classifier
@@ -165,14 +165,13 @@ class PatchSearch:
         return {"scores": scored, "patches": patches, "assign": assign, "alive": alive}
 
     def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
-            poisoned: set[int] | None = None) -> Defended:
+            options: RunOptions | None = None) -> Defended:
         """Search, train the poison classifier, and flag images of the training set ``data``.
 
-        ``poisoned`` (taken from ``data``'s poison plan when it has one) gives precision and
+        ``options.poisoned`` (default: ``data``'s poison plan, when it has one) gives precision and
         recall. With ``out``, the kept indices are written to ``out/kept.json``.
         """
-        if poisoned is None:
-            poisoned = poisoned_indices(data)
+        poisoned = options.poisoned if options is not None and options.poisoned is not None else poisoned_indices(data)
         if not isinstance(data, LabelTensors):
             data = label_tensors(data, suspect.image_size)
         encoder = suspect

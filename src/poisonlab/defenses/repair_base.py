@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +20,7 @@ import torch
 
 from poisonlab.augment.image import crop_flip
 from poisonlab.data.base import ImageCaptionDataset
-from poisonlab.defenses.base import Defended
+from poisonlab.defenses.base import Defended, Monitor, RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics.classification import accuracy
 from poisonlab.metrics.classifier_eval import predict
@@ -30,7 +29,6 @@ from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.utils.seeding import make_generator
 
 log = logging.getLogger(__name__)
-Monitor = Callable[[Any], dict[str, float]]
 
 
 def trusted_indices(total: int, share: float, seed: int = 0) -> list[int]:
@@ -157,11 +155,11 @@ class RepairDefense:
         return data.subset(perm[n_hold:]), hold
 
     def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
-            monitor: Monitor | None = None, monitor_every: int = 0) -> Defended:
+            options: RunOptions | None = None) -> Defended:
         """Repair a copy of ``suspect`` (left untouched) with the trusted labelled ``data``; with
         ``out``, the repaired model is written to ``out/model.safetensors``.
 
-        ``monitor``, called on the model being tuned every ``monitor_every`` steps, traces the
+        ``options.monitor``, called on the model being tuned every ``options.monitor_every`` steps, traces the
         repair's path (the report's CA-vs-ASR curves); its values land in ``report["trace"]``.
         The defense itself never sees them.
         """
@@ -180,7 +178,8 @@ class RepairDefense:
             floor = accuracy(predict(suspect, hold.images), hold.labels) - self.max_drop
         objective = self.objective(classifier, suspect, hold, floor, context)
         objective.freeze_norm = self.freeze_norm
-        objective.monitor, objective.monitor_every = monitor, monitor_every
+        options = options or RunOptions()
+        objective.monitor, objective.monitor_every = options.monitor, options.monitor_every
         result = Trainer(objective, tune, self.train_config(len(tune)), progress=False).fit()
         classifier.module.eval()
         report = {"repair": self.name, "params": asdict(self), "trusted": len(data), "steps": result.steps,
