@@ -483,14 +483,20 @@ def test_poison_never_takes_a_users_outputs_for_its_own(tmp_path, capsys):
 # -- read-only commands ------------------------------------------------------------------------------
 
 
-def test_report_leaves_someone_elses_sqlite_file_as_it_is(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    conn = sqlite3.connect(run / "results.db")
-    conn.execute("CREATE TABLE results (name TEXT, score REAL)")
-    conn.execute("INSERT INTO results VALUES ('alice', 3.5)")
+def _sqlite(folder, *statements: str):
+    """``folder/results.db`` made by someone else: an SQLite file holding what ``statements`` make."""
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "results.db")
+    for statement in statements:
+        conn.execute(statement)
     conn.commit()
     conn.close()
+    return folder
+
+
+def test_report_leaves_someone_elses_sqlite_file_as_it_is(tmp_path, capsys):
+    run = _sqlite(tmp_path / "run", "CREATE TABLE results (name TEXT, score REAL)",
+                  "INSERT INTO results VALUES ('alice', 3.5)")
     before = digest(run / "results.db")
     code = main(["report", str(run)])
     err = capsys.readouterr().err.strip()
@@ -500,13 +506,8 @@ def test_report_leaves_someone_elses_sqlite_file_as_it_is(tmp_path, capsys):
 
 def test_report_reads_an_old_store_without_changing_it(tmp_path, capsys):
     """A store of the layout before seeds: the report reads it (migrated in memory), the file keeps its bytes."""
-    run = tmp_path / "run"
-    run.mkdir()
-    conn = sqlite3.connect(run / "results.db")
-    conn.execute("CREATE TABLE results (experiment TEXT, attack TEXT, defense TEXT, metric TEXT, value REAL)")
-    conn.execute("INSERT INTO results VALUES ('demo', 'badnet', 'none', 'asr', 0.9)")
-    conn.commit()
-    conn.close()
+    run = _sqlite(tmp_path / "run", "CREATE TABLE results (experiment TEXT, attack TEXT, defense TEXT, metric TEXT, "
+                  "value REAL)", "INSERT INTO results VALUES ('demo', 'badnet', 'none', 'asr', 0.9)")
     before = digest(run / "results.db")
     assert main(["report", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["experiments"] == ["demo"]

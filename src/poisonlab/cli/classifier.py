@@ -14,6 +14,7 @@ from poisonlab.cli.common import (
     budget_options,
     emit,
     force_option,
+    generated_data_options,
     json_option,
     load_data,
     method_help,
@@ -21,6 +22,7 @@ from poisonlab.cli.common import (
     parse_params,
     stream_options,
     training_out,
+    training_run_options,
 )
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.defenses import RunOptions
@@ -71,12 +73,8 @@ def trusted_options(f: Any) -> Any:
 @click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_CLASSIFIER, show_default=True, help="Bundled or timm architecture.")
 @budget_options("classifier")
-@click.option("--image-size", type=int, default=32, show_default=True, help="Image side in pixels.")
-@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
-@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@out_option
-@force_option
+@generated_data_options
+@training_run_options
 @stream_options(training=False)
 @json_option
 def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_size: int, n: int | None,

@@ -12,13 +12,12 @@ from poisonlab import triggers
 from poisonlab.cli.common import (
     budget_options,
     emit,
-    force_option,
     json_option,
     load_data,
-    out_option,
     parse_params,
     stream_options,
     training_out,
+    training_run_options,
 )
 from poisonlab.data import apply_names
 from poisonlab.errors import InputError
@@ -61,9 +60,7 @@ def train_group() -> None:
               help="Start from an open_clip pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a checkpoint.")
 @click.option("--cache-dir", default=None, help="open_clip's download cache (default: the Hugging Face cache).")
 @budget_options("clip")
-@out_option
-@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@force_option
+@training_run_options
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
 @stream_options()

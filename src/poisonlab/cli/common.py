@@ -215,3 +215,17 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON
 out_option = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
                           help="Output folder (created if missing; a folder of someone else's needs --force).")
 """``--out`` for the commands that write a folder."""
+
+
+def training_run_options(f: Any) -> Any:
+    """``--resume``, ``--out`` and ``--force``: where a training run writes, and whether it continues."""
+    f = force_option(f)
+    f = out_option(f)
+    return click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")(f)
+
+
+def generated_data_options(f: Any) -> Any:
+    """``--image-size``, ``--n`` and ``--data-seed`` for the training commands that read images."""
+    f = click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")(f)
+    f = click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")(f)
+    return click.option("--image-size", type=int, default=32, show_default=True, help="Image side in pixels.")(f)

@@ -15,6 +15,7 @@ from poisonlab.cli.common import (
     caught_line,
     emit,
     force_option,
+    generated_data_options,
     json_option,
     load_data,
     method_help,
@@ -22,6 +23,7 @@ from poisonlab.cli.common import (
     parse_params,
     stream_options,
     training_out,
+    training_run_options,
 )
 from poisonlab.defenses import trusted_indices
 from poisonlab.errors import InputError
@@ -42,12 +44,8 @@ from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 @budget_options("encoder")
 @click.option("--views", default="batched", show_default=True, help="batched (fast) or lightly (PIL transforms).")
 @click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (queue, temperature, ...).")
-@click.option("--image-size", type=int, default=32, show_default=True, help="Image side in pixels.")
-@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
-@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@out_option
-@force_option
+@generated_data_options
+@training_run_options
 @stream_options(training=False)
 @json_option
 def train_ssl_cmd(method: str, dataset: str, arch: str, config: TrainConfig, views: str, params: tuple[str, ...],
