@@ -27,14 +27,14 @@ $(WORDNET):
 
 # Ends with the check of the headline numbers against presets/demo.expected.yaml (exit 1 if off).
 demo: $(STAMP) $(WORDNET)
-	$(BIN)/python -m poisonlab.demo --out demo-out
+	$(BIN)/python -m poisonlab run demo --out demo-out
 	$(BIN)/python -m poisonlab report --check demo-out
 
 # The demo's grid from a well-trained clean model, cleaned 36 epochs at lr 2e-3; sections at their
 # calibrated budgets (docs/results/clip.md 4m).
 # One process: here the CLIP grid is most of the work, so it keeps both threads.
 demo-full: $(STAMP) $(WORDNET)
-	$(BIN)/python -m poisonlab.demo --spec full --out demo-full-out --serial
+	$(BIN)/python -m poisonlab run full --out demo-full-out --serial
 
 test: $(STAMP) $(WORDNET)
 	$(BIN)/ruff check src tests benchmarks
