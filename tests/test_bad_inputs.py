@@ -217,6 +217,12 @@ CASES = {
                                    "--out", "{out}"],
     "clean-encoder with a clip defense": ["clean-encoder", "--defense", "cleanclip", "--model", "{clf}", "--dataset",
                                           "shapes", "--n", "40", "--out", "{out}"],
+    "defend an option the method has not": ["defend", "--method", "par", "--model", "{clip}", "--dataset", "shapes",
+                                             "--trusted-share", "0.1", "--out", "{out}"],
+    "defend a method of another family": ["defend", "--method", "pivotal-tuning", "--model", "{clip}", "--dataset",
+                                          "shapes", "--out", "{out}"],
+    "defend a file of no family": ["defend", "--method", "par", "--model", "{garbage}", "--dataset", "shapes",
+                                   "--out", "{out}"],
     "clean-encoder unknown defense": ["clean-encoder", "--defense", "nope", "--model", "{clf}", "--dataset", "shapes",
                                       "--n", "40", "--out", "{out}"],
 }

@@ -3,6 +3,8 @@ from __future__ import annotations
 import inspect
 import json
 import random
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -240,3 +242,44 @@ def test_every_defense_has_one_run_signature():
                          ("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
                          ("out", inspect.Parameter.KEYWORD_ONLY, None),
                          ("options", inspect.Parameter.KEYWORD_ONLY, None)], entry.name
+
+
+def test_a_defense_registered_in_a_test_joins_list_help_and_defend(tmp_path, capsys):
+    """One registration is the whole edit: the toy filter shows in `poisonlab list` and `defend --help`
+    and runs through `poisonlab defend` with no other change."""
+    import json
+
+    from poisonlab.cli import main
+    from poisonlab.defenses.base import DEFENSES, Defended, write_kept
+    from poisonlab.models import create_clip, save_clip
+
+    before = dict(DEFENSES._items)
+
+    @DEFENSES.register("keep-first")
+    @dataclass(frozen=True)
+    class KeepFirst:
+        """A toy filter: keeps the first ``share`` of the pairs."""
+
+        family: ClassVar[str] = "clip"
+        kind: ClassVar[str] = "filter"
+        share: float = 0.5
+
+        def run(self, suspect, data, *, out=None, options=None):
+            kept = list(range(int(self.share * len(data))))
+            if out is not None:
+                write_kept(out, kept, {"defense": "keep-first"})
+            return Defended(None, {"defense": "keep-first"}, kept)
+
+    try:
+        assert main(["list", "--json"]) == 0
+        assert {"name": "keep-first", "family": "clip", "kind": "filter"} in json.loads(capsys.readouterr().out)["defenses"]
+        assert main(["defend", "--help"]) == 0
+        assert "keep-first [clip, filter]: share=0.5" in " ".join(capsys.readouterr().out.split())
+        model = save_clip(create_clip("poisonlab-tiny-rn"), tmp_path / "m" / "model.safetensors")
+        assert main(["defend", "--method", "keep-first", "--model", str(model), "--dataset", "shapes", "--param",
+                     "share=0.25", "--out", str(tmp_path / "out")]) == 0
+        assert "kept 500 of 2000 pairs" in capsys.readouterr().out
+        assert json.loads((tmp_path / "out" / "kept.json").read_text())["kept"] == list(range(500))
+    finally:
+        DEFENSES._items.clear()
+        DEFENSES._items.update(before)

@@ -61,14 +61,18 @@ def data_options(f: Any) -> Any:
     return f
 
 
-def stream_options(training: bool = True) -> Any:
+def stream_options(training: bool = True, raw: bool = False) -> Any:
     """``--data``, ``--workers`` (and, for training, ``--skip-bad-images``), as one ``data_config``
-    keyword argument holding a :class:`~poisonlab.train.stream.DataConfig`."""
+    keyword argument holding a :class:`~poisonlab.train.stream.DataConfig` (``raw``: as the three
+    values, for a command that hands them on to another)."""
 
     def decorate(f: Any) -> Any:
         @functools.wraps(f)
         def wrapper(*args: Any, data_mode: str, workers: int | None, skip_bad_images: bool = False, **kw: Any) -> Any:
             return f(*args, data_config=DataConfig(data_mode, workers, skip_bad_images=skip_bad_images), **kw)
+
+        if raw:
+            wrapper = f
 
         if training:
             wrapper = click.option("--skip-bad-images", is_flag=True,
@@ -144,6 +148,17 @@ def relative_spec(spec: str, out: Path) -> str:
     if not Path(spec).exists():
         return spec
     return os.path.relpath(Path(spec).resolve(), out.resolve())
+
+
+class LiveEpilog(click.Command):
+    """A command whose epilog is a function, called when ``--help`` is shown (so a method registered
+    after import, a plugin's or a test's, is listed too)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if callable(self.epilog):
+            formatter.write_paragraph()
+            for line in self.epilog().split("\n"):
+                formatter.write_text(line)
 
 
 def method_help(registry: Registry[Any], family: str | None = None, kind: str | None = None) -> str:

@@ -9,8 +9,10 @@ from typing import Any
 import click
 
 from poisonlab import defenses, triggers
+from poisonlab.cli.classifier import repair_cmd
 from poisonlab.cli.clip import model_options, open_model
 from poisonlab.cli.common import (
+    LiveEpilog,
     caught_line,
     emit,
     force_option,
@@ -21,10 +23,12 @@ from poisonlab.cli.common import (
     parse_params,
     stream_options,
 )
+from poisonlab.cli.ssl import clean_encoder_cmd
 from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle
+from poisonlab.models.open import model_family
 from poisonlab.train import init_from_env
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json
@@ -105,26 +109,89 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 @model_options
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Pairs to audit: a poison plan (.json), embedded name or path.")
-@click.option("--threshold", type=float, default=None, help="Drop pairs with cosine distance above this (0.8).")
-@click.option("--drop-fraction", type=float, default=None, help="Drop this share of the worst pairs instead.")
+@click.option("--method", default="filter", show_default=True,
+              help="A CLIP pair filter: " + ", ".join(defenses.available("clip", "filter")) + ".")
+@click.option("--threshold", type=float, default=None, help="filter: drop pairs with cosine distance above this (0.8).")
+@click.option("--drop-fraction", type=float, default=None, help="filter: drop this share of the worst pairs instead.")
+@click.option("--param", "params", multiple=True, help="Filter hyper-parameter KEY=VALUE.")
 @out_option
 @force_option
 @stream_options(training=False)
 @json_option
-def audit_cmd(model_path: str, arch: str | None, dataset: str, threshold: float | None, drop_fraction: float | None,
-              out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
-              cache_dir: str | None) -> None:
+def audit_cmd(model_path: str, arch: str | None, dataset: str, method: str, threshold: float | None,
+              drop_fraction: float | None, params: tuple[str, ...], out: Path, force: bool, data_config: DataConfig,
+              as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
     """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
-    if drop_fraction is None and threshold is None:
-        threshold = 0.8
-    flt = defenses.create("filter", family="clip", kind="filter", threshold=threshold, drop_fraction=drop_fraction)
+    chosen = {k: v for k, v in (("threshold", threshold), ("drop_fraction", drop_fraction)) if v is not None}
+    if "drop_fraction" in chosen:
+        chosen.setdefault("threshold", None)  # one criterion: the share replaces the default threshold
+    flt = defenses.create(method, family="clip", kind="filter", **chosen, **parse_params(params, "--param"))
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
     claim_output(out, ("scores.csv", "kept.json"), force=force, inputs=(model_path, dataset))
     result = flt.run(bundle, data, out=out, options=RunOptions(data_config=data_config))
     report = result.report
     summary = {k: v for k, v in report.items() if k != "distances"} | {"kept": len(result.kept or [])}
-    lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {report['removed']})"]
+    lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {len(data) - summary['kept']})"]
     if "recall" in report:
         lines.append(f"{caught_line(report)}, clean pairs lost {report['clean_lost']}")
     emit(summary, as_json, lines)
+
+
+@click.command("defend", cls=LiveEpilog, epilog=lambda: method_help(defenses.DEFENSES))
+@click.option("--method", required=True, help="Any registered defense (see `poisonlab list`; the list below).")
+@click.option("--model", "model_path", required=True,
+              help="The suspect (for a pair filter: a separate clean CLIP): checkpoint, hf-hub:ORG/NAME, or a CLIP "
+                   "ARCH with --pretrained TAG. Its family picks the method's variant.")
+@model_options
+@click.option("--arch", default=None, help="CLIP architecture, for open_clip checkpoints without a poisonlab sidecar.")
+@click.option("--dataset", required=True,
+              help="What the defense learns from: cleaning pairs, the trusted data, or the training set to filter.")
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
+@click.option("--data-seed", type=int, default=None, help="Seed of generated data (default: the method's command's).")
+@click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (steps, lr, tau, ...).")
+@click.option("--trusted-share", type=float, default=None, help="Repairs: share of --dataset the defender trusts.")
+@click.option("--test-dataset", default=None, help="Test split for the before/after summary.")
+@click.option("--test-n", type=int, default=None, help="Test items of generated data.")
+@click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR for; repeatable.")
+@click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
+@click.option("--target", default=None, help="Target class for ASR.")
+@click.option("--trace-every", type=click.IntRange(min=0), default=None, help="Repairs: measure CA / ASR every N steps.")
+@out_option
+@force_option
+@stream_options(raw=True)
+@json_option
+@click.pass_context
+def defend_cmd(ctx: click.Context, method: str, model_path: str, pretrained: str | None, arch: str | None,
+               **given: Any) -> None:
+    """Run any defense on a model of any family; the family is read from the checkpoint.
+
+    The method's registry entry (its family and kind) chooses what runs: a CLIP cleaning (as
+    ``clean``), a CLIP pair filter (``audit``), a classifier repair (``repair``) or an encoder
+    defense (``clean-encoder``), with the same options and outputs as that command.
+
+    \b
+    Example:
+      poisonlab defend --method par --model runs/poisoned/model.safetensors --dataset shapes-outline \\
+          --param epochs=2 --trigger blended --target star --out runs/par
+    """
+    family = model_family(model_path, pretrained, arch)
+    entry = defenses.DEFENSES.entry(method, family=family)
+    command = DEFEND_ROUTES[(entry.family, entry.kind)]
+    accepted = {p.name for p in command.params}
+    named = {"model_path": model_path, "pretrained": pretrained, "arch": arch, **given}
+    chosen = {k: v for k, v in named.items()
+              if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    extra = sorted(set(chosen) - accepted)
+    if extra:
+        raise click.UsageError(f"--{extra[0].replace('_', '-')} does not apply to {method} "
+                               f"({entry.family} {entry.kind}, as `poisonlab {command.name}`)")
+    target_name = "defense" if "defense" in accepted else "method"
+    ctx.invoke(command, **{target_name: method, **chosen})
+
+
+DEFEND_ROUTES: dict[tuple[str, str], click.Command] = {
+    ("clip", "cleaning"): clean_cmd, ("clip", "filter"): audit_cmd, ("classifier", "repair"): repair_cmd,
+    ("encoder", "cleaning"): clean_encoder_cmd, ("encoder", "filter"): clean_encoder_cmd,
+}
+"""The command each (family, kind) of defense runs as; ``defend`` hands the options on to it."""

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "List CLIP architectures and their open_clip pretrained tags (ARCH: only that one)."),
     "clean": ("poisonlab.cli.defend", "clean_cmd",
         "Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."),
+    "defend": ("poisonlab.cli.defend", "defend_cmd",
+        "Run any defense on a model of any family; the family is read from the checkpoint."),
     "audit": ("poisonlab.cli.defend", "audit_cmd",
         "Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."),
     "repair": ("poisonlab.cli.classifier", "repair_cmd",

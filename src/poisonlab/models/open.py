@@ -20,6 +20,7 @@ from poisonlab.models.checkpoint import (
     SIDECAR_FORMAT,
     checkpoint_kind,
     read_sidecar,
+    sidecar_body,
 )
 from poisonlab.models.classifier import ZeroShotClassifier, load_classifier
 from poisonlab.models.clip import (
@@ -86,3 +87,23 @@ def open_classifier(path: str, classnames: Sequence[str] | None, templates: Sequ
     if model.family == "classifier" and classnames and len(classnames) != model.num_classes:
         raise InputError(f"{path} has {model.num_classes} classes but the data has {len(classnames)}")
     return model
+
+
+def model_family(model: str, pretrained: str | None = None, arch: str | None = None) -> str:
+    """The family of the model ``--model`` names (``clip``, ``classifier`` or ``encoder``), read from
+    its checkpoint: open_clip tags, ``hf-hub:`` names, poisonlab CLIP checkpoints and open_clip
+    files with ``arch`` are CLIP; a classifier sidecar says ``classifier`` or ``encoder``.
+
+    Raises:
+        InputError: a file without a poisonlab sidecar and no ``arch``.
+    """
+    if pretrained is not None or arch is not None or model.startswith(HF_HUB_PREFIX):
+        return "clip"
+    kind = checkpoint_kind(model)
+    if kind == SIDECAR_FORMAT:
+        return "clip"
+    if kind == CLASSIFIER_FORMAT:
+        meta = (sidecar_body(model) or {}).get("poisonlab") or {}
+        return "encoder" if meta.get("kind") == "encoder" else "classifier"
+    raise InputError(f"{model}: no poisonlab sidecar says which model family it is (a CLIP checkpoint of open_clip: "
+                     "add --arch)")
