@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from poisonlab.data.shapes import CLASSNAMES as SHAPES_CLASSNAMES
 from poisonlab.data.shapes import make_shapes
 from poisonlab.data.zero_shot import apply_names, discover
 from poisonlab.errors import InputError
+from poisonlab.utils.machine import check_fits
 
 
 def available() -> list[str]:
@@ -118,11 +118,7 @@ def check_generated(n: int, size: int) -> None:
     (checked before any is drawn)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"--n must be a positive number of items, got {n}")
-    need = n * 3 * size * size
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have // 2:
-        raise InputError(f"--n {n} images of {size}x{size} pixels need {need / 2**30:.1f} GiB, more than half of "
-                         f"this machine's {have / 2**30:.1f} GiB")
+    check_fits(n * 3 * size * size, f"--n {n} images of {size}x{size} pixels")
 
 
 def _open_path(path: Path, split: str, size: int, skip_bad: bool) -> ImageCaptionDataset:

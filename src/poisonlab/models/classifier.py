@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from poisonlab.models.checkpoint import (
 from poisonlab.models.normalize import normalize_images
 from poisonlab.models.zero_shot import zero_shot_weights
 from poisonlab.utils.io import atomic_write, write_json
+from poisonlab.utils.machine import check_fits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -273,10 +273,7 @@ def load_classifier(path: str | Path, num_classes: int | None = None) -> Classif
     except Exception as err:  # noqa: BLE001 - a sidecar may break timm in any way
         raise InputError(f"{sidecar_path(path)}: timm_name {meta['timm_name']!r} with these timm_kwargs builds no "
                          f"model ({type(err).__name__}: {str(err).strip()[:160]})") from None
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have // 2:
-        raise InputError(f"{sidecar_path(path)}: the model needs {need / 2**30:.1f} GiB of weights, more than half of "
-                         f"this machine's {have / 2**30:.1f} GiB")
+    check_fits(need, f"{sidecar_path(path)}: the model's weights")
     model = build()
     bundle = ClassifierBundle(model, meta["model_name"], meta["timm_name"], meta["timm_kwargs"], meta["num_classes"],
                               int(pre.get("size", 32)), meta.get("classnames"), tuple(pre.get("mean")),

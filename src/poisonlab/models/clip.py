@@ -39,6 +39,7 @@ from poisonlab.models.checkpoint import (
 from poisonlab.models.finite import check_finite
 from poisonlab.models.normalize import normalize_images
 from poisonlab.utils.io import atomic_write, write_json
+from poisonlab.utils.machine import check_fits
 from poisonlab.utils.output import NAME
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,8 @@ def _check_size(name: str, shown: str) -> None:
     except Exception as err:  # noqa: BLE001 - a config from a file may break open_clip in any way
         raise InputError(f"the config of architecture {shown!r} does not build an open_clip model "
                          f"({type(err).__name__}: {str(err).strip()[:160]})") from None
-    need = sum(p.numel() * p.element_size() for p in model.parameters())
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have // 2:
-        raise InputError(f"the config of architecture {shown!r} needs {need / 2**30:.1f} GiB of weights, more than "
-                         f"half of this machine's {have / 2**30:.1f} GiB")
+    check_fits(sum(p.numel() * p.element_size() for p in model.parameters()),
+               f"the weights of architecture {shown!r} (its config read from a file)")
 
 
 def available_models() -> list[str]:

@@ -7,6 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from poisonlab.errors import InputError
+
 
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
@@ -51,3 +53,11 @@ def one_line(machine: dict[str, Any]) -> str:
     return (f"{machine['cores']}-core {machine['cpu']}, {procs} process{'es' if procs != 1 else ''} x "
             f"{threads} thread{'s' if threads != 1 else ''}, torch {machine['torch']}"
             + (f", {machine['accelerator']}" if machine.get("accelerator", "none") != "none" else ""))
+
+
+def check_fits(need: int, what: str) -> None:
+    """``InputError`` when ``need`` bytes (``what``: the sentence's subject, e.g. "--n 10^9 images of
+    32x32 pixels") would take more than half of this machine's memory: checked before allocating."""
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise InputError(f"{what} need {need / 2**30:.1f} GiB, more than half of this machine's {have / 2**30:.1f} GiB")
