@@ -89,6 +89,8 @@ class PoisonPlan:
         trigger = body.get("trigger")
         if trigger is not None:
             check_fields(trigger, TRIGGER_FIELDS, path, "trigger.")
+        if body["dataset"].get("open") is not None:
+            check_fields(body["dataset"]["open"], OPEN_FIELDS, path, "dataset.open.")
         return cls(entries=tuple(PoisonEntry(**e) for e in entries), **body)
 
     def build_trigger(self) -> Trigger | None:
@@ -104,6 +106,9 @@ ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "index": (_INT, True), "caption": ((str, type(None)), False), "label": ((int, type(None)), False),
     "image_from": ((int, type(None)), False), "triggered": (_BOOL, False), "key": ((str, type(None)), False)}
 TRIGGER_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {"name": (_STR, True), "params": ((dict,), True)}
+OPEN_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "spec": (_STR, True), "split": (_STR, False), "size": (_INT, False), "n": (_INT, False), "seed": (_INT, False)}
+"""How a plan says to reopen its dataset (``dataset.open``, written by ``poison``)."""
 
 
 def check_fields(body: Any, fields: dict[str, tuple[tuple[type, ...], bool]], path: Path, prefix: str) -> None:

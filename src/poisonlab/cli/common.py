@@ -68,11 +68,11 @@ def stream_options(training: bool = True, raw: bool = False) -> Any:
 
     def decorate(f: Any) -> Any:
         @functools.wraps(f)
-        def wrapper(*args: Any, data_mode: str, workers: int | None, skip_bad_images: bool = False, **kw: Any) -> Any:
+        def converting(*args: Any, data_mode: str, workers: int | None, skip_bad_images: bool = False,
+                       **kw: Any) -> Any:
             return f(*args, data_config=DataConfig(data_mode, workers, skip_bad_images=skip_bad_images), **kw)
 
-        if raw:
-            wrapper = f
+        wrapper = f if raw else converting
 
         if training:
             wrapper = click.option("--skip-bad-images", is_flag=True,
@@ -108,25 +108,15 @@ def at_model_size(spec: str, data: ImageCaptionDataset, size: int, n: int | None
     return load_data(spec, size=size, n=n, seed=seed)
 
 
-OPEN_FIELDS = {"spec": str, "split": str, "size": int, "n": int, "seed": int}
-"""How a plan says to reopen its dataset (``poison`` writes these)."""
-
-
 def open_plan(path: Path, skip_bad: bool = False) -> PoisonedDataset:
     """Rebuild the poisoned dataset a plan file describes (its data paths are relative to it).
 
     Items are read at the image side the plan was made at (``poison --image-size``), where its
     trigger was drawn; training resizes them to the model's input size after the trigger."""
     plan = PoisonPlan.load(path)
-    args = plan.dataset.get("open") or {}
-    if not isinstance(args, dict) or not isinstance(args.get("spec"), str):
+    args = dict(plan.dataset.get("open") or {})  # its fields checked by PoisonPlan.load
+    if "spec" not in args:
         raise InputError(f"{path}: plan does not say how to reopen its dataset (made outside the CLI?)")
-    for key, value in args.items():
-        kind = OPEN_FIELDS.get(key)
-        if kind is None or not isinstance(value, kind) or isinstance(value, bool):
-            raise InputError(f"{path}: dataset.open.{key} is not a field of type "
-                             f"{kind.__name__ if kind else 'spec, split, size, n or seed'}")
-    args = dict(args)
     spec = args.pop("spec")
     beside = str(path.parent / spec)
     if not Path(spec).is_absolute() and (Path(beside).exists() or _shards_exist(beside)):
