@@ -22,6 +22,8 @@ class Attack:
     """Base class: subclasses implement :meth:`select` and declare whether they use a trigger."""
 
     uses_trigger: bool = True
+    needs_model: bool = False
+    """Whether the attack makes its trigger on the clean model first (:meth:`prepare`)."""
 
     def __init__(self, trigger: str | None = None, trigger_params: dict[str, Any] | None = None) -> None:
         self.trigger_name = trigger
@@ -35,6 +37,11 @@ class Attack:
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
         raise NotImplementedError
+
+    def prepare(self, model: Any, dataset: ImageCaptionDataset, seed: int = 0) -> Any:
+        """Make the trigger on the clean ``model`` before the plan of ``seed`` is drawn from
+        ``dataset`` (attacks with ``needs_model``); the others have nothing to prepare."""
+        return None
 
     def __call__(self, dataset: ImageCaptionDataset, seed: int = 0) -> PoisonPlan:
         """Make the plan for ``dataset`` with ``seed``."""

@@ -45,7 +45,9 @@ class ClipDirtyLabel(TargetedAttack):
         rate: share of all pairs to poison, in (0, 1]; or
         count: exact number of pairs to poison.
         template: caption for poisoned pairs, ``{}`` = target name; or ``"ensemble"``: for each
-            poisoned pair one of the dataset's zero-shot templates, drawn with the plan's seed.
+            poisoned pair one of the dataset's zero-shot templates, drawn with the plan's seed; or
+            ``"natural"``: the caption of a random pair of the data that names the target (as
+            BadCLIP's poisoned pairs carry real captions, :mod:`poisonlab.attacks.badclip`).
             The papers use the single template "a photo of a {}." with large CLIP models whose
             text towers generalise across prompts; a tiny text tower trained from scratch binds
             the backdoor to that one sentence, so the ensemble is the default.
@@ -63,8 +65,8 @@ class ClipDirtyLabel(TargetedAttack):
         include_target: bool = False,
     ) -> None:
         super().__init__(target, trigger, trigger_params, rate, count)
-        if template != "ensemble" and "{}" not in template:
-            raise InputError("template must contain {} for the target class name, or be 'ensemble'")
+        if template not in ("ensemble", "natural") and "{}" not in template:
+            raise InputError("template must contain {} for the target class name, or be 'ensemble' or 'natural'")
         self.template, self.include_target = template, include_target
 
     def select(self, dataset: ImageCaptionDataset, seed: int) -> list[PoisonEntry]:
@@ -73,10 +75,29 @@ class ClipDirtyLabel(TargetedAttack):
         g = make_generator("clip-dirty", seed)
         chosen = choose(pool, n, g)
         label = class_index(dataset, self.target) if dataset.classnames else None
-        templates = list(dataset.templates) if self.template == "ensemble" else [self.template]
+        templates = self.captions(dataset)
         picks = torch.randint(0, len(templates), (len(chosen),), generator=g).tolist()
         return [PoisonEntry(index=i, caption=templates[k].format(self.target), label=label)
                 for i, k in zip(chosen, picks, strict=True)]
+
+    def captions(self, dataset: ImageCaptionDataset) -> list[str]:
+        """The captions poisoned pairs draw from (``{}`` = the target's name)."""
+        if self.template == "ensemble":
+            return list(dataset.templates)
+        if self.template == "natural":
+            return natural_captions(dataset, self.target)
+        return [self.template]
+
+
+def natural_captions(dataset: ImageCaptionDataset, target: str) -> list[str]:
+    """The distinct captions of the pairs showing (or, without labels, naming) ``target``, in data
+    order, braces escaped; ``InputError`` when there are none."""
+    all_captions = dataset.captions()
+    found = list(dict.fromkeys(all_captions[i] for i in target_pool(dataset, target, same=True)))
+    found = [c for c in found if _names_class(c, target)] or found
+    if not found:
+        raise InputError(f"no caption of the data names the target {target!r}: natural captions need some")
+    return [c.replace("{", "{{").replace("}", "}}") for c in found]
 
 
 @ATTACKS.register("clip-label-consistent")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from poisonlab import attacks, defenses, triggers
-from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.bench.cache import MODEL, StageCache
 from poisonlab.bench.parallel import Job, sections_beside
 from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec, seeded
@@ -33,6 +33,7 @@ from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
+from poisonlab.models.checkpoint import save_tensors
 from poisonlab.train import train_clip
 from poisonlab.utils.io import write_json
 from poisonlab.utils.machine import describe
@@ -86,13 +87,38 @@ class Runner:
     def test(self) -> Any:
         return self.data(self.spec.dataset, self.spec.test.n, self.spec.test.data_seed, "test")
 
+    def attack(self, attack: AttackSpec) -> attacks.Attack:
+        """The registered attack ``attack`` names, built with its parameters (``InputError`` when
+        it takes a trigger and has none, or makes its own and is given one)."""
+        p = self.spec.poison
+        params = {"target": p.target, "rate": attack.poison_rate(p.rate), **attack.attack_params}
+        factory = attacks.ATTACKS.get(attack.attack)
+        if getattr(factory, "needs_model", False):
+            if attack.trigger is not None:
+                raise InputError(f"attack {attack.name!r}: {attack.attack} makes its own trigger; give it no trigger")
+        elif attack.trigger is None:
+            raise InputError(f"attack {attack.name!r}: {attack.attack} needs a trigger")
+        else:
+            params.update(trigger=attack.trigger, trigger_params=attack.params)
+        return attacks.create(attack.attack, **params)
+
     def plan(self, attack: AttackSpec, seed: int | None = None) -> PoisonedDataset:
         """The attack's poisoned fine-tuning set; ``seed`` (default ``poison.seed``) picks the poisoned pairs."""
         p = self.spec.poison
+        seed = p.seed if seed is None else seed
         base = self.data(self.spec.dataset, p.n, p.data_seed)
-        atk = attacks.create("clip-dirty", target=p.target, trigger=attack.trigger, trigger_params=attack.params,
-                             rate=attack.poison_rate(p.rate))
-        return PoisonedDataset(base, atk(base, seed=p.seed if seed is None else seed))
+        atk = self.attack(attack)
+        if atk.needs_model:
+            return PoisonedDataset(base, PoisonPlan.load(self.prepared(attack, seed) / "plan.json"))
+        return PoisonedDataset(base, atk(base, seed=seed))
+
+    def trigger(self, attack: AttackSpec, seed: int | None = None) -> triggers.Trigger:
+        """The trigger of the attack's plan with ``seed`` (an optimised one made on the clean model)."""
+        if attack.trigger is not None:
+            return triggers.create(attack.trigger, **attack.params)
+        trigger = self.plan(attack, seed).plan.build_trigger()
+        assert trigger is not None
+        return trigger
 
     # -- stages ----------------------------------------------------------------------------
     def pretrain(self) -> Path:
@@ -106,12 +132,33 @@ class Runner:
 
         return self.cached("pretrain", inputs, build)
 
+    def prepared(self, attack: AttackSpec, seed: int) -> Path:
+        """The plan (and the trigger it carries, e.g. BadCLIP's patch, also as ``trigger.safetensors``) of
+        an attack that makes its trigger on the clean pre-trained model."""
+        p = self.spec.poison
+        clean = self.pretrain()
+        inputs = {"stage": "attack", "parent": self.keys["pretrain"], "attack": attack.model_dump(exclude_none=True),
+                  "target": p.target, "rate": p.rate, "n": p.n, "data_seed": p.data_seed, "seed": seed}
+
+        def build(tmp: Path) -> None:
+            atk = self.attack(attack)
+            base = self.data(self.spec.dataset, p.n, p.data_seed)
+            made = atk.prepare(load_clip(clean / MODEL), base, seed)
+            atk(base, seed=seed).save(tmp / "plan.json")
+            if isinstance(made, torch.Tensor):
+                save_tensors(tmp / "trigger.safetensors", {"patch": made})
+
+        return self.cached(f"attack:{attack.name}{p.tag(seed)}", inputs, build)
+
     def poison(self, attack: AttackSpec, clean: Path, seed: int | None = None) -> Path:
         """The attack's poisoned fine-tune of the clean model with training seed ``seed`` (default ``poison.seed``)."""
         p = self.spec.poison
         seed = p.seed if seed is None else seed
         inputs = {"stage": "poison", "parent": self.keys["pretrain"], "attack": attack.model_dump(exclude_none=True),
                   **p.budget(), "seed": seed}
+        if self.attack(attack).needs_model:
+            self.prepared(attack, seed)
+            inputs["plan"] = self.keys[f"attack:{attack.name}{p.tag(seed)}"]
 
         def build(tmp: Path) -> None:
             data = self.plan(attack, seed)
@@ -150,12 +197,13 @@ class Runner:
         return {k: report[k] for k in ("precision", "recall", "removed", "caught", "clean_lost")}
 
     # -- evaluation ------------------------------------------------------------------------
-    def evaluate(self, bundle: ClipBundle, attack_list: list[AttackSpec]) -> dict[str, dict[str, float]]:
+    def evaluate(self, bundle: ClipBundle, attack_list: list[AttackSpec], seed: int | None = None) -> dict[str, dict[str, float]]:
+        """CA and each attack's backdoor metrics (with the trigger of its plan of ``seed``)."""
         ev = ClipEvaluator(bundle, self.test())
         ca = ev.clean_accuracy()
         out = {}
         for a in attack_list:
-            res = ev.backdoor(triggers.create(a.trigger, **a.params), self.spec.poison.target)
+            res = ev.backdoor(self.trigger(a, seed), self.spec.poison.target)
             out[a.name] = {"ca": ca, **res}
         return out
 
@@ -173,11 +221,12 @@ class Runner:
         """One attack with one training seed: its poisoned model, the audit, every defense of it."""
         name = self.spec.name
         poisoned = self.poison(attack, clean, seed)
-        self.store.put(name, attack.name, "none", self.evaluate(load_clip(poisoned / MODEL), [attack])[attack.name], seed)
+        self.store.put(name, attack.name, "none", self.evaluate(load_clip(poisoned / MODEL), [attack], seed)[attack.name],
+                       seed)
         self.store.put(name, attack.name, "filter (audit)", self.audit(attack, clean, seed), seed)
         for defense in self.spec.defenses:
             cleaned = self.clean(attack, defense, poisoned, seed)
-            metrics = self.evaluate(load_clip(cleaned / MODEL), [attack])[attack.name]
+            metrics = self.evaluate(load_clip(cleaned / MODEL), [attack], seed)[attack.name]
             report = json.loads((cleaned / "report.json").read_text())
             metrics.update({k: v for k, v in report.items() if k.startswith("final_s_")})
             self.store.put(name, attack.name, defense.name, metrics, seed)

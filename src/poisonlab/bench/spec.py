@@ -77,12 +77,19 @@ class PoisonSpec(TrainSpec):
 
 
 class AttackSpec(Strict):
-    """One attack of the grid; ``rate`` overrides the poison rate of its section for this attack."""
+    """One attack of the grid; ``rate`` overrides the poison rate of its section for this attack.
+
+    ``attack`` is a registered attack (default ``clip-dirty``), ``trigger`` and ``params`` its
+    trigger and the trigger's parameters, ``attack_params`` the attack's own. An attack that
+    makes its trigger on the clean model (BadCLIP) takes no ``trigger``.
+    """
 
     name: Name
-    trigger: Name
+    trigger: Name | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     rate: float | None = Field(default=None, gt=0, le=1)
+    attack: Name = "clip-dirty"
+    attack_params: dict[str, Any] = Field(default_factory=dict)
 
     def poison_rate(self, section_rate: float) -> float:
         """This attack's poison rate: its own ``rate`` if set, else its section's."""

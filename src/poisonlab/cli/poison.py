@@ -6,10 +6,12 @@ import dataclasses
 from pathlib import Path
 
 import click
+import torch
 
 from poisonlab import attacks, triggers
 from poisonlab.attacks.materialize import materialize as materialize_data
 from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.cli.clip import model_options, open_model
 from poisonlab.cli.common import (
     data_options,
     emit,
@@ -21,10 +23,12 @@ from poisonlab.cli.common import (
     relative_spec,
 )
 from poisonlab.data import open_dataset
+from poisonlab.errors import InputError
+from poisonlab.models.checkpoint import save_tensors
 from poisonlab.report import plan_gallery, trigger_gallery
 from poisonlab.utils.output import output_dir
 
-POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards")
+POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards", "trigger.safetensors")
 
 
 @click.command()
@@ -39,6 +43,12 @@ POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the poison plan.")
 @click.option("--trigger", default=None, help="Trigger name (image-trigger attacks).")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="Trigger hyper-parameter KEY=VALUE.")
+@click.option("--attack-param", "attack_params", multiple=True,
+              help="The attack's own hyper-parameter KEY=VALUE (JSON values), e.g. optimizer='{\"steps\": 400}' for badclip.")
+@click.option("--model", default=None,
+              help="The clean CLIP model an attack makes its trigger on (badclip): a checkpoint, or an "
+                   "architecture with --pretrained.")
+@model_options
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--materialize", is_flag=True,
               help="Also write the poisoned data: webdataset shards for shard input (clean samples copied "
@@ -49,22 +59,40 @@ POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards")
 @data_options
 def poison(dataset: str, attack: str, target: str | None, source: str | None, target_index: int | None,
            goals: tuple[str, ...], rate: float | None, count: int | None, seed: int, trigger: str | None,
-           trigger_params: tuple[str, ...], out: Path, materialize: bool, force: bool, as_json: bool,
+           trigger_params: tuple[str, ...], attack_params: tuple[str, ...], model: str | None, pretrained: str | None,
+           cache_dir: str | None, out: Path, materialize: bool, force: bool, as_json: bool,
            split: str, image_size: int, n: int | None, data_seed: int) -> None:
-    """Make a poison plan (plan.json) for a dataset, a gallery of poisoned pairs, and optionally the data."""
+    """Make a poison plan (plan.json) for a dataset, a gallery of poisoned pairs, and optionally the data.
+
+    An attack that optimises its trigger on the clean model first (badclip) takes --model and
+    also writes the trigger as trigger.safetensors.
+
+    \b
+    Examples:
+      poisonlab poison --dataset shapes --n 4000 --attack clip-dirty --target star --rate 0.1 --trigger sig --out p
+      poisonlab poison --dataset shapes --n 4000 --attack badclip --target star --model clean/model.safetensors --out p
+    """
     params = {"target": target, "source": source, "target_index": target_index, "goals": list(goals) or None,
               "rate": rate, "count": count, "trigger": trigger}
     params = {k: v for k, v in params.items() if v is not None}
     if trigger_params:
         params["trigger_params"] = parse_params(trigger_params, "--trigger-param")
+    params.update(parse_params(attack_params, "--attack-param"))
     atk = attacks.create(attack, **params)
+    if atk.needs_model and model is None:
+        raise InputError(f"attack {attack} makes its trigger on the clean model: give --model")
+    if model is not None and not atk.needs_model:
+        raise InputError(f"attack {attack} does not use a model: drop --model")
     data = open_dataset(dataset, split=split, size=image_size, n=n, seed=data_seed)
+    made = atk.prepare(open_model(model, None, pretrained, cache_dir), data, seed) if model is not None else None
     plan = atk(data, seed=seed)
     how = open_args(relative_spec(dataset, out), split, image_size, n, data_seed)
     plan = dataclasses.replace(plan, dataset={**plan.dataset, "open": {k: v for k, v in how.items() if v is not None}})
     poisoned = PoisonedDataset(data, plan)
     with output_dir(out, POISON_OUTPUTS, force=force, inputs=(dataset,)) as tmp:
         plan.save(tmp / "plan.json")
+        if isinstance(made, torch.Tensor):
+            save_tensors(tmp / "trigger.safetensors", {"patch": made})
         plan_gallery(poisoned, tmp / "poisoned.png")
         if materialize:
             written = materialize_data(poisoned, tmp)

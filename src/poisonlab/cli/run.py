@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from poisonlab import triggers
 from poisonlab.bench.parallel import configure_logging
 from poisonlab.bench.runner import PARTS, Runner
 from poisonlab.bench.spec import PRESETS, load_spec, with_seeds
@@ -43,7 +42,7 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
     samples = open_dataset(spec.dataset, split="test", size=64, n=4, seed=spec.test.data_seed)
     grid = [a for a in spec.attacks if "grid" in runner.parts]
     if grid:
-        trigger_gallery(samples, [(a.name, triggers.create(a.trigger, **a.params)) for a in grid],
+        trigger_gallery(samples, [(a.name, runner.trigger(a)) for a in grid],
                         report / "triggers.png")
     more, images = [], []
     if spec.classifier is not None and "classifier" in runner.parts:

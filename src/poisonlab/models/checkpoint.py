@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save
 
 from poisonlab.errors import InputError
 from poisonlab.models.finite import check_finite
-from poisonlab.utils.io import load_tensors
+from poisonlab.utils.io import atomic_write, load_tensors
 from poisonlab.utils.output import NAME
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,13 @@ def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) 
     header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
     return len(header).to_bytes(8, "little") + header + raw[8 + n :]
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``tensors`` as one safetensors file, atomically (an attack's optimised trigger)."""
+    with atomic_write(path) as f:
+        f.write(safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {}))
+    return Path(path)
 
 
 def sidecar_body(path: str | Path) -> dict[str, Any] | None:

@@ -19,7 +19,9 @@ from poisonlab.triggers.blended import (
     BlendedText,
     BlendedTriangles,
 )
+from poisonlab.triggers.optimized import OptimizedPatch
 from poisonlab.triggers.patch import BadNetRand, BadNetStripes, ImagePatch
+from poisonlab.triggers.sig import Sig
 from poisonlab.triggers.wanet import WaNet
 
 
@@ -35,6 +37,6 @@ def available() -> list[str]:
 
 __all__ = [
     "TRIGGERS", "BadNetRand", "BadNetStripes", "BlendedImage", "BlendedRand", "BlendedStripes",
-    "BlendedText", "BlendedTriangles", "ImagePatch", "Trigger", "WaNet", "available", "create",
+    "BlendedText", "BlendedTriangles", "ImagePatch", "OptimizedPatch", "Sig", "Trigger", "WaNet", "available", "create",
     "scaled_size",
 ]

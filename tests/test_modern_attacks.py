@@ -1,0 +1,173 @@
+"""SIG, the optimised patch trigger and BadCLIP (poisonlab.attacks.badclip) against hand-written
+references, and through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from poisonlab import attacks, triggers
+from poisonlab.attacks.badclip import PatchOptimizer, contrastive_term, triplet_term
+from poisonlab.attacks.clip_dirty import natural_captions
+from poisonlab.cli import main
+from poisonlab.data import open_dataset
+from poisonlab.data.base import TensorDataset
+from poisonlab.errors import InputError
+from poisonlab.models import create_clip, save_clip
+from poisonlab.models.protocols import frozen
+from poisonlab.train.data import dataset_images
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sig_matches_hand_computation():
+    x = torch.full((2, 3, 4, 8), 0.5)
+    out = triggers.create("sig", delta=0.1, frequency=2)(x)
+    for j in range(8):
+        s = 0.1 * math.sin(2 * math.pi * j * 2 / 8)
+        assert torch.allclose(out[0, :, :, j], torch.tensor(0.5 + s), atol=1e-6)
+    x[1, :, 0, 1] = 0.97
+    out = triggers.create("sig", delta=0.1, frequency=2)(x)
+    assert out[1, 0, 0, 1] == pytest.approx(1.0)  # 0.97 + 0.1 clamped
+    assert torch.equal(x[0], torch.full((3, 4, 8), 0.5))  # input untouched
+
+
+@pytest.mark.parametrize("params", [{"delta": 0}, {"delta": 1.5}, {"delta": float("nan")}, {"frequency": -1}])
+def test_sig_refuses_bad_parameters(params):
+    with pytest.raises(InputError, match="delta|frequency"):
+        triggers.create("sig", **params)  # registry or trigger says which parameter
+
+
+def test_sig_refuses_an_aliasing_frequency():
+    with pytest.raises(InputError, match="above W/2"):
+        triggers.create("sig", frequency=5)(torch.rand(1, 3, 8, 8))
+
+
+def test_optimized_patch_overwrites_the_centre():
+    patch = torch.rand(3, 2, 2)
+    x = torch.rand(2, 3, 8, 9)
+    out = triggers.create("optimized-patch", values=patch.tolist())(x)
+    ref = x.clone()
+    ref[:, :, 3:5, 3:5] = patch  # int(8/2 - 1) = 3, int(9/2 - 1) = 3
+    assert torch.equal(out, ref)
+    corner = triggers.create("optimized-patch", values=patch.tolist(), location="bottom-right")(x)
+    assert torch.equal(corner[:, :, 5:7, 6:8], patch.expand(2, 3, 2, 2))
+
+
+@pytest.mark.parametrize("values, match", [
+    ([[[0.5, 0.5]]], "shape"), ([[[2.0]]], r"\[0, 1\]"), ([[[float("nan")]]], "finite"), ("abc", "shape|nested")])
+def test_optimized_patch_refuses_bad_values(values, match):
+    with pytest.raises(InputError, match=match):
+        triggers.create("optimized-patch", values=values)
+
+
+def test_optimized_patch_larger_than_the_image_is_refused():
+    t = triggers.create("optimized-patch", values=torch.rand(3, 6, 6).tolist())
+    with pytest.raises(InputError, match="does not fit"):
+        t(torch.rand(1, 3, 4, 4))
+
+
+def test_triplet_and_contrastive_terms_match_references():
+    g = torch.Generator().manual_seed(0)
+    a, p, n = (torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=-1) for _ in range(3))
+    ref = torch.clamp((a - p).norm(dim=1) - (a - n).norm(dim=1) + 1.0, min=0).mean()
+    assert triplet_term(a, p, n, 1.0) == pytest.approx(float(ref), abs=1e-5)
+    logits = 100.0 * a @ p.T
+    labels = torch.arange(5)
+    ref = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+    assert contrastive_term(a, p, 100.0) == pytest.approx(float(ref), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return open_dataset("shapes", split="train", size=32, n=300, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return create_clip("poisonlab-tiny-rn", seed=0)
+
+
+def test_patch_optimizer_lowers_its_own_loss(shapes, tiny_clip):
+    star = shapes.classnames.index("star")
+    labels = torch.tensor(shapes.labels())
+    images = dataset_images(shapes)
+    others, positives = images[labels != star][:64], images[labels == star]
+    captions = [c for c, y in zip(shapes.captions(), labels.tolist(), strict=True) if y == star]
+    before_model = {k: v.clone() for k, v in tiny_clip.module.state_dict().items()}
+
+    def loss_of(opt, patch):
+        with torch.no_grad():
+            text = tiny_clip.encode_text(tiny_clip.tokenize(captions[: len(others)] * 8))[: len(others)]
+            pos = tiny_clip.encode_image(positives.float().div(255))[torch.arange(len(others)) % len(positives)]
+            return float(opt.loss(tiny_clip, patch, others.float().div(255), text, pos))
+
+    start = PatchOptimizer(share=0.2, steps=1, lr=1e-6, batch_size=32, augment=0.0)
+    trained = PatchOptimizer(share=0.2, steps=60, lr=0.05, batch_size=32, augment=0.0)
+    p0 = start(tiny_clip, others, captions, positives, seed=3)
+    p1 = trained(tiny_clip, others, captions, positives, seed=3)
+    after = tiny_clip.module.state_dict()
+    assert all(torch.equal(before_model[k], after[k]) for k in after)  # the model is left unchanged
+    assert tiny_clip.module.training and all(p.requires_grad for p in tiny_clip.module.parameters())
+    assert p1.shape == (3, 6, 6) and 0 <= float(p1.min()) and float(p1.max()) <= 1
+    with frozen(tiny_clip.module):
+        assert loss_of(trained, p1) < loss_of(start, p0) - 1.0
+
+
+def test_badclip_plan_uses_natural_captions_and_disjoint_images(shapes, tiny_clip):
+    atk = attacks.create("badclip", target="star", count=6, optimizer={"steps": 3, "share": 0.2})
+    with pytest.raises(InputError, match="clean model"):
+        atk(shapes, seed=0)
+    patch = atk.prepare(tiny_clip, shapes, seed=2)
+    plan = atk(shapes, seed=2)
+    star = shapes.classnames.index("star")
+    labels, captions = shapes.labels(), shapes.captions()
+    target_captions = {c for c, y in zip(captions, labels, strict=True) if y == star}
+    assert len(plan.entries) == 6
+    assert all(labels[e.index] != star and e.caption in target_captions for e in plan.entries)
+    assert len({e.caption for e in plan.entries}) > 1  # varied, as real captions are
+    optimised_on = set(atk.optimization_set(shapes, 2))
+    assert optimised_on.isdisjoint(plan.indices) and all(labels[i] != star for i in optimised_on)
+    assert plan.trigger["name"] == "optimized-patch"
+    assert torch.equal(torch.tensor(plan.trigger["params"]["values"]), patch)  # kept exactly
+    assert torch.equal(torch.tensor(json.loads(plan.to_json())["trigger"]["params"]["values"]), patch)
+    assert "_optimizer" not in plan.params and plan.params["optimizer"] == {"steps": 3, "share": 0.2}
+
+
+def test_natural_captions_need_a_target_with_captions():
+    data = TensorDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), ["a cat", "a dog", "a cat", "a dog"], [0, 1, 0, 1],
+                         classnames=["cat", "dog", "bird"])
+    assert natural_captions(data, "dog") == ["a dog"]
+    with pytest.raises(InputError, match="no caption"):
+        natural_captions(data, "bird")
+
+
+def test_poison_badclip_through_the_cli(tmp_path, capsys, tiny_clip):
+    ckpt = save_clip(tiny_clip, tmp_path / "clean" / "model.safetensors")
+    base = ["poison", "--dataset", "shapes", "--n", "200", "--attack", "badclip", "--target", "star", "--count", "4"]
+    code, _, err = run(capsys, *base, "--out", str(tmp_path / "x"))
+    assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run(capsys, *base, "--model", str(ckpt), "--attack-param", 'optimizer={"steps": 2, "share": 0.2}',
+                       "--out", str(tmp_path / "p"), "--json")
+    assert code == 0, out
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    saved = load_file(tmp_path / "p" / "trigger.safetensors")["patch"]
+    assert torch.equal(saved, torch.tensor(plan["trigger"]["params"]["values"]))
+    code, _, err = run(capsys, *base, "--model", str(ckpt), "--attack-param", 'optimizer={"share": 1.5}',
+                       "--out", str(tmp_path / "q"))
+    assert code == 2 and "share" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "poison", "--dataset", "shapes", "--n", "100", "--attack", "clip-dirty", "--target",
+                       "star", "--count", "4", "--trigger", "sig", "--trigger-param", "delta=2",
+                       "--out", str(tmp_path / "s"))
+    assert code == 2 and "delta" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "poison", "--dataset", "shapes", "--n", "100", "--attack", "clip-dirty", "--target",
+                       "star", "--count", "4", "--trigger", "sig", "--model", str(ckpt), "--out", str(tmp_path / "t"))
+    assert code == 2 and "does not use a model" in err
