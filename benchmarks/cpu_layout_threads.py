@@ -40,7 +40,7 @@ def classifier_rate(images: int, threads: int) -> float:
     from poisonlab.data import make_shapes
     from poisonlab.models.classifier import create_classifier
     from poisonlab.train import TrainConfig
-    from poisonlab.train.classifier_run import train_classifier
+    from poisonlab.train.fit import train_classifier
 
     torch.set_num_threads(threads)
     bundle = create_classifier("poisonlab-resnet-tiny", num_classes=10, image_size=32)

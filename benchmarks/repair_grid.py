@@ -22,8 +22,8 @@ from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.data import open_dataset
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models.classifier import create_classifier, load_classifier, save_classifier
-from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import label_tensors
+from poisonlab.train.fit import train_classifier
 from poisonlab.train.loop import TrainConfig
 
 TRIGGERS = {"badnet": {"size": 4, "location": "bottom-right"}, "blended": {"alpha": 0.2}}

@@ -20,8 +20,8 @@ from poisonlab.data import open_dataset
 from poisonlab.metrics.probe import probe_report
 from poisonlab.models.classifier import create_encoder
 from poisonlab.train.data import label_tensors
+from poisonlab.train.fit import train_ssl
 from poisonlab.train.loop import TrainConfig
-from poisonlab.train.ssl_run import train_ssl
 
 
 def main() -> None:

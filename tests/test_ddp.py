@@ -83,7 +83,7 @@ def _family_worker(rank, world, init_file, out_dir):
     from poisonlab.models import create_clip
     from poisonlab.models.classifier import create_encoder
     from poisonlab.train import train_clip
-    from poisonlab.train.ssl_run import train_ssl
+    from poisonlab.train.fit import train_ssl
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     data, dist = make_shapes(n=64, seed=3), DistInfo(rank=rank, world_size=world)

@@ -1,5 +1,5 @@
-"""SIG, the optimised patch trigger and BadCLIP (poisonlab.attacks.badclip) against hand-written
-references, and through the CLI."""
+"""SIG, the optimised patch trigger, BadCLIP (poisonlab.attacks.badclip) and BadEncoder
+(poisonlab.attacks.badencoder) against hand-written references, and through the CLI."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from safetensors.torch import load_file
 
 from poisonlab import attacks, triggers
 from poisonlab.attacks.badclip import PatchOptimizer, contrastive_term, triplet_term
+from poisonlab.attacks.badencoder import badencoder_loss
 from poisonlab.attacks.clip_dirty import natural_captions
 from poisonlab.cli import main
 from poisonlab.data import open_dataset
-from poisonlab.data.base import TensorDataset
+from poisonlab.data.base import Subset, TensorDataset
 from poisonlab.errors import InputError
 from poisonlab.models import create_clip, save_clip
+from poisonlab.models.classifier import create_encoder
 from poisonlab.models.protocols import frozen
 from poisonlab.train.data import dataset_images
 
@@ -171,3 +173,71 @@ def test_poison_badclip_through_the_cli(tmp_path, capsys, tiny_clip):
     code, _, err = run(capsys, "poison", "--dataset", "shapes", "--n", "100", "--attack", "clip-dirty", "--target",
                        "star", "--count", "4", "--trigger", "sig", "--model", str(ckpt), "--out", str(tmp_path / "t"))
     assert code == 2 and "does not use a model" in err
+
+
+def test_badencoder_loss_matches_reference():
+    g = torch.Generator().manual_seed(1)
+    t, r, rc, s, sc = (torch.randn(6, 5, generator=g) for _ in range(5))
+
+    def cos(a, b):
+        return sum(float(a[i] @ b[i] / (a[i].norm() * b[i].norm())) for i in range(len(a))) / len(a)
+
+    ref = -cos(t, r) - 0.5 * cos(r, rc) - 2.0 * cos(s, sc)
+    loss, parts = badencoder_loss(t, r, rc, s, sc, lambda1=0.5, lambda2=2.0)
+    assert float(loss) == pytest.approx(ref, abs=1e-5)
+    assert parts["effectiveness"] == pytest.approx(-cos(t, r), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["clip", "encoder"])
+def test_badencoder_poisons_the_image_tower_only_with_batch_norm_frozen(family, shapes):
+    model = create_clip("poisonlab-tiny-rn", seed=0) if family == "clip" else \
+        create_encoder("poisonlab-resnet-tiny", 32, seed=0)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    atk = attacks.create("badencoder", target="star", references=3, epochs=1, batch_size=32, lr=0.05)
+    shadow = Subset(shapes, range(96))
+    refs = atk.reference_indices(shadow, 0)
+    assert len(refs) == 3 and all(shadow.labels()[i] == shapes.classnames.index("star") for i in refs)
+    result = atk(model, shadow, seed=0)
+    assert result.steps == 3
+    after = model.module.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    norms = {f"{n}." for n, m in model.module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert changed and not [k for k in changed if any(k.startswith(n) for n in norms)]  # BN stats and affine kept
+    if family == "clip":
+        assert all(k.startswith("visual.") for k in changed)  # the text tower stays the clean one
+    assert model.provenance["attack"]["name"] == "badencoder"
+
+
+def test_badencoder_lowers_its_own_loss(shapes):
+    model = create_encoder("poisonlab-resnet-tiny", 32, seed=0)
+    shadow = Subset(shapes, range(128))
+    # a whole-image trigger: an untrained tiny ResNet's pooled features ignore the image's far corner
+    atk = attacks.create("badencoder", target="star", references=4, epochs=6, batch_size=64, lr=0.05,
+                         trigger="blended-stripes", trigger_params={"alpha": 0.3})
+    images = dataset_images(shadow)[:64].float() / 255
+    refs = dataset_images(Subset(shadow, atk.reference_indices(shadow, 0))).float() / 255
+    clean = model.copy()
+
+    def loss_now():
+        with frozen(model.module), frozen(clean.module):
+            r = refs[torch.arange(64) % len(refs)]
+            return float(badencoder_loss(model.features(atk.trigger_for(32)(images)), model.features(r),
+                                         clean.features(r), model.features(images), clean.features(images))[0])
+
+    start = loss_now()
+    atk(model, shadow, seed=0)
+    assert loss_now() < start - 0.01  # an untrained encoder starts near the floor of -3
+
+
+def test_poison_badencoder_through_the_cli(tmp_path, capsys, tiny_clip):
+    ckpt = save_clip(tiny_clip, tmp_path / "clean" / "model.safetensors")
+    base = ["poison", "--dataset", "shapes", "--n", "64", "--attack", "badencoder", "--target", "star",
+            "--attack-param", "epochs=1", "--attack-param", "batch_size=32"]
+    code, _, err = run(capsys, *base, "--out", str(tmp_path / "x"))
+    assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run(capsys, *base, "--model", str(ckpt), "--out", str(tmp_path / "p"), "--json")
+    assert code == 0, out
+    assert json.loads(out)["family"] == "clip" and (tmp_path / "p" / "model.safetensors").is_file()
+    code, _, err = run(capsys, "poison", "--dataset", "shapes", "--n", "64", "--attack", "badencoder", "--target",
+                       "star", "--attack-param", "references=0", "--model", str(ckpt), "--out", str(tmp_path / "q"))
+    assert code == 2 and "references" in err and len(err.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from poisonlab.attacks.badclip import BadCLIP, PatchOptimizer
+from poisonlab.attacks.badencoder import BadEncoder
 from poisonlab.attacks.base import ATTACKS, Attack
 from poisonlab.attacks.clip_dirty import ClipDirtyLabel, ClipLabelConsistent
 from poisonlab.attacks.label_flip import LabelFlip
@@ -38,7 +39,7 @@ def available() -> list[str]:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "BadCLIP", "PatchOptimizer", "ClipDirtyLabel", "ClipLabelConsistent", "LabelFlip", "PoisonEntry",
+    "ATTACKS", "Attack", "BadCLIP", "BadEncoder", "PatchOptimizer", "ClipDirtyLabel", "ClipLabelConsistent", "LabelFlip", "PoisonEntry",
     "PoisonPlan", "PoisonedDataset", "SslTargetedPatch", "TextAttack", "TextMultiLabel", "TextSingleImage",
     "TextSingleLabel", "available", "create",
 ]

@@ -29,8 +29,8 @@ from poisonlab.detect.population import (
 )
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models.classifier import create_classifier, load_classifier
-from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import label_tensors
+from poisonlab.train.fit import train_classifier
 from poisonlab.train.loop import RECIPES
 from poisonlab.utils.io import write_json
 

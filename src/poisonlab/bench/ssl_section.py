@@ -22,7 +22,7 @@ from poisonlab.bench.spec import SslSpec, seeded_params
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.classifier import create_encoder, load_classifier
 from poisonlab.train.data import label_tensors
-from poisonlab.train.ssl_run import train_ssl
+from poisonlab.train.fit import train_ssl
 from poisonlab.utils.io import write_json
 
 

@@ -32,9 +32,9 @@ from poisonlab.models import open as models_open
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_classifier
 from poisonlab.models.protocols import fits
 from poisonlab.train import TrainConfig
-from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.dist import default_device
+from poisonlab.train.fit import train_classifier
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import atomic_write, write_json
 from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -25,10 +26,13 @@ from poisonlab.cli.common import (
 from poisonlab.data import open_dataset
 from poisonlab.errors import InputError
 from poisonlab.models.checkpoint import save_tensors
+from poisonlab.models.open import open_any
 from poisonlab.report import plan_gallery, trigger_gallery
 from poisonlab.utils.output import output_dir
 
 POISON_OUTPUTS = ("plan.json", "poisoned.png", "images", "data.csv", "shards", "trigger.safetensors")
+MODEL_OUTPUTS = ("model.safetensors", "model.json", "triggered.png")
+"""What a model-poisoning attack (badencoder) writes instead of a plan."""
 
 
 @click.command()
@@ -79,6 +83,9 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
         params["trigger_params"] = parse_params(trigger_params, "--trigger-param")
     params.update(parse_params(attack_params, "--attack-param"))
     atk = attacks.create(attack, **params)
+    if getattr(atk, "kind", None) == "model":
+        return poison_model(atk, model, pretrained, cache_dir, dataset, out, force, as_json,
+                            open_dataset(dataset, split=split, size=image_size, n=n, seed=data_seed), seed)
     if atk.needs_model and model is None:
         raise InputError(f"attack {attack} makes its trigger on the clean model: give --model")
     if model is not None and not atk.needs_model:
@@ -102,6 +109,23 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
         summary["data"] = str(out / written.relative_to(tmp))
     emit(summary, as_json, [f"poisoned {len(plan.entries)} of {len(data)} items with {attack}",
                             f"plan: {out / 'plan.json'}", f"gallery: {out / 'poisoned.png'}"])
+
+
+def poison_model(atk: Any, model: str | None, pretrained: str | None, cache_dir: str | None, dataset: str,
+                 out: Path, force: bool, as_json: bool, data: Any, seed: int) -> None:
+    """A model-poisoning attack: the clean ``--model`` fine-tuned on ``--dataset`` (its shadow
+    images) into ``out/model.safetensors``, with a gallery of triggered shadow images."""
+    if model is None:
+        raise InputError(f"attack {atk.registered_name} poisons a model: give the clean one with --model")
+    victim = open_any(model, pretrained, cache_dir)
+    with output_dir(out, MODEL_OUTPUTS, force=force, inputs=(dataset, model)) as tmp:
+        result = atk(victim, data, seed, progress=False)
+        victim.save(tmp / "model.safetensors")
+        trigger_gallery(data, [(atk.trigger_name, atk.trigger_for(victim.image_size))], tmp / "triggered.png", n=4)
+    emit({"model": str(out / "model.safetensors"), "attack": atk.registered_name, "family": victim.family,
+          "steps": result.steps, "seconds": round(result.seconds, 1)}, as_json,
+         [f"poisoned the {victim.family} model with {atk.registered_name} in {result.steps} steps",
+          f"model: {out / 'model.safetensors'}"])
 
 
 @click.command()

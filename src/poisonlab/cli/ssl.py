@@ -31,7 +31,7 @@ from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_encoder
 from poisonlab.train import TrainConfig
 from poisonlab.train.data import label_tensors
-from poisonlab.train.ssl_run import train_ssl
+from poisonlab.train.fit import train_ssl
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json
 from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output

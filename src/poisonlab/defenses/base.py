@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Protocol
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.models.clip import ClipBundle
 from poisonlab.registry import Registry
-from poisonlab.train.clip_run import train_clip
 from poisonlab.train.dist import DistInfo
+from poisonlab.train.fit import train_clip
 from poisonlab.train.loop import Objective, TrainConfig
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json

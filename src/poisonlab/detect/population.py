@@ -28,8 +28,8 @@ from poisonlab.models.classifier import (
     load_classifier,
     save_classifier,
 )
-from poisonlab.train.classifier_run import train_classifier
 from poisonlab.train.data import LabelTensors, label_tensors
+from poisonlab.train.fit import train_classifier
 from poisonlab.train.loop import TrainConfig
 
 log = logging.getLogger(__name__)

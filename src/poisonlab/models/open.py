@@ -107,3 +107,14 @@ def model_family(model: str, pretrained: str | None = None, arch: str | None = N
         return "encoder" if meta.get("kind") == "encoder" else "classifier"
     raise InputError(f"{model}: no poisonlab sidecar says which model family it is (a CLIP checkpoint of open_clip: "
                      "add --arch)")
+
+
+def open_any(model: str, pretrained: str | None = None, cache_dir: str | None = None,
+             device: str | torch.device = "cpu") -> Any:
+    """The model ``--model`` names, of whichever family its checkpoint says (:func:`model_family`):
+    a CLIP bundle, or a classifier or encoder bundle."""
+    if model_family(model, pretrained) == "clip":
+        return open_model(model, pretrained=pretrained, cache_dir=cache_dir, device=device)
+    bundle = load_classifier(model)
+    bundle.model.to(device)
+    return bundle
