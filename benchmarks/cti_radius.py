@@ -17,8 +17,8 @@ import torch
 
 from poisonlab import triggers
 from poisonlab.data import open_dataset
+from poisonlab.data.base import trusted_indices
 from poisonlab.defenses.pivotal import PivotalTuning
-from poisonlab.defenses.repair_base import trusted_indices
 from poisonlab.detect.cti import CalibratedTriggerInversion
 from poisonlab.models.classifier import load_classifier
 from poisonlab.train.data import label_tensors

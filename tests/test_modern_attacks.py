@@ -241,3 +241,32 @@ def test_poison_badencoder_through_the_cli(tmp_path, capsys, tiny_clip):
     code, _, err = run(capsys, "poison", "--dataset", "shapes", "--n", "64", "--attack", "badencoder", "--target",
                        "star", "--attack-param", "references=0", "--model", str(ckpt), "--out", str(tmp_path / "q"))
     assert code == 2 and "references" in err and len(err.strip().splitlines()) == 1
+
+
+def test_badclip_in_a_spec_grid_has_its_own_plan_stage_and_side_by_side_row(tmp_path):
+    from poisonlab.bench.runner import Runner
+    from poisonlab.bench.spec import ExperimentSpec
+    from poisonlab.report.experiment import side_by_side_rows
+
+    tiny = {
+        "name": "hard", "pretrain": {"n": 64, "epochs": 1, "lr": 1e-3, "batch_size": 32},
+        "poison": {"n": 64, "data_seed": 1, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "rate": 0.1},
+        "attacks": [{"name": "badnet", "trigger": "badnet", "params": {"size": 4}},
+                    {"name": "badclip", "attack": "badclip", "attack_params": {"optimizer": {"steps": 2, "share": 0.2}}}],
+        "cleaning": {"n": 64}, "defenses": [{"name": "ft", "defense": "finetune", "params": {"steps": 1, "batch_size": 32}}],
+        "test": {"n": 40},
+    }
+    runner = Runner(ExperimentSpec.model_validate(tiny), tmp_path / "out", progress=False)
+    table = runner.run()
+    plan = runner.plan(runner.spec.attacks[1]).plan
+    stage = next((tmp_path / "out" / "cache").glob("attack:badclip-*"))
+    saved = load_file(stage / "trigger.safetensors")["patch"]
+    assert plan.attack == "badclip" and torch.equal(saved, torch.tensor(plan.trigger["params"]["values"]))
+    assert {("badclip", "clean model"), ("badclip", "none"), ("badclip", "ft")} <= set(table)
+    rows = side_by_side_rows(runner.store.spread("hard"), ["badnet", "badclip"], ["clean model", "none", "ft"])
+    asr = table[("badclip", "ft")]["asr"]
+    assert rows[0] == ["ASR under", "badnet", "badclip"] and rows[3][0] == "ft" and rows[3][2] == f"{100 * asr:.1f}"
+    bad = dict(tiny, attacks=[{"name": "x", "attack": "badclip", "trigger": "badnet"}])
+    with pytest.raises(InputError, match="makes its own trigger"):
+        Runner(ExperimentSpec.model_validate(bad), tmp_path / "o2", progress=False).attack(
+            ExperimentSpec.model_validate(bad).attacks[0])

@@ -199,12 +199,6 @@ class PoisonedDataset(ImageCaptionDataset):
         return self.base.fingerprint()
 
 
-def poisoned_indices(dataset: object) -> set[int] | None:
-    """The indices a poison plan poisons, or ``None`` when ``dataset`` is no plan (then a
-    defense cannot score itself against the truth)."""
-    return set(dataset.plan.indices) if isinstance(dataset, PoisonedDataset) else None
-
-
 def check_plan(plan: PoisonPlan, dataset: ImageCaptionDataset) -> None:
     """Refuse ``plan`` unless it fits ``dataset`` item for item (see :class:`PoisonedDataset`)."""
     n = len(dataset)

@@ -25,9 +25,12 @@ import torch
 from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.bench.cache import MODEL, StageCache
+from poisonlab.bench.classifier_section import ClassifierSection
 from poisonlab.bench.parallel import Job, sections_beside
 from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec, seeded
+from poisonlab.bench.ssl_section import SslSection
 from poisonlab.bench.store import ResultsStore
+from poisonlab.bench.text_section import TextSection
 from poisonlab.data import open_dataset
 from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
@@ -242,16 +245,10 @@ class Runner:
         """The SSL, text and classifier sections as independent jobs, the longest chain (SSL) first."""
         jobs: list[Job] = []
         if "ssl" in self.parts:
-            from poisonlab.bench.ssl_section import SslSection
-
             jobs += SslSection(self, self.spec.ssl).jobs()
         if "text" in self.parts:
-            from poisonlab.bench.text_section import TextSection
-
             jobs += TextSection(self, self.spec.text).jobs()
         if "classifier" in self.parts:
-            from poisonlab.bench.classifier_section import ClassifierSection
-
             jobs += ClassifierSection(self, self.spec.classifier).jobs()
         return jobs
 

@@ -26,11 +26,18 @@ from poisonlab.cli.common import (
 )
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.defenses import RunOptions
+from poisonlab.detect.population import (
+    PopulationConfig,
+    evaluate_detectors,
+    population_trusted,
+    train_population,
+)
 from poisonlab.errors import InputError
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models import open as models_open
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_classifier
 from poisonlab.models.protocols import fits
+from poisonlab.report.roc import roc_figure
 from poisonlab.train import TrainConfig
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.dist import default_device
@@ -214,14 +221,6 @@ def save_png(image: Any, path: Path) -> None:
 
 def _detect_population(built: dict[str, Any], population: int, dataset: str, share: float, epochs: float,
                        out: Path, as_json: bool) -> None:
-    from poisonlab.detect.population import (
-        PopulationConfig,
-        evaluate_detectors,
-        population_trusted,
-        train_population,
-    )
-    from poisonlab.report.roc import roc_figure
-
     cfg = PopulationConfig(n_clean=population, n_backdoored=population, dataset=dataset, epochs=epochs)
     members = train_population(cfg, out / "models")
     result = evaluate_detectors(members, out / "models", built, population_trusted(cfg, share))

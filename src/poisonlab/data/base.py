@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from poisonlab.errors import InputError
 from poisonlab.registry import Registry
+from poisonlab.utils.seeding import make_generator
 
 Item = tuple[torch.Tensor, str, int]
 
@@ -228,3 +229,24 @@ def digest_parts(*parts: Any) -> str:
 
 
 DATASETS: Registry[ImageCaptionDataset] = Registry("dataset")
+
+
+def poisoned_indices(dataset: ImageCaptionDataset) -> set[int] | None:
+    """The indices a poison plan poisons, or ``None`` when ``dataset`` carries no plan (then a
+    defense cannot score itself against the truth)."""
+    return set(dataset.plan.indices) if getattr(dataset, "plan", None) is not None else None
+
+
+def trusted_indices(total: int, share: float, seed: int = 0) -> list[int]:
+    """``round(share * total)`` indices drawn with ``seed``: the defender's trusted subset.
+
+    Raises:
+        InputError: ``share`` is not in ``(0, 1]`` or the subset would be empty.
+    """
+    if not 0.0 < share <= 1.0:
+        raise InputError(f"trusted share must be in (0, 1], got {share}")
+    count = round(share * total)
+    if count < 1:
+        raise InputError(f"a trusted share of {share} of {total} items is an empty trusted set")
+    perm = torch.randperm(total, generator=make_generator("trusted", seed))
+    return sorted(int(i) for i in perm[:count])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from poisonlab.data.base import trusted_indices
 from poisonlab.defenses.base import (
     DEFENSES,
     FAMILIES,
@@ -36,7 +37,7 @@ from poisonlab.defenses.finetune import FineTune
 from poisonlab.defenses.par import PAR, ParObjective, threshold
 from poisonlab.defenses.patchsearch import PatchSearch
 from poisonlab.defenses.pivotal import PivotalTuning, latent_loss, parameter_distance
-from poisonlab.defenses.repair_base import RepairDefense, trusted_indices
+from poisonlab.defenses.repair_base import RepairDefense
 
 
 def create(name: str, family: str | None = None, kind: str | None = None, **params: Any) -> Any:

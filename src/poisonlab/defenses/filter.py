@@ -23,8 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from poisonlab.attacks.plan import poisoned_indices
-from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.data.base import ImageCaptionDataset, poisoned_indices
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
 from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
-from poisonlab.attacks.plan import poisoned_indices
-from poisonlab.data.base import ImageCaptionDataset
+from poisonlab.data.base import ImageCaptionDataset, poisoned_indices
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
 from poisonlab.metrics.classifier_eval import predict
 from poisonlab.metrics.probe import embed

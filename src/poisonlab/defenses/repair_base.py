@@ -31,21 +31,6 @@ from poisonlab.utils.seeding import make_generator
 log = logging.getLogger(__name__)
 
 
-def trusted_indices(total: int, share: float, seed: int = 0) -> list[int]:
-    """``round(share * total)`` indices drawn with ``seed``: the defender's trusted subset.
-
-    Raises:
-        InputError: ``share`` is not in ``(0, 1]`` or the subset would be empty.
-    """
-    if not 0.0 < share <= 1.0:
-        raise InputError(f"trusted share must be in (0, 1], got {share}")
-    count = round(share * total)
-    if count < 1:
-        raise InputError(f"a trusted share of {share} of {total} items is an empty trusted set")
-    perm = torch.randperm(total, generator=make_generator("trusted", seed))
-    return sorted(int(i) for i in perm[:count])
-
-
 class RepairObjective(Objective):
     """Base objective with the accuracy-floor early stop on held-out trusted data."""
 

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from poisonlab import attacks, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.data import open_dataset
-from poisonlab.defenses.repair_base import trusted_indices
+from poisonlab.data.base import trusted_indices
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models.classifier import (
     DEFAULT_CLASSIFIER,

@@ -67,6 +67,15 @@ def grid_rows(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str
     return rows
 
 
+def side_by_side_rows(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str],
+                      conditions: list[str]) -> list[list[str]]:
+    """One row per condition (poisoned model, each defense), one column per attack: its ASR."""
+    rows = [["ASR under"] + attacks]
+    for c in conditions:
+        rows.append(["poisoned (none)" if c == "none" else c] + [cell(table.get((a, c), {}).get("asr")) for a in attacks])
+    return rows
+
+
 def ra_der_rows(table: dict[tuple[str, str], dict[str, float]], attacks: list[str], defenses: list[str],
                 ca: str = "ca") -> list[list[str]]:
     """Each cell's robust accuracy and each defense's DER against the undefended model (``none``),
@@ -158,6 +167,10 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
          "RA: triggered test images whose true class is not the target, classified as their true class. DER "
          "(BackdoorBench): [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 against the poisoned model ('none'), from the seed "
          "means: 100 removes the whole ASR at no cost in CA, 50 changes nothing."),
+        ("Attacks side by side: ASR (%) under each defense", side_by_side_rows(spread, attacks, list(BASELINES) + defenses),
+         "The grid's ASR read across: every attack under the same defense, mean ± sd over the training seeds. "
+         "The hard case is an attack whose ASR stays high where the others fall (BadCLIP's optimised patch beside "
+         "BadNet's random one); 'clean model' is what each trigger does without a backdoor."),
         ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
         *([("Distance from the suspect at the end of cleaning", distances,
             "S = mean squared distance between the cleaned and the suspect model's unit embeddings of the last "
