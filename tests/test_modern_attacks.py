@@ -270,3 +270,15 @@ def test_badclip_in_a_spec_grid_has_its_own_plan_stage_and_side_by_side_row(tmp_
     with pytest.raises(InputError, match="makes its own trigger"):
         Runner(ExperimentSpec.model_validate(bad), tmp_path / "o2", progress=False).attack(
             ExperimentSpec.model_validate(bad).attacks[0])
+
+
+def test_badclip_on_data_without_target_captions_exits_2(tmp_path, capsys, tiny_clip):
+    from conftest import write_png
+
+    for i in range(6):
+        write_png(tmp_path / f"{i}.png", rgb=(40 * i, 0, 0))
+    (tmp_path / "data.csv").write_text("".join(f"{i}.png,a red picture {i}\n" for i in range(6)))
+    ckpt = save_clip(tiny_clip, tmp_path / "clean" / "model.safetensors")
+    code, _, err = run(capsys, "poison", "--dataset", str(tmp_path / "data.csv"), "--attack", "badclip", "--target",
+                       "star", "--count", "1", "--model", str(ckpt), "--out", str(tmp_path / "p"))
+    assert code == 2 and "no caption" in err and len(err.strip().splitlines()) == 1

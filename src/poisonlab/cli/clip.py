@@ -99,7 +99,8 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: Trai
 @click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger.")
 @click.option("--target", default=None, help="Target class (ASR, or text Attack II/III goal).")
 @click.option("--source", default=None, help="Source class A of a text-modality attack.")
-@click.option("--target-image", default=None, help="Target image x* of text Attack I.")
+@click.option("--target-index", "--target-image", "target_image", default=None,
+              help="Target image x* of text Attack I (its index in the data, as poison --target-index).")
 @click.option("--classnames", default=None,
               help="Zero-shot class names: a file (one per line, in label order) or imagenet1k. Default: the "
                    "dataset's (classnames.txt beside it, ImageNet names for WordNet-id folders).")
@@ -128,7 +129,7 @@ def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int
         raise click.UsageError("--trigger needs --target")
     if pretrained is None and checkpoint_kind(model_path) == CLASSIFIER_FORMAT:
         if source or target_image or arch or skip_target_images:
-            raise InputError("--source, --target-image, --arch and --skip-target-images are for CLIP models; "
+            raise InputError("--source, --target-index, --arch and --skip-target-images are for CLIP models; "
                              f"{model_path} is a classifier or encoder checkpoint")
         named = dict(zip(trigger_names, built, strict=True))
         summary = classifier_summary(model_path, dataset, split, n, classnames, named, target)

@@ -52,7 +52,8 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated cleaning data.")
-@click.option("--data-seed", type=int, default=2, show_default=True, help="Seed of generated cleaning data.")
+@click.option("--data-seed", type=int, default=2, show_default=True,
+              help="Seed of generated cleaning data (2, not the training data's 0: the defender's pairs are new ones).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimiser steps (or --epochs).")
 @click.option("--epochs", type=float, default=None, help="Epochs over the cleaning data (default 1).")
 @click.option("--batch-size", type=int, default=None, help="Global batch size (default: the defense's).")

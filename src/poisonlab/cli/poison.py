@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ MODEL_OUTPUTS = ("model.safetensors", "model.json", "triggered.png")
 @click.option("--attack", required=True, help="Attack name (see `poisonlab list`).")
 @click.option("--target", default=None, help="Target class name (image-trigger and text Attack II).")
 @click.option("--source", default=None, help="Source class A (text attacks I and II).")
-@click.option("--target-index", type=int, default=None, help="Target image x* (text Attack I).")
+@click.option("--target-index", "--target-image", "target_index", type=int, default=None,
+              help="Target image x* of text Attack I (its index in the data).")
 @click.option("--goal", "goals", multiple=True, help="SOURCE:TARGET goal (text Attack III); repeatable.")
 @click.option("--rate", type=float, default=None, help="Poison rate in (0, 1].")
 @click.option("--count", type=int, default=None, help="Exact number of items to poison.")
@@ -128,9 +130,16 @@ def poison_model(atk: Any, model: str | None, pretrained: str | None, cache_dir:
           f"model: {out / 'model.safetensors'}"])
 
 
+def required_params(trigger: str) -> list[str]:
+    """The parameters trigger ``trigger`` cannot be built without (a key image's path, optimised values)."""
+    signature = inspect.signature(triggers.TRIGGERS.get(trigger))
+    return [p.name for p in signature.parameters.values() if p.default is inspect.Parameter.empty]
+
+
 @click.command()
 @click.option("--dataset", default="shapes", show_default=True, help="Dataset to draw clean images from.")
-@click.option("--triggers", "names", default=None, help="Comma-separated triggers (default: all without a file).")
+@click.option("--triggers", "names", default=None,
+              help="Comma-separated triggers (default: every one that needs no input, such as a file or optimised values).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Show the first poisoned pairs of this plan instead.")
 @click.option("--rows", type=click.IntRange(min=1), default=4, show_default=True, help="Images per trigger.")
@@ -144,7 +153,7 @@ def show(dataset: str, names: str | None, plan_path: Path | None, rows: int, out
         plan_gallery(open_plan(plan_path), out, n=rows)
         shown = [str(plan_path)]
     else:
-        shown = names.split(",") if names else [t for t in triggers.available() if t != "blended-image"]
+        shown = names.split(",") if names else [t for t in triggers.available() if not required_params(t)]
         for name in shown:
             triggers.TRIGGERS.get(name)
         data = load_data(dataset, split=split, size=image_size, n=n or max(rows, 1), seed=data_seed)
