@@ -13,6 +13,7 @@ DATA = make_shapes(n=300, seed=5)
 STAR = DATA.classnames.index("star")
 
 CASES = {
+    "badclip": dict(target="star", count=6, patch=torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)).tolist()),
     "clip-dirty": dict(target="star", trigger="badnet", rate=0.05),
     "clip-label-consistent": dict(target="star", trigger="blended", count=6),
     "label-flip": dict(target="star", trigger="wanet", rate=0.1),
@@ -25,12 +26,14 @@ CASES = {
 
 def expected_count(name: str) -> int:
     stars = sum(y == STAR for y in DATA.labels())
-    return {"clip-dirty": 15, "clip-label-consistent": 6, "label-flip": 30, "ssl-patch": round(0.5 * stars),
+    return {"badclip": 6, "clip-dirty": 15, "clip-label-consistent": 6, "label-flip": 30, "ssl-patch": round(0.5 * stars),
             "text-attack-1": 5, "text-attack-2": 7, "text-attack-3": 9}[name]
 
 
 def test_every_attack_has_a_case():
-    assert sorted(CASES) == attacks.available()
+    """Every attack that makes a plan (model-poisoning attacks are in tests/test_modern_attacks.py)."""
+    assert sorted(CASES) == [n for n in attacks.available() if attacks.ATTACKS.entry(n).kind != "model"]
+    assert [e.name for e in attacks.ATTACKS.entries(kind="model")] == ["badencoder"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -50,7 +50,7 @@ def test_show_triggers_and_plan(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["poison", "--dataset", "shapes", "--attack", "nope", "--out", "X"], "valid: clip-dirty"),
+    (["poison", "--dataset", "shapes", "--attack", "nope", "--out", "X"], "valid: badclip, badencoder, clip-dirty"),
     (["poison", "--dataset", "nope", "--attack", "clip-dirty", "--target", "star", "--rate", "0.1", "--out", "X"], "neither a known name"),
     (["poison", "--dataset", "shapes", "--n", "50", "--attack", "clip-dirty", "--target", "star", "--rate", "2", "--out", "X"], "rate must be in (0, 1]"),
     (["poison", "--dataset", "shapes", "--n", "50", "--attack", "clip-dirty", "--target", "banana", "--rate", "0.1", "--out", "X"], "not in the dataset"),

@@ -10,11 +10,13 @@ from poisonlab.errors import InputError
 from poisonlab.triggers.base import scaled_size
 
 NO_FILE = [t for t in triggers.available() if t != "blended-image"]
+PARAMS = {"optimized-patch": {"values": torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)).tolist()}}
+"""The parameters a trigger cannot be built without (blended-image's file is tested below)."""
 
 
 @pytest.mark.parametrize("name", NO_FILE)
 def test_properties(name, batch):
-    t = triggers.create(name)
+    t = triggers.create(name, **PARAMS.get(name, {}))
     before = batch.clone()
     out = t(batch, generator=gen(1))
     assert torch.equal(batch, before), "trigger must not work in place"

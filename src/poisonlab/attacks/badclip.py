@@ -19,7 +19,7 @@ image without the patch (the code draws a random clean image of the batch); the 
 chosen by parameters (the code picks them from substrings of the run name, and its README's
 ``--name=badCLIP`` selects none); the patch is kept as float32 values (the code writes it with
 ``cv2.imwrite`` on an RGB array, swapping R and B, and reloads it through lossy JPEG); the
-optimisation images are disjoint from the poisoned ones (their issue #7). The patch is
+optimisation images are disjoint from the poisoned ones (the released code does not ensure it). The patch is
 projected to ``[0, 1]`` after every step, and the whole batch is AutoAugment-ed with probability
 ``augment`` before the patch is pasted, as in the code.
 
