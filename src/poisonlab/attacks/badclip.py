@@ -46,7 +46,8 @@ from poisonlab.data.base import ImageCaptionDataset, Subset
 from poisonlab.errors import InputError
 from poisonlab.models.protocols import ClipModel, frozen
 from poisonlab.train.data import as_float, dataset_images
-from poisonlab.triggers.optimized import LOCATIONS, paste, side_for
+from poisonlab.triggers.base import FIXED_LOCATIONS
+from poisonlab.triggers.optimized import paste, side_for
 from poisonlab.utils.seeding import make_generator
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ class PatchOptimizer:
 
     def __post_init__(self) -> None:
         side_for(224, self.share)
-        if self.location not in LOCATIONS or self.location == "random":
-            raise InputError(f"BadCLIP's patch location must be center or bottom-right, got {self.location!r}")
+        if self.location not in FIXED_LOCATIONS:
+            raise InputError(f"BadCLIP's patch location must be one of {', '.join(FIXED_LOCATIONS)}, "
+                             f"got {self.location!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise InputError("BadCLIP's optimiser needs steps >= 1 and batch_size >= 1")
         for name in ("lr", "triplet_weight", "text_weight", "margin", "logit_scale"):

@@ -88,13 +88,15 @@ def patch_corners(
     """Top-left corners ``(ys, xs)`` of a ``size`` patch for each image.
 
     ``location`` is ``"random"`` (anywhere inside the image), ``"central"`` (Saha et al.: corner
-    uniform in ``[0.25W, 0.75W - size]``), or ``"bottom-right"`` (fixed, 1 px from the corner).
+    uniform in ``[0.25W, 0.75W - size]``), ``"bottom-right"`` (fixed, 1 px from the corner) or
+    ``"center"`` (fixed, centred: rows/cols 104-119 for 16 px at 224, as LiangSiyuan21/BadCLIP's
+    ``embed_patch`` places its patch).
     """
     if size > min(height, width):
         raise InputError(f"patch of {size} px does not fit an image of {height}x{width}")
-    if location == "bottom-right":
-        y = max(0, height - size - 1)
-        x = max(0, width - size - 1)
+    if location in FIXED_LOCATIONS:
+        y, x = (max(0, height - size - 1), max(0, width - size - 1)) if location == "bottom-right" else \
+            (int(height / 2 - size / 2), int(width / 2 - size / 2))
         return torch.full((batch,), y), torch.full((batch,), x)
     if generator is None:
         raise InputError(f"patch location {location!r} is random and needs a torch.Generator")
@@ -104,10 +106,30 @@ def patch_corners(
         y0, x0 = int(0.25 * height), int(0.25 * width)
         y1, x1 = max(y0, int(0.75 * height) - size), max(x0, int(0.75 * width) - size)
         return y0 + uniform_int(y1 - y0, batch, generator), x0 + uniform_int(x1 - x0, batch, generator)
-    raise InputError(f"unknown patch location {location!r}; valid: bottom-right, central, random")
+    raise InputError(f"unknown patch location {location!r}; valid: {', '.join(LOCATIONS)}")
 
 
-LOCATIONS = ("random", "central", "bottom-right")
+def paste_at(images: torch.Tensor, patches: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """A copy of ``images`` with ``patches`` (one ``[C, s, s]`` for all, or ``[B, C, s, s]``)
+    overwriting the ``s``-px squares whose top-left corners are ``(ys, xs)``; differentiable in
+    ``patches``."""
+    side = patches.shape[-1]
+    corners = list(zip(ys.tolist(), xs.tolist(), strict=True))
+    if patches.ndim == 3 and len(set(corners)) == 1:  # one patch at one place: a masked blend, batched
+        (y, x), (h, w) = corners[0], images.shape[-2:]
+        mask = torch.zeros(1, 1, h, w, dtype=images.dtype, device=images.device)
+        mask[..., y : y + side, x : x + side] = 1
+        canvas = torch.nn.functional.pad(patches.to(images)[None], (x, w - x - side, y, h - y - side))
+        return images * (1 - mask) + canvas * mask
+    out = images.clone()
+    for i, (y, x) in enumerate(corners):
+        out[i, :, y : y + side, x : x + side] = patches if patches.ndim == 3 else patches[i]
+    return out
+
+
+FIXED_LOCATIONS = ("bottom-right", "center")
+"""Patch locations that draw no random number."""
+LOCATIONS = ("random", "central", *FIXED_LOCATIONS)
 
 
 def check_location(location: str) -> str:

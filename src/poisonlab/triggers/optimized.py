@@ -13,36 +13,23 @@ from typing import Any
 import torch
 
 from poisonlab.errors import InputError
-from poisonlab.triggers.base import TRIGGERS, Trigger, patch_corners
-
-LOCATIONS = ("center", "bottom-right", "random")
-
-
-def center_corner(height: int, width: int, side: int) -> tuple[int, int]:
-    """Top-left corner of a centred ``side`` patch (rows/cols 104-119 for 16 px at 224, as in
-    LiangSiyuan21/BadCLIP ``embed_patch``)."""
-    return int(height / 2 - side / 2), int(width / 2 - side / 2)
+from poisonlab.triggers.base import (
+    FIXED_LOCATIONS,
+    TRIGGERS,
+    Trigger,
+    check_location,
+    paste_at,
+    patch_corners,
+)
 
 
 def paste(images: torch.Tensor, patch: torch.Tensor, location: str = "center",
           generator: torch.Generator | None = None) -> torch.Tensor:
-    """``images`` with ``patch`` ``[C, s, s]`` overwriting an ``s``-px square; differentiable in
-    ``patch`` (the optimiser calls it)."""
-    b, _, h, w = images.shape
-    side = patch.shape[-1]
-    if side > min(h, w):
-        raise InputError(f"patch of {side} px does not fit an image of {h}x{w}")
-    if location == "center":
-        y, x = center_corner(h, w, side)
-        mask = torch.zeros(1, 1, h, w, dtype=images.dtype, device=images.device)
-        mask[..., y : y + side, x : x + side] = 1
-        canvas = torch.nn.functional.pad(patch.to(images)[None], (x, w - x - side, y, h - y - side))
-        return images * (1 - mask) + canvas * mask
-    ys, xs = patch_corners(location, b, h, w, side, generator)
-    out = images.clone()
-    for i in range(b):
-        out[i, :, int(ys[i]) : int(ys[i]) + side, int(xs[i]) : int(xs[i]) + side] = patch
-    return out
+    """``images`` with ``patch`` ``[C, s, s]`` overwriting an ``s``-px square at ``location``
+    (:func:`~poisonlab.triggers.base.patch_corners`); differentiable in ``patch`` (the optimiser
+    calls it)."""
+    ys, xs = patch_corners(location, images.shape[0], images.shape[-2], images.shape[-1], patch.shape[-1], generator)
+    return paste_at(images, patch, ys, xs)
 
 
 def check_values(values: Any) -> torch.Tensor:
@@ -64,24 +51,19 @@ class OptimizedPatch(Trigger):
     """Overwrites an ``s``-px square with the stored patch ``values`` (``[C][s][s]`` in ``[0, 1]``).
 
     Args:
-        values: the patch, nested lists (what :func:`poisonlab.attacks.badclip.optimize_patch`
+        values: the patch, nested lists (what :class:`poisonlab.attacks.badclip.PatchOptimizer`
             returns, ``.tolist()``).
-        location: ``center`` (BadCLIP's default), ``bottom-right`` or ``random``.
+        location: ``center`` (BadCLIP's default) or any patch location
+            (:data:`~poisonlab.triggers.base.LOCATIONS`).
     """
 
     def __init__(self, values: list[Any], location: str = "center") -> None:
-        if location not in LOCATIONS:
-            raise InputError(f"unknown patch location {location!r}; valid: {', '.join(LOCATIONS)}")
+        self.location = check_location(location)
         self._patch = check_values(values)
-        self.values, self.location = self._patch.tolist(), location
-
-    @property
-    def patch(self) -> torch.Tensor:
-        """The ``[C, s, s]`` float32 patch."""
-        return self._patch
+        self.values = self._patch.tolist()
 
     def needs_generator(self) -> bool:
-        return self.location == "random"
+        return self.location not in FIXED_LOCATIONS
 
     def apply(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         patch = self._patch.to(images.dtype)

@@ -18,7 +18,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from poisonlab.errors import InputError
-from poisonlab.triggers.base import TRIGGERS, Trigger, check_location, patch_corners, scaled_size
+from poisonlab.triggers.base import (
+    FIXED_LOCATIONS,
+    TRIGGERS,
+    Trigger,
+    check_location,
+    paste_at,
+    patch_corners,
+    scaled_size,
+)
 
 PATCH_SIZE_AT_224 = 16
 MIN_PATCH = 3
@@ -34,7 +42,7 @@ class _PatchTrigger(Trigger):
         self.location = check_location(location)
 
     def needs_generator(self) -> bool:
-        return self.random or self.location != "bottom-right"
+        return self.random or self.location not in FIXED_LOCATIONS
 
     def side(self, images: torch.Tensor) -> int:
         return self.size or scaled_size(PATCH_SIZE_AT_224, min(images.shape[-2:]), MIN_PATCH)
@@ -46,12 +54,7 @@ class _PatchTrigger(Trigger):
         b, _, h, w = images.shape
         side = self.side(images)
         ys, xs = patch_corners(self.location, b, h, w, side, generator)
-        patches = self.patches(images, side, generator)
-        out = images.clone()
-        for i in range(b):
-            y, x = int(ys[i]), int(xs[i])
-            out[i, :, y : y + side, x : x + side] = patches[i]
-        return out
+        return paste_at(images, self.patches(images, side, generator), ys, xs)
 
 
 def _image_mean(images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,7 @@ class BadNetRand(_PatchTrigger):
 
     Args:
         size: patch side in pixels; default 16 px at 224, scaled (at least 3 px).
-        location: ``"random"``, ``"central"`` or ``"bottom-right"``.
+        location: ``"random"``, ``"central"``, ``"bottom-right"`` or ``"center"``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -122,7 +125,7 @@ class ImagePatch(_PatchTrigger):
     Args:
         path: the patch image; ``None`` uses a fixed built-in block pattern.
         size: patch side in pixels; default 16 px at 224, scaled (at least 3 px).
-        location: ``"central"`` (the SSL-backdoor rule), ``"random"`` or ``"bottom-right"``.
+        location: ``"central"`` (the SSL-backdoor rule), ``"random"``, ``"bottom-right"`` or ``"center"``.
     """
 
     def __init__(self, path: str | None = None, size: int | None = None, location: str = "central") -> None:
