@@ -142,12 +142,17 @@ class BadEncoder:
         self.target, self.trigger_name = target, trigger
         self.trigger_params = dict(trigger_params) if trigger_params is not None else None
         self._trigger = create_trigger(trigger, **(self.trigger_params or {}))  # checked now
-
         if references < 1:
             raise InputError(f"references must be >= 1, got {references}")
         self.references, self.lambda1, self.lambda2 = references, lambda1, lambda2
-        self.config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                                  momentum=momentum, optimizer="sgd", grad_clip=None, schedule="cosine")
+        self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.weight_decay, self.momentum = weight_decay, momentum
+        self.train_config(0)  # the recipe is checked now, not after the model is opened
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The SGD recipe of one run with training seed ``seed``."""
+        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
+                           momentum=self.momentum, optimizer="sgd", grad_clip=None, schedule="cosine", seed=seed)
 
     def trigger_for(self, side: int) -> Trigger:
         """The trigger on ``side``-px images (the default one sized as in the paper)."""
@@ -156,9 +161,7 @@ class BadEncoder:
         return create_trigger(self.trigger_name, location="bottom-right", size=scaled_size(PAPER_SIZE, side, 3))
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "config"} | {
-            "epochs": self.config.epochs, "lr": self.config.lr, "batch_size": self.config.batch_size,
-            "weight_decay": self.config.weight_decay, "momentum": self.config.momentum}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def reference_indices(self, shadow: ImageCaptionDataset, seed: int) -> list[int]:
         pool = target_pool(shadow, self.target, same=True)
@@ -173,8 +176,7 @@ class BadEncoder:
         is written there (``model.safetensors``) with its training state and metrics."""
         refs = dataset_images(Subset(shadow, self.reference_indices(shadow, seed)), model.image_size)
         objective = BadEncoderObjective(model, self.trigger_for(model.image_size), refs, self.lambda1, self.lambda2)
-        config = TrainConfig(**{**vars(self.config), "seed": seed})
-        result = fit(model, shadow, config, objective, out_dir=out_dir, stage="badencoder", progress=progress)
+        result = fit(model, shadow, self.train_config(seed), objective, out_dir=out_dir, stage="badencoder", progress=progress)
         model.provenance["attack"] = {"name": "badencoder", "params": self.hyperparameters(), "seed": seed}
         if out_dir is not None:
             model.save(Path(out_dir) / "model.safetensors")

@@ -85,14 +85,13 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
         params["trigger_params"] = parse_params(trigger_params, "--trigger-param")
     params.update(parse_params(attack_params, "--attack-param"))
     atk = attacks.create(attack, **params)
-    if getattr(atk, "kind", None) == "model":
-        return poison_model(atk, model, pretrained, cache_dir, dataset, out, force, as_json,
-                            open_dataset(dataset, split=split, size=image_size, n=n, seed=data_seed), seed)
     if atk.needs_model and model is None:
-        raise InputError(f"attack {attack} makes its trigger on the clean model: give --model")
+        raise InputError(f"attack {attack} makes its trigger on the clean model (or poisons it): give --model")
     if model is not None and not atk.needs_model:
         raise InputError(f"attack {attack} does not use a model: drop --model")
     data = open_dataset(dataset, split=split, size=image_size, n=n, seed=data_seed)
+    if getattr(atk, "kind", None) == "model":
+        return poison_model(atk, model, pretrained, cache_dir, dataset, out, force, as_json, data, seed)
     made = atk.prepare(open_model(model, None, pretrained, cache_dir), data, seed) if model is not None else None
     plan = atk(data, seed=seed)
     how = open_args(relative_spec(dataset, out), split, image_size, n, data_seed)
@@ -113,12 +112,10 @@ def poison(dataset: str, attack: str, target: str | None, source: str | None, ta
                             f"plan: {out / 'plan.json'}", f"gallery: {out / 'poisoned.png'}"])
 
 
-def poison_model(atk: Any, model: str | None, pretrained: str | None, cache_dir: str | None, dataset: str,
+def poison_model(atk: Any, model: str, pretrained: str | None, cache_dir: str | None, dataset: str,
                  out: Path, force: bool, as_json: bool, data: Any, seed: int) -> None:
     """A model-poisoning attack: the clean ``--model`` fine-tuned on ``--dataset`` (its shadow
     images) into ``out/model.safetensors``, with a gallery of triggered shadow images."""
-    if model is None:
-        raise InputError(f"attack {atk.registered_name} poisons a model: give the clean one with --model")
     victim = open_any(model, pretrained, cache_dir)
     with output_dir(out, MODEL_OUTPUTS, force=force, inputs=(dataset, model)) as tmp:
         result = atk(victim, data, seed, progress=False)

@@ -62,13 +62,14 @@ def fit(model: Any, dataset: ImageCaptionDataset | InMemory, config: TrainConfig
         raise InputError("--skip-bad-images is for single-process runs: under torchrun every rank's batch must "
                          "keep its size; re-write the shards without the bad samples first")
     model.module.to(dist.device)
-    data = dataset if isinstance(dataset, InMemory) else open_items(dataset, model.image_size, tokenize, data_config)
-    if not isinstance(dataset, InMemory):
+    described = not isinstance(dataset, InMemory)  # tensors already in memory carry no description
+    data = open_items(dataset, model.image_size, tokenize, data_config) if described else dataset
+    if described:
         model.provenance = provenance(model, dataset, config, stage)
         model.provenance["data_mode"] = data.mode
     trainer = Trainer(objective, data, config, out_dir, dist, save_model=model.save, progress=progress,
                       identity=run_identity(getattr(model, "provenance", None)))
-    if not isinstance(dataset, InMemory):
+    if described:
         model.provenance["steps"] = trainer.total
     result = trainer.fit(resume=resume)  # writes the final checkpoint and model into out_dir
     result.data = data_summary(data, dataset)
