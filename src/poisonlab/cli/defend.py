@@ -29,6 +29,7 @@ from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle
 from poisonlab.models.open import model_family
+from poisonlab.registry import parameters
 from poisonlab.train import init_from_env
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json
@@ -106,37 +107,58 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 
 @click.command("audit", epilog=method_help(defenses.DEFENSES, "clip", "filter"))
 @click.option("--model", "model_path", required=True,
-              help="A separate CLEAN CLIP model to score pairs with (checkpoint, hf-hub:, or ARCH --pretrained TAG).")
+              help="filter: a separate CLEAN CLIP to score pairs with; kdist / slof / dao: the SUSPECT trained on "
+                   "the pairs (checkpoint, hf-hub:, or ARCH --pretrained TAG).")
 @model_options
 @click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
 @click.option("--dataset", required=True, help="Pairs to audit: a poison plan (.json), embedded name or path.")
 @click.option("--method", default="filter", show_default=True,
-              help="A CLIP pair filter: " + ", ".join(defenses.available("clip", "filter")) + ".")
+              help="A CLIP pair filter or detector: " + ", ".join(defenses.available("clip", "filter")) + ".")
 @click.option("--threshold", type=float, default=None, help="filter: drop pairs with cosine distance above this (0.8).")
-@click.option("--drop-fraction", type=float, default=None, help="filter: drop this share of the worst pairs instead.")
-@click.option("--param", "params", multiple=True, help="Filter hyper-parameter KEY=VALUE.")
+@click.option("--drop-fraction", type=float, default=None, help="Drop this share of the worst pairs instead.")
+@click.option("--clean-reference", default=None,
+              help="kdist / slof / dao: pairs known to be clean; the threshold is the (1 - fpr) quantile of their "
+                   "scores (default: of the audited set's own scores).")
+@click.option("--clean-n", type=int, default=None, help="Items of a generated --clean-reference.")
+@click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (k=16, embeddings=both, fpr=0.01).")
 @out_option
 @force_option
 @stream_options(training=False)
 @json_option
 def audit_cmd(model_path: str, arch: str | None, dataset: str, method: str, threshold: float | None,
-              drop_fraction: float | None, params: tuple[str, ...], out: Path, force: bool, data_config: DataConfig,
-              as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
-    """Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."""
+              drop_fraction: float | None, clean_reference: str | None, clean_n: int | None, params: tuple[str, ...],
+              out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
+              cache_dir: str | None) -> None:
+    """Score every pair and write scores.csv and kept.json (the kept indices): by 1 - cos(image,
+    caption) under a separate clean model (filter), or as a local outlier of the suspect's
+    embeddings (kdist, slof, dao; also flagged.json with the flagged keys)."""
     chosen = {k: v for k, v in (("threshold", threshold), ("drop_fraction", drop_fraction)) if v is not None}
-    if "drop_fraction" in chosen:
+    if "drop_fraction" in chosen and "threshold" in parameters(defenses.DEFENSES.get(method, "clip", "filter")):
         chosen.setdefault("threshold", None)  # one criterion: the share replaces the default threshold
     flt = defenses.create(method, family="clip", kind="filter", **chosen, **parse_params(params, "--param"))
+    if clean_reference is not None and not isinstance(flt, defenses.LocalOutlierFilter):
+        raise InputError(f"--clean-reference sets a detector's threshold; {method} does not use one")
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
-    claim_output(out, ("scores.csv", "kept.json"), force=force, inputs=(model_path, dataset))
-    result = flt.run(bundle, data, out=out, options=RunOptions(data_config=data_config))
+    reference = None if clean_reference is None else load_data(clean_reference, size=bundle.image_size, n=clean_n, seed=2)
+    claim_output(out, AUDIT_OUTPUTS, force=force, inputs=(model_path, dataset, clean_reference))
+    result = flt.run(bundle, data, out=out, options=RunOptions(data_config=data_config, reference=reference))
     report = result.report
-    summary = {k: v for k, v in report.items() if k != "distances"} | {"kept": len(result.kept or [])}
+    summary = {k: v for k, v in report.items() if k not in ("distances", "scores")} | {"kept": len(result.kept or [])}
     lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {len(data) - summary['kept']})"]
-    if "recall" in report:
+    if "threshold_from" in report:
+        lines.append(f"threshold {report['threshold']:.4g} from {report['threshold_from']}")
+    if "auroc" in report:
+        lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision {report['precision']:.3f}, "
+                     f"recall {report['recall']:.3f}, F1 {report['f1']:.3f}; AUROC {report['auroc']:.3f}, "
+                     f"AUPRC {report['auprc']:.3f}")
+    elif "recall" in report:
         lines.append(f"{caught_line(report)}, clean pairs lost {report['clean_lost']}")
     emit(summary, as_json, lines)
+
+
+AUDIT_OUTPUTS = ("scores.csv", "kept.json", "flagged.json", "embeddings")
+"""What ``audit`` writes into its output folder (the detectors also ``flagged.json`` and the embeddings)."""
 
 
 @click.command("defend", cls=LiveEpilog, epilog=lambda: method_help(defenses.DEFENSES))

@@ -34,6 +34,12 @@ from poisonlab.defenses.distill import Distill, compress_loss
 from poisonlab.defenses.filter import PairFilter, pair_distances, precision_recall
 from poisonlab.defenses.fine_pruning import FinePruning
 from poisonlab.defenses.finetune import FineTune
+from poisonlab.defenses.outlier_filter import (
+    DaoFilter,
+    KDistanceFilter,
+    LocalOutlierFilter,
+    SlofFilter,
+)
 from poisonlab.defenses.par import PAR, ParObjective, threshold
 from poisonlab.defenses.patchsearch import PatchSearch
 from poisonlab.defenses.pivotal import PivotalTuning, latent_loss, parameter_distance
@@ -55,7 +61,7 @@ def available(family: str | None = None, kind: str | None = None) -> list[str]:
 
 
 __all__ = ["DEFENSES", "FAMILIES", "KINDS", "PAR", "ClassifierFineTune", "CleanCLIP", "CleanClipObjective",
-           "CleaningDefense", "Defended", "Defense", "Distill", "Monitor", "RunOptions", "FineTune", "FinePruning", "PairFilter",
+           "CleaningDefense", "DaoFilter", "Defended", "KDistanceFilter", "LocalOutlierFilter", "SlofFilter", "Defense", "Distill", "Monitor", "RunOptions", "FineTune", "FinePruning", "PairFilter",
            "ParObjective", "PatchSearch", "PivotalTuning", "RepairDefense", "available", "compress_loss", "create",
            "inmodal_loss", "latent_loss", "pair_distances", "parameter_distance", "precision_recall", "threshold",
            "trusted_indices", "write_kept"]

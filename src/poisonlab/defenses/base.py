@@ -72,6 +72,8 @@ class RunOptions:
         monitor, monitor_every: trace a repair's path (the report's CA-vs-ASR curves).
         poisoned: the truly poisoned training items, for a filter's precision and recall (default:
             the data's poison plan, when it has one).
+        reference: pairs the defender trusts to be clean; a detector sets its threshold from their
+            scores (:mod:`poisonlab.defenses.outlier_filter`).
     """
 
     dist: DistInfo | None = None
@@ -80,6 +82,7 @@ class RunOptions:
     monitor: Monitor | None = None
     monitor_every: int = 0
     poisoned: set[int] | None = None
+    reference: ImageCaptionDataset | None = None
 
 
 class Defense(Protocol):
