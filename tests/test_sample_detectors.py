@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from poisonlab import attacks, defenses
@@ -210,6 +211,10 @@ def test_filter_writes_scores_flags_and_reuses_embeddings(tmp_path):
     with torch.no_grad():
         raw = bundle.encode_image(torch.stack([data[i][0] for i in range(3)]), normalize=False)
     np.testing.assert_allclose(emb.images[:3].astype(np.float32), raw.numpy(), rtol=2e-3, atol=2e-3)
+    # test-time use: inputs scored against the set, from their raw embeddings
+    got = flt.score_inputs(bundle, emb, torch.stack([data[i][0] for i in range(3)]))
+    _, want = score_items(SCORES["slof"](), flt, emb.images, emb.texts, raw.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-5)
     # the same data and model: embeddings reused, the same scores
     stamp = (tmp_path / "embeddings" / "images.npy").stat().st_mtime_ns
     again = flt.run(bundle, data, out=tmp_path, options=RunOptions(progress=False, reference=reference))
@@ -251,3 +256,31 @@ def test_cli_audit_with_a_detector(tmp_path, capsys):
         code = main(["audit", *argv, "--model", ckpt, "--dataset", plan, "--out", str(tmp_path / "b")])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_runner_detects_retrains_and_reports(tmp_path):
+    from test_bench import TINY
+
+    from poisonlab import demo
+    from poisonlab.bench.store import ResultsStore
+
+    spec = dict(TINY, defenses=[], detectors=[
+        {"name": "slof", "detector": "slof", "params": {"k": 4}, "clean_n": 30, "retrain": True},
+        {"name": "kdist", "detector": "kdist", "params": {"k": 4, "embeddings": "image"}, "clean_n": 30}])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    html = demo.run(str(tmp_path / "tiny.yaml"), tmp_path / "out", progress=False)
+    store = ResultsStore(tmp_path / "out" / "results.db")
+    table = store.table("tiny")
+    detected = table[("stripes", "slof (detect)")]
+    doc = store.document("tiny", "scores:stripes:slof")
+    labels = np.isin(np.arange(64), doc["poisoned"])
+    assert 0 <= detected["test_auroc"] <= 1
+    assert len(doc["poisoned"]) == 6 and detected["auroc"] == pytest.approx(roc_auc_score(labels, doc["scores"]))
+    flagged = np.asarray(doc["scores"]) > doc["threshold"]
+    assert detected["flagged"] == flagged.sum() and detected["caught"] == (flagged & labels).sum()
+    assert 0 <= table[("stripes", "slof + retrain")]["asr"] <= 1 and ("stripes", "kdist + retrain") not in table
+    readme = (html.parent / "README.md").read_text()
+    assert "## Poisoned-pair detectors" in readme and "| stripes | slof + retrain" not in readme
+    assert "slof + retrain" in readme
+    for name in ("detectors_curves.png", "detectors_scores.png"):
+        assert (html.parent / name).stat().st_size > 0

@@ -20,19 +20,23 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.bench.cache import MODEL, StageCache
 from poisonlab.bench.classifier_section import ClassifierSection
 from poisonlab.bench.parallel import Job, sections_beside
-from poisonlab.bench.spec import AttackSpec, DefenseSpec, ExperimentSpec, seeded
+from poisonlab.bench.spec import AttackSpec, DefenseSpec, DetectorSpec, ExperimentSpec, seeded
 from poisonlab.bench.ssl_section import SslSection
 from poisonlab.bench.store import ResultsStore
 from poisonlab.bench.text_section import TextSection
 from poisonlab.data import open_dataset
+from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
+from poisonlab.detect.pair_embeddings import load_embeddings
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import ClipBundle, create_clip, load_clip
@@ -41,8 +45,11 @@ from poisonlab.train import train_clip
 from poisonlab.utils.io import write_json
 from poisonlab.utils.machine import describe
 from poisonlab.utils.output import claim, claim_output, sweep
+from poisonlab.utils.seeding import make_generator
 
 log = logging.getLogger(__name__)
+DETECTION_KEYS = ("test_auroc", "auroc", "auprc", "fpr_at_95_tpr", "precision", "recall", "f1", "flagged", "caught", "clean_lost",
+                  "threshold")
 PARTS = ("grid", "classifier", "ssl", "text")  # what a spec can hold; ``--only`` picks among them
 RUN_OUTPUTS = ("results.db", "results.db-journal", "results.db-wal", "results.db-shm", "cache", "report", ".claims")
 """What a run writes into its output folder."""
@@ -193,6 +200,66 @@ class Runner:
 
         return self.cached(stage, inputs, build)
 
+    def detect(self, attack: AttackSpec, detector: DetectorSpec, poisoned: Path, seed: int) -> Path:
+        """``detector`` run on the attack's poisoned fine-tuning set (of ``seed``) with the model
+        fine-tuned on it; its threshold from clean pairs of the cleaning data's seed."""
+        tag = self.spec.poison.tag(seed)
+        inputs = {"stage": "detect", "parent": self.keys[f"poison:{attack.name}{tag}"],
+                  "detector": detector.model_dump(exclude={"retrain", "name"}), "reference_seed": self.spec.cleaning.data_seed,
+                  "test_time": self.spec.test.model_dump()}
+
+        def build(tmp: Path) -> None:
+            method = defenses.create(detector.detector, family="clip", kind="filter", **detector.params)
+            reference = self.data(self.spec.dataset, detector.clean_n, self.spec.cleaning.data_seed)
+            suspect, data = load_clip(poisoned / MODEL), self.plan(attack, seed)
+            result = method.run(suspect, data, out=tmp, options=RunOptions(progress=self.progress, reference=reference))
+            embeddings = load_embeddings(tmp / "embeddings", data)
+            result.report["test_auroc"] = self.test_time_auroc(method, suspect, embeddings, attack, seed)
+            write_json(tmp / "report.json", result.report)
+
+        return self.cached(f"detect:{attack.name}:{detector.name}{tag}", inputs, build)
+
+    def test_time_auroc(self, method: Any, suspect: ClipBundle, embeddings: Any, attack: AttackSpec, seed: int) -> float:
+        """AUROC of ``method``'s scores separating the triggered test images (non-target classes)
+        from the same images clean, each scored against the poisoned set (Huang et al.'s test-time use)."""
+        test = self.test()
+        target = test.classnames.index(self.spec.poison.target)
+        images = torch.stack([test[i][0] for i in range(len(test)) if test[i][2] != target])
+        triggered = self.trigger(attack, seed)(images, generator=make_generator("eval-trigger", seed))
+        scores = method.score_inputs(suspect, embeddings, torch.cat([images, triggered]))
+        return float(roc_auc_score(np.r_[np.zeros(len(images)), np.ones(len(triggered))], scores))
+
+    def retrain(self, attack: AttackSpec, detector: DetectorSpec, clean: Path, detected: Path, seed: int) -> Path:
+        """The attack's poisoned fine-tune (of ``seed``) done again on the pairs ``detector`` keeps."""
+        p = self.spec.poison
+        tag = p.tag(seed)
+        inputs = {"stage": "retrain", "parent": self.keys[f"detect:{attack.name}:{detector.name}{tag}"],
+                  "clean": self.keys["pretrain"], **p.budget(), "seed": seed}
+
+        def build(tmp: Path) -> None:
+            kept = json.loads((detected / "kept.json").read_text())["kept"]
+            train_clip(load_clip(clean / MODEL), Subset(self.plan(attack, seed), kept), p.train_config(seed), tmp,
+                       stage="retrain", progress=self.progress)
+
+        return self.cached(f"retrain:{attack.name}:{detector.name}{tag}", inputs, build)
+
+    def run_detectors(self, attack: AttackSpec, clean: Path, poisoned: Path, seed: int) -> None:
+        """Each detector of the spec on one poisoned set: its detection numbers (and the scores, as a
+        document for the report's curves), and the retrained model's CA / ASR where asked."""
+        name, tag = self.spec.name, self.spec.poison.tag(seed)
+        for det in self.spec.detectors:
+            detected = self.detect(attack, det, poisoned, seed)
+            report = json.loads((detected / "report.json").read_text())
+            self.store.put(name, attack.name, f"{det.name} (detect)",
+                           {k: report[k] for k in DETECTION_KEYS if k in report}, seed)
+            self.store.put_document(name, f"scores:{attack.name}:{det.name}{tag}",
+                                    {"scores": report["scores"], "poisoned": sorted(self.plan(attack, seed).plan.indices),
+                                     "threshold": report["threshold"]})
+            if det.retrain:
+                model = self.retrain(attack, det, clean, detected, seed)
+                self.store.put(name, attack.name, retrained(det.name),
+                               self.evaluate(load_clip(model / MODEL), [attack], seed)[attack.name], seed)
+
     def audit(self, attack: AttackSpec, clean: Path, seed: int | None = None) -> dict[str, Any]:
         """Pair filtering of the poisoned fine-tuning set (of ``seed``) with the clean pre-trained model."""
         report = defenses.create("filter", threshold=None, drop_fraction=attack.poison_rate(self.spec.poison.rate) * 2).run(
@@ -227,6 +294,7 @@ class Runner:
         self.store.put(name, attack.name, "none", self.evaluate(load_clip(poisoned / MODEL), [attack], seed)[attack.name],
                        seed)
         self.store.put(name, attack.name, "filter (audit)", self.audit(attack, clean, seed), seed)
+        self.run_detectors(attack, clean, poisoned, seed)
         for defense in self.spec.defenses:
             cleaned = self.clean(attack, defense, poisoned, seed)
             metrics = self.evaluate(load_clip(cleaned / MODEL), [attack], seed)[attack.name]
@@ -289,6 +357,11 @@ class Runner:
                 self.run_grid()
             self.run_sections()
         return self.store.table(self.spec.name)
+
+
+def retrained(detector: str) -> str:
+    """The grid's condition name of the model retrained on the pairs ``detector`` keeps."""
+    return f"{detector} + retrain"
 
 
 def shared_sections(spec_json: str, out: str, run_id: str, parts: list[str]) -> None:

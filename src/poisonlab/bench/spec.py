@@ -103,6 +103,22 @@ class DefenseSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DetectorSpec(Strict):
+    """A poisoned-pair detector of the grid (``kdist``, ``slof``, ``dao``).
+
+    It scores each poisoned fine-tuning set with the model fine-tuned on it, its threshold the
+    ``1 - fpr`` quantile of the scores of ``clean_n`` clean pairs (generated with the cleaning
+    data's seed, never the poison labels). ``retrain``: fine-tune the clean pre-trained model again,
+    with the same budget and seed, on the pairs it keeps (detect, drop, retrain).
+    """
+
+    name: Name
+    detector: Name
+    params: dict[str, Any] = Field(default_factory=dict)
+    clean_n: Count = 1000
+    retrain: bool = False
+
+
 class CleaningSpec(Strict):
     n: Count
     data_seed: Seed = 2
@@ -213,6 +229,7 @@ class ExperimentSpec(Strict):
     classifier: ClassifierSpec | None = None
     ssl: SslSpec | None = None
     text: TextSpec | None = None
+    detectors: list[DetectorSpec] = Field(default_factory=list)
 
 
 def with_seeds(spec: ExperimentSpec, seeds: list[int]) -> ExperimentSpec:

@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 
 from poisonlab.bench.parallel import configure_logging
-from poisonlab.bench.runner import PARTS, Runner
+from poisonlab.bench.runner import PARTS, Runner, retrained
 from poisonlab.bench.spec import PRESETS, load_spec, with_seeds
 from poisonlab.data import open_dataset
 from poisonlab.report.check import check, load_expected, part_of, range_table
+from poisonlab.report.detectors import detector_figures, detector_sections
 from poisonlab.report.experiment import write_report
 from poisonlab.report.gallery import trigger_gallery
 from poisonlab.report.roc import roc_figure
@@ -57,6 +58,10 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
             names = list(c.population.detectors) if c.population else []
             roc_figure({d: curves[d] for d in names}, report / "roc.png")
             images.append("roc.png")
+    if grid and spec.detectors:
+        names = [d.name for d in spec.detectors]
+        more += detector_sections(runner.store, spec.name, [a.name for a in grid], names)
+        images += detector_figures(runner.store, spec.name, [a.name for a in grid], names, report)
     if spec.ssl is not None and "ssl" in runner.parts:
         more += ssl_sections(runner.store, spec.name, spec.ssl.target)
     if spec.text is not None and "text" in runner.parts:
@@ -79,8 +84,8 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
         extra["machine"] = one_line(machine)
     if only:
         extra["parts run"] = ", ".join(p for p in PARTS if p in runner.parts)
-    return write_report(runner.store, spec.name, [a.name for a in grid], [d.name for d in spec.defenses],
-                        report, extra, more, images)
+    conditions = [d.name for d in spec.defenses] + [retrained(d.name) for d in spec.detectors if d.retrain]
+    return write_report(runner.store, spec.name, [a.name for a in grid], conditions, report, extra, more, images)
 
 
 

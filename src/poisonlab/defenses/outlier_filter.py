@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from poisonlab.data.base import ImageCaptionDataset, poisoned_indices
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
@@ -133,6 +134,16 @@ class LocalOutlierFilter(Reference):
                                                                  for i in flagged]})
             write_kept(out, kept, {k: v for k, v in report.items() if k != "scores"})
         return Defended(None, report, kept)
+
+    @torch.no_grad()
+    def score_inputs(self, suspect: ClipBundle, embeddings: PairEmbeddings, images: torch.Tensor,
+                     batch_size: int = 256) -> np.ndarray:
+        """Scores of input ``images`` (``[B, C, H, W]`` in ``[0, 1]``) against the set's reference
+        points: the test-time use of Huang et al., flagging triggered inputs among clean ones."""
+        suspect.model.eval()
+        feats = [suspect.encode_image(images[i:i + batch_size], normalize=self.normalize).float().cpu()
+                 for i in range(0, len(images), batch_size)]
+        return score_items(self.score(), self, embeddings.images, embeddings.texts, torch.cat(feats).numpy())[1]
 
     def threshold(self, scores: np.ndarray, clean: np.ndarray | None) -> tuple[float, str]:
         """The flagging threshold and what it was set from (never the poison labels)."""

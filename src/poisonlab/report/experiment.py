@@ -24,6 +24,10 @@ CAPTIONS = {
                      "error bars: sd over the training seeds. Up and left is worse; a good defense lands low and right.",
     "repairs.png": "Classifier repairs with the trusted share: test CA and ASR along each repair's steps.",
     "roc.png": "Detectors over a population of clean and backdoored classifiers: ROC curves and their AUC.",
+    "detectors_curves.png": "Poisoned-pair detectors on each poisoned fine-tuning set (first training seed): ROC "
+                            "curves (top; dashed: chance) and precision-recall curves (bottom; dashed: the poison rate).",
+    "detectors_scores.png": "Each detector's scores of clean and poisoned pairs (densities, first training seed); "
+                            "dashed: the threshold set on clean pairs.",
     "dose_response.png": "Text-modality poisoning: Hit@10 and MinRank against the number of poisoned pairs (mean "
                          "and sd over seeds); dashed: the same numbers for random captions.",
 }

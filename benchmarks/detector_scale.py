@@ -1,0 +1,119 @@
+"""Scoring many embeddings with the poisoned-pair detectors: time and peak memory of each search,
+against the authors' batched computation on the same embeddings in the same run
+(docs/results/detectors.md, "Scale").
+
+Synthetic 512-d image embeddings (clusters of clean items, plus a tight far cluster of 0.3%
+poisons) are written once as a float16 ``.npy`` file; each method then scores them with DAO (k = 16)
+in its own child process, which reports its wall time, its peak resident memory and the AUROC of
+its scores:
+
+- ``authors``: Huang et al.'s arithmetic on shuffled batches of 2,048 (``mode=authors``); with
+  ``--authors-repo`` a second row runs their released ``DAODetector`` batch by batch;
+- ``faiss``: the whole set as reference, faiss IVF (approximate);
+- ``exact``: the whole set as reference, exact chunked search (quadratic: run at ``--exact-n``
+  items and extrapolated to ``--n`` as (n / exact_n)^2, said so in the output).
+
+    python benchmarks/detector_scale.py --n 1000000 --exact-n 100000 \\
+        [--authors-repo /path/to/Detect-CLIP-Backdoor-Samples]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make(path: Path, n: int, dim: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(1, n // 1000), dim)).astype(np.float32) * 2
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    poisons = max(1, int(0.003 * n))
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        block = centres[rng.integers(0, len(centres), m)] + rng.normal(size=(m, dim)).astype(np.float32)
+        out[s:s + m] = block
+    out[:poisons] = 6 + 0.1 * rng.normal(size=(poisons, dim))
+    out.flush()
+
+
+def child(method: str, path: str, n: int, repo: str | None) -> None:
+    """Score the first ``n`` embeddings of ``path``; print one JSON line."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from poisonlab.detect.local_outliers import DAO, Reference, score_items
+
+    images = np.load(path, mmap_mode="r")[:n]
+    labels = np.arange(n) < max(1, int(0.003 * len(np.load(path, mmap_mode="r"))))
+    start = time.perf_counter()
+    if method == "authors-released":
+        sys.path.insert(0, repo)
+        from backdoor_sample_detector import DAODetector  # the authors' code, outside poisonlab
+
+        class Identity:
+            def encode_image(self, x):
+                return x
+
+        detector, scores = DAODetector(k=16), np.zeros(n)
+        for items in Reference(reference="batch", batch_size=2048, embeddings="image", mode="authors").batches(n):
+            with torch.no_grad():
+                scores[items] = detector(Identity(), torch.from_numpy(np.asarray(images[items], np.float32))).numpy()
+    else:
+        ref = {"authors": Reference(embeddings="image", reference="batch", batch_size=2048, mode="authors"),
+               "faiss": Reference(embeddings="image", search="faiss"),
+               "exact": Reference(embeddings="image")}[method]
+        scores, _ = score_items(DAO(), ref, images, None)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"method": method, "n": n, "seconds": seconds, "peak_mib": peak,
+                      "auroc": float(roc_auc_score(labels[:n], scores))}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--exact-n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--authors-repo", default=None)
+    parser.add_argument("--child", nargs=3, metavar=("METHOD", "PATH", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], int(args.child[2]), args.authors_repo)
+        return
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "images.npy"
+        make(path, args.n, args.dim)
+        print(f"{args.n} x {args.dim} float16 embeddings ({path.stat().st_size / 2**20:.0f} MiB), "
+              f"{torch.get_num_threads()} threads")
+        runs = [("authors", args.n), ("faiss", args.n), ("exact", args.exact_n)]
+        if args.authors_repo:
+            runs.insert(1, ("authors-released", args.n))
+        results = {}
+        for method, n in runs:
+            cmd = [sys.executable, __file__, "--child", method, str(path), str(n)]
+            if args.authors_repo:
+                cmd += ["--authors-repo", args.authors_repo]
+            line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            results[method] = json.loads(line)
+            r = results[method]
+            print(f"{method:17s} n={r['n']:>8}  {r['seconds']:8.1f} s  peak {r['peak_mib']:7.0f} MiB  AUROC {r['auroc']:.4f}")
+        exact = results["exact"]
+        scaled = exact["seconds"] * (args.n / exact["n"]) ** 2
+        base = results["authors"]["seconds"]
+        print(f"exact at n={args.n}: {scaled:.0f} s extrapolated as (n / {exact['n']})^2 from the run above")
+        print(f"ratio to the authors' batched computation: faiss {results['faiss']['seconds'] / base:.2f}x, "
+              f"exact {scaled / base:.1f}x (extrapolated)")
+
+
+if __name__ == "__main__":
+    main()

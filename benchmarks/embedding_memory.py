@@ -1,0 +1,67 @@
+"""Peak memory of the detectors' embedding pass as the set grows (docs/results/detectors.md, "Scale").
+
+Writes webdataset shards of N ``shapes`` pairs at 224 px (``benchmarks/scale.py``'s writer, kept
+between runs), then for each N embeds every pair with the bundled tiny ResNet CLIP at 224 px in
+stream mode (``--workers`` DataLoader workers), each N in a fresh process, into float16 files on
+disk (:func:`poisonlab.detect.pair_embeddings.embed_pairs`). Reported: pairs/s, the main process's
+and the largest worker's peak RSS (``getrusage``), and the size of the embedding files. Flat memory
+means the pass holds a batch, not the set.
+
+    python benchmarks/embedding_memory.py --sizes 10000 100000 [--workers 2] [--dir /tmp/poisonlab-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale import MODEL, SIZE, pattern, write_shards  # noqa: E402
+
+
+def child(shards: str, workers: int) -> None:
+    from poisonlab.data import open_dataset
+    from poisonlab.detect.pair_embeddings import embed_pairs
+    from poisonlab.models import create_clip
+    from poisonlab.train.stream import DataConfig
+
+    bundle = create_clip(MODEL)
+    data = open_dataset(shards, size=SIZE)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        embed_pairs(bundle, data, tmp, data_config=DataConfig(mode="stream", workers=workers), progress=False)
+        seconds = time.perf_counter() - start
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+    print(json.dumps({"n": len(data), "seconds": seconds, "bytes": size,
+                      "main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dir", default="/tmp/poisonlab-scale")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return
+    folder = Path(args.dir)
+    write_shards(folder, max(args.sizes))
+    for n in args.sizes:
+        out = subprocess.run([sys.executable, __file__, "--child", pattern(folder, n), str(args.workers)],
+                             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        print(f"n={r['n']:>7}: {r['n'] / r['seconds']:7.0f} pairs/s, main peak {r['main_mib']:6.0f} MiB, largest "
+              f"worker {r['worker_mib']:6.0f} MiB, embeddings {r['bytes'] / 2**20:6.1f} MiB on disk")
+
+
+if __name__ == "__main__":
+    main()
