@@ -49,7 +49,7 @@ def child(method: str, path: str, n: int, repo: str | None) -> None:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from poisonlab.detect.local_outliers import DAO, Reference, score_items
+    from poisonlab.metrics.local_outliers import DAO, Reference, score_items
 
     images = np.load(path, mmap_mode="r")[:n]
     labels = np.arange(n) < max(1, int(0.003 * len(np.load(path, mmap_mode="r"))))

@@ -3,7 +3,7 @@
 Writes webdataset shards of N ``shapes`` pairs at 224 px (``benchmarks/scale.py``'s writer, kept
 between runs), then for each N embeds every pair with the bundled tiny ResNet CLIP at 224 px in
 stream mode (``--workers`` DataLoader workers), each N in a fresh process, into float16 files on
-disk (:func:`poisonlab.detect.pair_embeddings.embed_pairs`). Reported: pairs/s, the main process's
+disk (:func:`poisonlab.metrics.pair_embeddings.embed_pairs`). Reported: pairs/s, the main process's
 and the largest worker's peak RSS (``getrusage``), and the size of the embedding files. Flat memory
 means the pass holds a batch, not the set.
 
@@ -27,7 +27,7 @@ from scale import MODEL, SIZE, pattern, write_shards  # noqa: E402
 
 def child(shards: str, workers: int) -> None:
     from poisonlab.data import open_dataset
-    from poisonlab.detect.pair_embeddings import embed_pairs
+    from poisonlab.metrics.pair_embeddings import embed_pairs
     from poisonlab.models import create_clip
     from poisonlab.train.stream import DataConfig
 

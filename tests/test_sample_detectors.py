@@ -18,11 +18,11 @@ from poisonlab.cli.main import main
 from poisonlab.data import open_dataset
 from poisonlab.data.base import TensorDataset
 from poisonlab.defenses import RunOptions
-from poisonlab.detect.local_outliers import SCORES, Reference, score_items
-from poisonlab.detect.neighbours import nearest
-from poisonlab.detect.pair_embeddings import embed_pairs, load_embeddings
 from poisonlab.errors import InputError
 from poisonlab.metrics.detection import detection_metrics, quantile_threshold
+from poisonlab.metrics.local_outliers import SCORES, Reference, score_items
+from poisonlab.metrics.neighbours import nearest
+from poisonlab.metrics.pair_embeddings import embed_pairs, load_embeddings
 from poisonlab.models import create_clip, save_clip
 
 

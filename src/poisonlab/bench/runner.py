@@ -36,9 +36,9 @@ from poisonlab.bench.text_section import TextSection
 from poisonlab.data import open_dataset
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
-from poisonlab.detect.pair_embeddings import load_embeddings
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
+from poisonlab.metrics.pair_embeddings import load_embeddings
 from poisonlab.models import ClipBundle, create_clip, load_clip
 from poisonlab.models.checkpoint import save_tensors
 from poisonlab.train import train_clip

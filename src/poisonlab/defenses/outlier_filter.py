@@ -1,7 +1,7 @@
 """Drop the pairs a backdoored CLIP embeds as local outliers: k-distance, SLOF, DAO.
 
 Paper: Huang et al., "Detecting Backdoor Samples in Contrastive Language Image Pretraining",
-ICLR 2025 (arXiv:2502.01385); the scores are in :mod:`poisonlab.detect.local_outliers`.
+ICLR 2025 (arXiv:2502.01385); the scores are in :mod:`poisonlab.metrics.local_outliers`.
 
 Threat model: unlike the cosine pair filter (:mod:`poisonlab.defenses.filter`, which needs a
 separate clean CLIP), the model here is the *suspect* trained on the set: its embeddings of the
@@ -31,7 +31,9 @@ import torch
 
 from poisonlab.data.base import ImageCaptionDataset, poisoned_indices
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
-from poisonlab.detect.local_outliers import (
+from poisonlab.errors import InputError
+from poisonlab.metrics.detection import detection_metrics, quantile_threshold
+from poisonlab.metrics.local_outliers import (
     DAO,
     SLOF,
     KDistance,
@@ -39,15 +41,13 @@ from poisonlab.detect.local_outliers import (
     Reference,
     score_items,
 )
-from poisonlab.detect.pair_embeddings import (
+from poisonlab.metrics.pair_embeddings import (
     PairEmbeddings,
     embed_pairs,
     item_keys,
     load_embeddings,
     model_digest,
 )
-from poisonlab.errors import InputError
-from poisonlab.metrics.detection import detection_metrics, quantile_threshold
 from poisonlab.models.clip import ClipBundle
 from poisonlab.utils.io import atomic_write, write_json
 
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 class LocalOutlierFilter(Reference):
     """Score every pair by its image's local-outlier score under the suspect and flag the highest.
 
-    Args (besides :class:`~poisonlab.detect.local_outliers.Reference`'s ``k``, ``embeddings``,
+    Args (besides :class:`~poisonlab.metrics.local_outliers.Reference`'s ``k``, ``embeddings``,
     ``reference``, ``search``, ``mode``, ``batch_size``, ``nprobe``, ``seed``):
         fpr: the share of clean pairs the threshold may flag (its ``1 - fpr`` quantile).
         drop_fraction: flag this share of the highest scores instead.

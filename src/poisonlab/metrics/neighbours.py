@@ -1,6 +1,6 @@
 """k nearest neighbours of embeddings, excluding each query's own pair, exact or with faiss.
 
-Used by the local-outlier detectors of poisoned pairs (:mod:`poisonlab.detect.local_outliers`,
+Used by the local-outlier detectors of poisoned pairs (:mod:`poisonlab.metrics.local_outliers`,
 after Huang et al., "Detecting Backdoor Samples in Contrastive Language Image Pretraining",
 ICLR 2025). Every point belongs to a *group* (the index of its image-caption pair); a query never
 counts a point of its own group as a neighbour, so an image is not its own neighbour and, when the

@@ -34,7 +34,7 @@ Two definitions (``mode``):
 Reference (``reference``): the authors score each item against its training batch (2,048 pairs
 gathered over 4 GPUs, shuffled); ``batch`` splits the set into shuffled batches of
 ``batch_size`` (as few batches as fit, sizes within one of each other); ``all`` scores against the whole set (exact, or
-approximate with faiss, :mod:`poisonlab.detect.neighbours`).
+approximate with faiss, :mod:`poisonlab.metrics.neighbours`).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from poisonlab.detect.neighbours import Neighbours, nearest
 from poisonlab.errors import InputError
+from poisonlab.metrics.neighbours import Neighbours, nearest
 
 EMBEDDINGS = ("image", "text", "both")
 REFERENCES = ("all", "batch")
