@@ -247,13 +247,23 @@ def test_cli_audit_with_a_detector(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and res["poisoned"] == 4 and "auroc" in res and res["kept"] + res["removed"] == 40
     assert {"scores.csv", "kept.json", "flagged.json", "embeddings"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    # scoring again from the stored embeddings: the same scores without an embedding pass
+    code = main(["audit", "--method", "slof", "--model", ckpt, "--dataset", plan, "--param", "k=4", "--clean-reference",
+                 "shapes", "--clean-n", "30", "--embeddings", str(tmp_path / "a" / "embeddings"),
+                 "--out", str(tmp_path / "c"), "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert code == 0 and again["threshold"] == res["threshold"] and not (tmp_path / "c" / "embeddings").exists()
+    assert (tmp_path / "c" / "scores.csv").read_text() == (tmp_path / "a" / "scores.csv").read_text()
     for argv, needle in [
         (["--method", "slof", "--param", "k=100"], "k = 100 is larger"),
         (["--method", "slof", "--param", "embeddings=audio"], "embeddings must be one of"),
-        (["--method", "filter", "--clean-reference", "shapes"], "does not use one"),
+        (["--method", "filter", "--clean-reference", "shapes"], "does not use them"),
+        (["--method", "dao", "--embeddings", str(tmp_path / "a" / "embeddings"), "--param", "k=4"],
+         "made from another dataset"),
         (["--method", "kdist", "--param", "fpr=2"], "fpr must be in (0, 1)"),
     ]:
-        code = main(["audit", *argv, "--model", ckpt, "--dataset", plan, "--out", str(tmp_path / "b")])
+        dataset = "shapes" if "--embeddings" in argv else plan
+        code = main(["audit", *argv, "--model", ckpt, "--dataset", dataset, "--out", str(tmp_path / "b")])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 

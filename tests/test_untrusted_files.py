@@ -203,7 +203,9 @@ CASES = {
     # broken models and sidecars read from strangers
     "eval NaN weights": [*EVAL, "--model", "{nan}"],
     "eval infinite weight": [*EVAL, "--model", "{inf}"],
-    "audit NaN model": ["audit", "--model", "{nan}", "--dataset", "shapes", "--n", "20", "--json", "--out", "{out}"],
+    "audit NaN model": ["audit", "--model", "{nan}", "--dataset", "shapes", "--json", "--out", "{out}"],
+    "audit dao NaN model": ["audit", "--method", "dao", "--model", "{nan}", "--dataset", "shapes", "--json",
+                            "--out", "{out}"],
     "clean NaN model": ["clean", "--defense", "finetune", "--model", "{nan}", "--dataset", "shapes", "--n", "20",
                         "--steps", "1", "--test-n", "20", "--out", "{out}"],
     "repair NaN classifier": ["repair", "--method", "finetune", "--model", "{clf_nan}", "--dataset", "shapes",
@@ -307,6 +309,7 @@ def test_bad_input_exits_2_with_one_line(case, files, tmp_path, capsys):
     err = captured.err.strip()
     assert code == 2, f"{case}: exit {code}: {err[-800:]}"
     assert "Traceback" not in err and len(err.splitlines()) == 1, f"{case}: {err[-800:]}"
+    assert "No such option" not in err, f"{case}: refused for its command line, not its file: {err}"
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert not any(p.name in ("model.safetensors", "plan.json", "kept.json", "summary.json") for p in written), written
 

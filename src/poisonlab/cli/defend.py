@@ -119,14 +119,18 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 @click.option("--clean-reference", default=None,
               help="kdist / slof / dao: pairs known to be clean; the threshold is the (1 - fpr) quantile of their "
                    "scores (default: of the audited set's own scores).")
-@click.option("--clean-n", type=int, default=None, help="Items of a generated --clean-reference.")
+@click.option("--clean-n", type=int, default=None, help="Items of a generated --clean-reference (seed 2).")
+@click.option("--embeddings", "embeddings_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="kdist / slof / dao: score the embeddings an earlier audit wrote (its OUT/embeddings) instead of "
+                   "embedding again; refused unless made from the same --dataset by the same --model.")
 @click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (k=16, embeddings=both, fpr=0.01).")
 @out_option
 @force_option
 @stream_options(training=False)
 @json_option
 def audit_cmd(model_path: str, arch: str | None, dataset: str, method: str, threshold: float | None,
-              drop_fraction: float | None, clean_reference: str | None, clean_n: int | None, params: tuple[str, ...],
+              drop_fraction: float | None, clean_reference: str | None, clean_n: int | None,
+              embeddings_dir: Path | None, params: tuple[str, ...],
               out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
               cache_dir: str | None) -> None:
     """Score every pair and write scores.csv and kept.json (the kept indices): by 1 - cos(image,
@@ -136,13 +140,14 @@ def audit_cmd(model_path: str, arch: str | None, dataset: str, method: str, thre
     if "drop_fraction" in chosen and "threshold" in parameters(defenses.DEFENSES.get(method, "clip", "filter")):
         chosen.setdefault("threshold", None)  # one criterion: the share replaces the default threshold
     flt = defenses.create(method, family="clip", kind="filter", **chosen, **parse_params(params, "--param"))
-    if clean_reference is not None and not isinstance(flt, defenses.LocalOutlierFilter):
-        raise InputError(f"--clean-reference sets a detector's threshold; {method} does not use one")
+    if (clean_reference or embeddings_dir) is not None and not isinstance(flt, defenses.LocalOutlierFilter):
+        raise InputError(f"--clean-reference and --embeddings are for the detectors; {method} does not use them")
     bundle = open_model(model_path, arch, pretrained, cache_dir)
     data = load_data(dataset, size=bundle.image_size)
     reference = None if clean_reference is None else load_data(clean_reference, size=bundle.image_size, n=clean_n, seed=2)
     claim_output(out, AUDIT_OUTPUTS, force=force, inputs=(model_path, dataset, clean_reference))
-    result = flt.run(bundle, data, out=out, options=RunOptions(data_config=data_config, reference=reference))
+    options = RunOptions(data_config=data_config, reference=reference, embeddings=embeddings_dir)
+    result = flt.run(bundle, data, out=out, options=options)
     report = result.report
     summary = {k: v for k, v in report.items() if k not in ("distances", "scores")} | {"kept": len(result.kept or [])}
     lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {len(data) - summary['kept']})"]

@@ -74,6 +74,8 @@ class RunOptions:
             the data's poison plan, when it has one).
         reference: pairs the defender trusts to be clean; a detector sets its threshold from their
             scores (:mod:`poisonlab.defenses.outlier_filter`).
+        embeddings: a folder of pair embeddings an earlier detector run wrote, to score again without
+            embedding (refused unless made from the same data by the same model).
     """
 
     dist: DistInfo | None = None
@@ -83,6 +85,7 @@ class RunOptions:
     monitor_every: int = 0
     poisoned: set[int] | None = None
     reference: ImageCaptionDataset | None = None
+    embeddings: Path | None = None
 
 
 class Defense(Protocol):

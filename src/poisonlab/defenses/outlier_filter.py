@@ -108,8 +108,10 @@ class LocalOutlierFilter(Reference):
         options = options or RunOptions()
         self.check_size(len(data))
         with tempfile.TemporaryDirectory(prefix="poisonlab-embeddings-") as scratch:
-            folder = Path(out) / "embeddings" if out is not None else Path(scratch)
-            emb = self.embed(suspect, data, folder, options)
+            if options.embeddings is not None:
+                emb = load_embeddings(options.embeddings, data, model_digest(suspect), self.normalize)
+            else:
+                emb = self.embed(suspect, data, Path(out) / "embeddings" if out is not None else Path(scratch), options)
             extra = None
             if options.reference is not None:
                 ref_emb = embed_pairs(suspect, options.reference, Path(scratch) / "reference", normalize=self.normalize,

@@ -13,9 +13,9 @@ Two searches:
   stays at one ``chunk x chunk`` block whatever the set's size; float16 memory-mapped inputs are
   read a chunk at a time.
 - ``faiss``: faiss's inverted-file index (``IndexIVFFlat``, ``nlist`` about ``4 sqrt(P)`` lists,
-  ``nprobe`` of them searched), approximate: a neighbour in a list not probed is missed, so
-  distances can only be larger than the exact ones. Small sets (under 39 points per list) use
-  faiss's exact ``IndexFlatL2``.
+  ``nprobe`` of them searched, its k-means trained on 64 points a list), approximate: a neighbour
+  in a list not probed is missed, so distances can only be larger than the exact ones. Small sets
+  (under 39 points per list) use faiss's exact ``IndexFlatL2``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _faiss(queries: np.ndarray, points: np.ndarray, k: int, query_groups: np.nda
     if nlist >= 2:
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
         index.cp.seed = seed
-        sample = np.random.default_rng(seed).choice(len(points), min(len(points), 256 * nlist), replace=False)
+        sample = np.random.default_rng(seed).choice(len(points), min(len(points), 64 * nlist), replace=False)
         index.train(np.ascontiguousarray(points[np.sort(sample)], dtype=np.float32))
         index.nprobe = min(nprobe, nlist)
     else:
