@@ -294,3 +294,18 @@ def test_runner_detects_retrains_and_reports(tmp_path):
     assert "slof + retrain" in readme
     for name in ("detectors_curves.png", "detectors_scores.png"):
         assert (html.parent / name).stat().st_size > 0
+
+
+def test_row_stack_reads_rows_of_several_arrays_without_copying_them(tmp_path):
+    from poisonlab.metrics.neighbours import RowStack
+
+    a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float16, shape=(5, 3))
+    a[:] = np.arange(15).reshape(5, 3)
+    b = np.arange(100, 106, dtype=np.float32).reshape(2, 3)
+    both = np.concatenate([np.asarray(a, np.float32), b])
+    stack = RowStack(a, b, np.zeros((0, 3), np.float32))
+    assert stack.shape == (7, 3) and len(stack) == 7
+    np.testing.assert_array_equal(stack[2:6], both[2:6])
+    np.testing.assert_array_equal(stack[np.array([6, 0, 4, 5])], both[[6, 0, 4, 5]])
+    with pytest.raises(InputError, match="different widths"):
+        RowStack(a, np.zeros((1, 4), np.float32))

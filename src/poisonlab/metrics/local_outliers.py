@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from poisonlab.errors import InputError
-from poisonlab.metrics.neighbours import Neighbours, nearest
+from poisonlab.metrics.neighbours import Neighbours, RowStack, nearest
 
 EMBEDDINGS = ("image", "text", "both")
 REFERENCES = ("all", "batch")
@@ -205,24 +205,30 @@ def score_items(method: LocalOutlierScore, ref: Reference, images: np.ndarray, t
     return scores, outside
 
 
+def _rows(array: np.ndarray, items: np.ndarray, whole: bool) -> np.ndarray:
+    """``array[items]``: the array itself (memory-mapped, not read) when ``items`` is every row."""
+    return array if whole else np.asarray(array[items], dtype=np.float32)
+
+
 def _reference_points(ref: Reference, items: np.ndarray, images: np.ndarray,
-                      texts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                      texts: np.ndarray | None) -> tuple[RowStack, np.ndarray]:
+    whole = len(items) == len(images)
     chosen = {"image": (images,), "text": (texts,), "both": (images, texts)}[ref.embeddings]
-    parts = [np.asarray(e[items], dtype=np.float32) for e in chosen if e is not None]
-    points = np.concatenate(parts)
-    return points, np.tile(np.arange(len(items)), len(parts))
+    parts = [_rows(e, items, whole) for e in chosen if e is not None]
+    return RowStack(*parts), np.tile(np.arange(len(items)), len(parts))
 
 
 def _corrected_batch(method: LocalOutlierScore, ref: Reference, items: np.ndarray, images: np.ndarray,
                      texts: np.ndarray | None, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     points, groups = _reference_points(ref, items, images, texts)
-    own = np.asarray(images[items], dtype=np.float32)
-    queries = np.concatenate([own, np.asarray(extra, dtype=np.float32)])
+    own = _rows(images, items, len(items) == len(images))
+    queries = RowStack(own, np.asarray(extra, dtype=np.float32))
     query_groups = np.concatenate([np.arange(len(items)), np.full(len(extra), -1)])
     search = dict(search=ref.search, nprobe=ref.nprobe, seed=ref.seed)
     point_nb = nearest(points, points, ref.k, groups, groups, **search) if method.needs_points else None
     if point_nb is not None and ref.embeddings != "text":
-        rest = nearest(queries[len(items):], points, ref.k, query_groups[len(items):], groups, **search)
+        rest = nearest(RowStack(np.asarray(extra, dtype=np.float32)), points, ref.k, query_groups[len(items):],
+                       groups, **search)
         query_nb = Neighbours(np.concatenate([point_nb.distances[:len(items)], rest.distances]),
                               np.concatenate([point_nb.indices[:len(items)], rest.indices]))
     else:

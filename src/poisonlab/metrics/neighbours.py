@@ -47,12 +47,45 @@ class Neighbours:
         return Neighbours(self.distances[rows], self.indices[rows])
 
 
+class RowStack:
+    """Several ``[N_i, D]`` arrays (memory-mapped ones included) read as one ``[sum N_i, D]`` array
+    without copying them: slices and index arrays gather only the rows asked for."""
+
+    def __init__(self, *parts: np.ndarray) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        width = {p.shape[1] for p in self.parts}
+        if len(width) > 1:
+            raise InputError(f"embeddings of different widths: {sorted(width)}")
+        self.shape = (int(self.starts[-1]), width.pop() if width else 0)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            rows = np.arange(start, stop, step)
+        else:
+            rows = np.asarray(key)
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        for i, array in enumerate(self.parts):
+            mine = part == i
+            if mine.any():
+                local = rows[mine] - self.starts[i]
+                lo, hi = local.min(), local.max() + 1
+                out[mine] = np.asarray(array[lo:hi], dtype=np.float32)[local - lo]
+        return out
+
+
 def nearest(queries: np.ndarray, points: np.ndarray, k: int, query_groups: np.ndarray, point_groups: np.ndarray,
             *, search: str = "exact", chunk: int = 4096, nprobe: int = 16, seed: int = 0) -> Neighbours:
     """The ``k`` nearest ``points`` of every query, leaving out points of the query's own group.
 
     Args:
-        queries, points: ``[Q, D]`` and ``[P, D]`` embeddings (any float dtype, memory-mapped is fine).
+        queries, points: ``[Q, D]`` and ``[P, D]`` embeddings (any float dtype, memory-mapped is
+            fine, or a :class:`RowStack`); read a chunk at a time.
         query_groups, point_groups: ``[Q]`` and ``[P]`` integer groups (pair indices; ``-1`` for a
             query that shares a group with no point).
         search: ``exact`` or ``faiss`` (see the module docstring); ``nprobe`` and ``seed`` (of
@@ -76,7 +109,7 @@ def nearest(queries: np.ndarray, points: np.ndarray, k: int, query_groups: np.nd
     return _exact(queries, points, k, query_groups, point_groups, chunk)
 
 
-def _block(array: np.ndarray, start: int, stop: int) -> torch.Tensor:
+def _block(array: np.ndarray | RowStack, start: int, stop: int) -> torch.Tensor:
     block = torch.from_numpy(np.ascontiguousarray(array[start:stop], dtype=np.float32))
     if not torch.isfinite(block).all():
         raise InputError("an embedding is not finite (NaN or inf): the model or its input is broken")
