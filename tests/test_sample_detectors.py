@@ -92,8 +92,9 @@ def hand_authors(img, txt, k, name, embeddings):
 @pytest.mark.parametrize("name", ["kdist", "slof", "dao"])
 def test_scores_match_the_definitions(name, embeddings):
     img, txt = planted(n=30, poisons=3)
-    ours, _ = score_items(SCORES[name](), Reference(k=4, embeddings=embeddings), img, txt)
-    np.testing.assert_allclose(ours, hand_scores(img, txt, 4, embeddings)[name], rtol=1e-4, atol=1e-5)
+    for reference in ("all", "batch"):  # one batch holds the whole set here
+        ours, _ = score_items(SCORES[name](), Reference(k=4, embeddings=embeddings, reference=reference), img, txt)
+        np.testing.assert_allclose(ours, hand_scores(img, txt, 4, embeddings)[name], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("embeddings", ["both", "image"])
@@ -109,7 +110,7 @@ def test_authors_mode_reproduces_the_released_arithmetic(name, embeddings):
 def test_planted_cluster_ranks_first_and_authors_mode_differs(name):
     img, txt = planted()
     labels = np.arange(len(img)) < 6
-    for ref in (Reference(k=8), Reference(k=8, reference="batch", batch_size=60, mode="authors")):
+    for ref in (Reference(k=8, reference="all"), Reference(k=8, reference="batch", batch_size=60, mode="authors")):
         scores, _ = score_items(SCORES[name](), ref, img, txt)
         assert roc_auc_score(labels, scores) == 1.0
     corrected, _ = score_items(SCORES[name](), Reference(k=8, reference="batch", batch_size=60), img, txt)
@@ -125,11 +126,12 @@ def test_batches_score_each_item_against_its_own_batch():
     extra = np.random.default_rng(2).normal(size=(7, 8)).astype(np.float32)
     scores, outside = score_items(SCORES["slof"](), ref, img, txt, extra)
     for b, items in enumerate(batches):
-        alone, alone_extra = score_items(SCORES["slof"](), Reference(k=3), img[items], txt[items], extra[b::len(batches)])
+        alone, alone_extra = score_items(SCORES["slof"](), Reference(k=3, reference="all"), img[items], txt[items],
+                                         extra[b::len(batches)])
         np.testing.assert_allclose(scores[items], alone)
         np.testing.assert_allclose(outside[b::len(batches)], alone_extra)
     whole, _ = score_items(SCORES["slof"](), Reference(k=3, reference="batch", batch_size=64), img, txt)
-    np.testing.assert_allclose(whole, score_items(SCORES["slof"](), Reference(k=3), img, txt)[0])
+    np.testing.assert_allclose(whole, score_items(SCORES["slof"](), Reference(k=3, reference="all"), img, txt)[0])
 
 
 def test_outside_queries_exclude_nothing():
@@ -158,12 +160,14 @@ def test_bad_neighbour_inputs():
     img, txt = planted(n=10)
     with pytest.raises(InputError, match="k = 20 is larger"):
         score_items(SCORES["slof"](), Reference(k=20), img, txt)
+    with pytest.raises(InputError, match="k = 4 is larger"):  # batches of 3 leave 2 images and 2 captions
+        score_items(SCORES["slof"](), Reference(k=4, batch_size=3), img, txt)
     broken = img.copy()
     broken[3, 0] = np.nan
     with pytest.raises(InputError, match="not finite"):
         score_items(SCORES["dao"](), Reference(k=2), broken, txt)
     with pytest.raises(InputError, match="needs reference=batch"):
-        Reference(mode="authors")
+        Reference(mode="authors", reference="all")
     with pytest.raises(InputError, match="embeddings must be"):
         Reference(embeddings="audio")
 
@@ -309,3 +313,11 @@ def test_row_stack_reads_rows_of_several_arrays_without_copying_them(tmp_path):
     np.testing.assert_array_equal(stack[np.array([6, 0, 4, 5])], both[[6, 0, 4, 5]])
     with pytest.raises(InputError, match="different widths"):
         RowStack(a, np.zeros((1, 4), np.float32))
+
+
+def test_a_cluster_larger_than_k_hides_from_the_whole_set_but_not_from_batches():
+    img, txt = planted(n=3000, poisons=30, seed=3)
+    labels = np.arange(3000) < 30
+    whole, _ = score_items(SCORES["dao"](), Reference(k=8, reference="all"), img, txt)
+    batched, _ = score_items(SCORES["dao"](), Reference(k=8, reference="batch", batch_size=300), img, txt)
+    assert roc_auc_score(labels, whole) < 0.5 < 0.99 < roc_auc_score(labels, batched)

@@ -11,6 +11,7 @@ and stored as its own row; the first seed's stages keep their names and keys.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -204,12 +205,12 @@ class Runner:
         """``detector`` run on the attack's poisoned fine-tuning set (of ``seed``) with the model
         fine-tuned on it; its threshold from clean pairs of the cleaning data's seed."""
         tag = self.spec.poison.tag(seed)
-        inputs = {"stage": "detect", "parent": self.keys[f"poison:{attack.name}{tag}"],
-                  "detector": detector.model_dump(exclude={"retrain", "name"}), "reference_seed": self.spec.cleaning.data_seed,
-                  "test_time": self.spec.test.model_dump()}
+        method = defenses.create(detector.detector, family="clip", kind="filter", **detector.params)
+        inputs = {"stage": "detect", "parent": self.keys[f"poison:{attack.name}{tag}"], "detector": detector.detector,
+                  "params": dataclasses.asdict(method), "clean_n": detector.clean_n,
+                  "reference_seed": self.spec.cleaning.data_seed, "test_time": self.spec.test.model_dump()}
 
         def build(tmp: Path) -> None:
-            method = defenses.create(detector.detector, family="clip", kind="filter", **detector.params)
             reference = self.data(self.spec.dataset, detector.clean_n, self.spec.cleaning.data_seed)
             suspect, data = load_clip(poisoned / MODEL), self.plan(attack, seed)
             result = method.run(suspect, data, out=tmp, options=RunOptions(progress=self.progress, reference=reference))

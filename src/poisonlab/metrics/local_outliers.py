@@ -32,9 +32,13 @@ Two definitions (``mode``):
   on a batch only.
 
 Reference (``reference``): the authors score each item against its training batch (2,048 pairs
-gathered over 4 GPUs, shuffled); ``batch`` splits the set into shuffled batches of
-``batch_size`` (as few batches as fit, sizes within one of each other); ``all`` scores against the whole set (exact, or
-approximate with faiss, :mod:`poisonlab.metrics.neighbours`).
+gathered over 4 GPUs, shuffled); ``batch`` (the default) splits the set into shuffled batches of
+``batch_size`` (as few batches as fit, sizes within one of each other); ``all`` scores against
+the whole set (exact, or approximate with faiss, :mod:`poisonlab.metrics.neighbours`). A poison
+cluster is a local outlier only while it holds fewer than about ``k`` points of the reference:
+the batch keeps it small (0.3% of 2,048 is 6), the whole set does not (0.3% of 1M is 3,000, each
+poison's k neighbours all poisons), so ``all`` suits small sets or a ``k`` above the poison count
+(docs/results/detectors.md).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from poisonlab.errors import InputError
 from poisonlab.metrics.neighbours import Neighbours, RowStack, nearest
 
 EMBEDDINGS = ("image", "text", "both")
-REFERENCES = ("all", "batch")
+REFERENCES = ("batch", "all")
 MODES = ("corrected", "authors")
 LID_EPS = 1e-4
 
@@ -136,8 +140,8 @@ class Reference:
     Args:
         k: neighbours (the authors' 16).
         embeddings: ``both`` (images and captions, the authors' default), ``image`` or ``text``.
-        reference: ``all`` (the whole set) or ``batch`` (shuffled batches of ``batch_size``, as
-            the authors score each training batch).
+        reference: ``batch`` (shuffled batches of ``batch_size``, as the authors score each
+            training batch) or ``all`` (the whole set).
         search: ``exact`` or ``faiss`` (approximate; ``nprobe`` lists searched).
         mode: ``corrected`` or ``authors`` (the released code's arithmetic; needs ``batch``).
         seed: the batches' shuffle and faiss's k-means.
@@ -145,7 +149,7 @@ class Reference:
 
     k: int = 16
     embeddings: str = "both"
-    reference: str = "all"
+    reference: str = "batch"
     search: str = "exact"
     mode: str = "corrected"
     batch_size: int = 2048
