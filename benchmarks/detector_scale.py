@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,15 @@ def poisoned(n: int) -> np.ndarray:
     return np.arange(n) % 333 == 0
 
 
+def peak_mib() -> float:
+    """This process's peak resident memory (``VmHWM``: unlike ``ru_maxrss`` it does not keep the
+    parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(method: str, path: str, n: int, repo: str | None) -> None:
     """Score the first ``n`` embeddings of ``path``; print one JSON line."""
     import torch
@@ -74,11 +82,11 @@ def child(method: str, path: str, n: int, repo: str | None) -> None:
                 scores[items] = detector(Identity(), torch.from_numpy(np.asarray(images[items], np.float32))).numpy()
     else:
         ref = {"authors": Reference(embeddings="image", reference="batch", batch_size=2048, mode="authors"),
-               "faiss": Reference(embeddings="image", search="faiss"),
-               "exact": Reference(embeddings="image")}[method]
+               "faiss": Reference(embeddings="image", reference="all", search="faiss"),
+               "exact": Reference(embeddings="image", reference="all")}[method]
         scores, _ = score_items(DAO(), ref, images, None)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mib()
     print(json.dumps({"method": method, "n": n, "seconds": seconds, "peak_mib": peak,
                       "auroc": float(roc_auc_score(labels, scores))}))
 

@@ -1,12 +1,14 @@
 """Peak memory of the detectors' embedding pass as the set grows (docs/results/detectors.md, "Scale").
 
 Writes webdataset shards of N ``shapes`` pairs at 224 px (``benchmarks/scale.py``'s writer for
-the first ten shards, the rest their pairs under new keys; kept between runs), then for each N embeds every pair with ``--model`` (default the demo's tiny CLIP,
-which reads the decoded 224-px images resized to its 32 px; ``poisonlab-tiny-rn-224`` reads them
-whole) in stream mode (``--workers`` DataLoader workers), each N in a fresh process, into float16
-files on disk (:func:`poisonlab.metrics.pair_embeddings.embed_pairs`). Reported: pairs/s, the main process's
-and the largest worker's peak RSS (``getrusage``), and the size of the embedding files. Flat memory
-means the pass holds a batch, not the set.
+the first ten shards, the rest their pairs under new keys; kept between runs), then for each N
+embeds every pair with ``--model`` (default the demo's tiny CLIP, which reads the decoded 224-px
+images resized to its 32 px; ``poisonlab-tiny-rn-224`` reads them whole) in stream mode
+(``--workers`` DataLoader workers), each N in a fresh process, into float16
+files on disk (:func:`poisonlab.metrics.pair_embeddings.embed_pairs`). Reported: pairs/s, the
+main process's peak RSS (``VmHWM``) and the largest worker's (``getrusage``; a forked worker counts
+the pages it shares with the main process, so this is an upper bound), and the size of the
+embedding files. Flat memory means the pass holds a batch, not the set.
 
     python benchmarks/embedding_memory.py --sizes 10000 100000 [--workers 2] [--model poisonlab-tiny-rn-224] \
         [--dir /tmp/poisonlab-scale]
@@ -27,6 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import PER_SHARD, SIZE, pattern, write_shards  # noqa: E402
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory (``VmHWM``: unlike ``ru_maxrss`` it does not keep the
+    parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def copy_shards(folder: Path, n: int) -> None:
@@ -61,7 +72,7 @@ def child(shards: str, workers: int, model: str) -> None:
         seconds = time.perf_counter() - start
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
     print(json.dumps({"n": len(data), "seconds": seconds, "bytes": size,
-                      "main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "main_mib": peak_mib(),
                       "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
