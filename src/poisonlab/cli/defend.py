@@ -133,9 +133,12 @@ def audit_cmd(model_path: str, arch: str | None, dataset: str, method: str, thre
               embeddings_dir: Path | None, params: tuple[str, ...],
               out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
               cache_dir: str | None) -> None:
-    """Score every pair and write scores.csv and kept.json (the kept indices): by 1 - cos(image,
-    caption) under a separate clean model (filter), or as a local outlier of the suspect's
-    embeddings (kdist, slof, dao; also flagged.json with the flagged keys)."""
+    """Score every pair of a training set for poison; write scores.csv and kept.json (the kept indices).
+
+    filter: 1 - cos(image, caption) under a separate clean model. kdist, slof, dao: how much the
+    pair's image is a local outlier of the suspect's embeddings (Huang et al., ICLR 2025); these
+    also write flagged.json (the flagged keys) and the embeddings.
+    """
     chosen = {k: v for k, v in (("threshold", threshold), ("drop_fraction", drop_fraction)) if v is not None}
     if "drop_fraction" in chosen and "threshold" in parameters(defenses.DEFENSES.get(method, "clip", "filter")):
         chosen.setdefault("threshold", None)  # one criterion: the share replaces the default threshold

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "defend": ("poisonlab.cli.defend", "defend_cmd",
         "Run any defense on a model of any family; the family is read from the checkpoint."),
     "audit": ("poisonlab.cli.defend", "audit_cmd",
-        "Score every pair by 1 - cos(image, caption); write scores.csv and kept.json (the kept indices)."),
+        "Score every pair of a training set for poison; write scores.csv and kept.json (the kept indices)."),
     "repair": ("poisonlab.cli.classifier", "repair_cmd",
         "Repair a suspect classifier with a trusted share of labelled data; writes "
         "OUT/model.safetensors."),
