@@ -28,16 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detector_scale import peak_mib  # noqa: E402
 from scale import PER_SHARD, SIZE, pattern, write_shards  # noqa: E402
-
-
-def peak_mib() -> float:
-    """This process's peak resident memory (``VmHWM``: unlike ``ru_maxrss`` it does not keep the
-    parent's peak across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def copy_shards(folder: Path, n: int) -> None:
