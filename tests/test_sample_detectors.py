@@ -280,7 +280,8 @@ def test_runner_detects_retrains_and_reports(tmp_path):
 
     spec = dict(TINY, defenses=[], detectors=[
         {"name": "slof", "detector": "slof", "params": {"k": 4}, "clean_n": 30, "retrain": True},
-        {"name": "kdist", "detector": "kdist", "params": {"k": 4, "embeddings": "image"}, "clean_n": 30}])
+        {"name": "kdist", "detector": "kdist", "params": {"k": 4, "embeddings": "image"}, "clean_n": 30},
+        {"name": "cosine", "detector": "filter", "params": {"threshold": None, "drop_fraction": 0.2}, "retrain": True}])
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
     html = demo.run(str(tmp_path / "tiny.yaml"), tmp_path / "out", progress=False)
     store = ResultsStore(tmp_path / "out" / "results.db")
@@ -293,6 +294,11 @@ def test_runner_detects_retrains_and_reports(tmp_path):
     flagged = np.asarray(doc["scores"]) > doc["threshold"]
     assert detected["flagged"] == flagged.sum() and detected["caught"] == (flagged & labels).sum()
     assert 0 <= table[("stripes", "slof + retrain")]["asr"] <= 1 and ("stripes", "kdist + retrain") not in table
+    # the cosine filter scores with the clean pre-trained model and drops its 20% share
+    cosine = table[("stripes", "cosine (detect)")]
+    assert cosine["flagged"] == 13 and "test_auroc" not in cosine and ("stripes", "cosine + retrain") in table
+    assert cosine["caught"] == table[("stripes", "filter (audit)")]["caught"]  # the audit's model and share
+    assert cosine["auroc"] == pytest.approx(roc_auc_score(labels, store.document("tiny", "scores:stripes:cosine")["scores"]))
     readme = (html.parent / "README.md").read_text()
     assert "## Poisoned-pair detectors" in readme and "| stripes | slof + retrain" not in readme
     assert "slof + retrain" in readme

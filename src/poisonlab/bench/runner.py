@@ -201,9 +201,10 @@ class Runner:
 
         return self.cached(stage, inputs, build)
 
-    def detect(self, attack: AttackSpec, detector: DetectorSpec, poisoned: Path, seed: int) -> Path:
+    def detect(self, attack: AttackSpec, detector: DetectorSpec, clean: Path, poisoned: Path, seed: int) -> Path:
         """``detector`` run on the attack's poisoned fine-tuning set (of ``seed``) with the model
-        fine-tuned on it; its threshold from clean pairs of the cleaning data's seed."""
+        fine-tuned on it (the clean pre-trained model for the cosine pair filter, whose
+        ``scores_with`` says so); a detector's threshold from clean pairs of the cleaning data's seed."""
         tag = self.spec.poison.tag(seed)
         method = defenses.create(detector.detector, family="clip", kind="filter", **detector.params)
         inputs = {"stage": "detect", "parent": self.keys[f"poison:{attack.name}{tag}"], "detector": detector.detector,
@@ -212,10 +213,12 @@ class Runner:
 
         def build(tmp: Path) -> None:
             reference = self.data(self.spec.dataset, detector.clean_n, self.spec.cleaning.data_seed)
-            suspect, data = load_clip(poisoned / MODEL), self.plan(attack, seed)
+            model = clean if getattr(method, "scores_with", "suspect") == "clean" else poisoned
+            suspect, data = load_clip(model / MODEL), self.plan(attack, seed)
             result = method.run(suspect, data, out=tmp, options=RunOptions(progress=self.progress, reference=reference))
-            embeddings = load_embeddings(tmp / "embeddings", data)
-            result.report["test_auroc"] = self.test_time_auroc(method, suspect, embeddings, attack, seed)
+            if hasattr(method, "score_inputs"):
+                embeddings = load_embeddings(tmp / "embeddings", data)
+                result.report["test_auroc"] = self.test_time_auroc(method, suspect, embeddings, attack, seed)
             write_json(tmp / "report.json", result.report)
 
         return self.cached(f"detect:{attack.name}:{detector.name}{tag}", inputs, build)
@@ -249,7 +252,7 @@ class Runner:
         document for the report's curves), and the retrained model's CA / ASR where asked."""
         name, tag = self.spec.name, self.spec.poison.tag(seed)
         for det in self.spec.detectors:
-            detected = self.detect(attack, det, poisoned, seed)
+            detected = self.detect(attack, det, clean, poisoned, seed)
             report = json.loads((detected / "report.json").read_text())
             self.store.put(name, attack.name, f"{det.name} (detect)",
                            {k: report[k] for k in DETECTION_KEYS if k in report}, seed)

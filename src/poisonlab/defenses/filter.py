@@ -26,6 +26,7 @@ import torch
 from poisonlab.data.base import ImageCaptionDataset, poisoned_indices
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
 from poisonlab.errors import InputError
+from poisonlab.metrics.detection import detection_metrics
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.stream import DataConfig, open_items, sequential
 from poisonlab.utils.io import atomic_write
@@ -69,6 +70,8 @@ class PairFilter:
 
     family: ClassVar[str] = "clip"
     kind: ClassVar[str] = "filter"
+    scores_with: ClassVar[str] = "clean"
+    """Which model a grid hands it: a separate clean one (the detectors of poisoned pairs take the suspect)."""
 
     threshold: float | None = 0.8
     drop_fraction: float | None = None
@@ -97,18 +100,25 @@ class PairFilter:
         distances = pair_distances(suspect, data, data_config=options.data_config)
         removed = self.removed(distances)
         kept = [i for i in range(len(data)) if i not in removed]
+        cut = self.threshold if self.threshold is not None else (
+            min(distances[list(removed)].tolist()) if removed else float("inf"))
         report: dict[str, Any] = {"defense": "filter", "removed": len(removed), "total": len(data),
-                                  "distances": distances.tolist()}
+                                  "distances": distances.tolist(), "scores": distances.tolist(), "threshold": cut}
         poisoned = options.poisoned if options.poisoned is not None else poisoned_indices(data)
         if poisoned is not None:
+            ranking = detection_metrics(distances.numpy(), poisoned, cut)
+            report.update({k: ranking[k] for k in ("auroc", "auprc", "pr_auc_trapezoid", "fpr_at_95_tpr")})
             report.update(precision_recall(removed, poisoned))
+            report["flagged"] = len(removed)
+            p, r = report["precision"], report["recall"]
+            report["f1"] = 2 * p * r / (p + r) if p + r else 0.0
             clean = [d for i, d in enumerate(distances.tolist()) if i not in poisoned]
             bad = [distances[i].item() for i in poisoned]
             report["mean_distance_clean"] = sum(clean) / max(1, len(clean))
             report["mean_distance_poisoned"] = sum(bad) / max(1, len(bad))
         if out is not None:
             write_scores(Path(out) / "scores.csv", distances.tolist(), set(kept), poisoned or set())
-            write_kept(out, kept, {k: v for k, v in report.items() if k != "distances"})
+            write_kept(out, kept, {k: v for k, v in report.items() if k not in ("distances", "scores")})
         return Defended(None, report, kept)
 
 

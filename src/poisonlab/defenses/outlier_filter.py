@@ -67,6 +67,7 @@ class LocalOutlierFilter(Reference):
 
     family: ClassVar[str] = "clip"
     kind: ClassVar[str] = "filter"
+    scores_with: ClassVar[str] = "suspect"
     score: ClassVar[type[LocalOutlierScore]]
 
     fpr: float = 0.01
