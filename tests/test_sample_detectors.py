@@ -298,7 +298,9 @@ def test_runner_detects_retrains_and_reports(tmp_path):
     cosine = table[("stripes", "cosine (detect)")]
     assert cosine["flagged"] == 13 and "test_auroc" not in cosine and ("stripes", "cosine + retrain") in table
     assert cosine["caught"] == table[("stripes", "filter (audit)")]["caught"]  # the audit's model and share
-    assert cosine["auroc"] == pytest.approx(roc_auc_score(labels, store.document("tiny", "scores:stripes:cosine")["scores"]))
+    cosine_doc = store.document("tiny", "scores:stripes:cosine")
+    assert cosine["auroc"] == pytest.approx(roc_auc_score(labels, cosine_doc["scores"]))
+    assert (np.asarray(cosine_doc["scores"]) > cosine_doc["threshold"]).sum() == cosine["flagged"]
     readme = (html.parent / "README.md").read_text()
     assert "## Poisoned-pair detectors" in readme and "| stripes | slof + retrain" not in readme
     assert "slof + retrain" in readme

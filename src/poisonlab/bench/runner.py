@@ -228,7 +228,7 @@ class Runner:
         from the same images clean, each scored against the poisoned set (Huang et al.'s test-time use)."""
         test = self.test()
         target = test.classnames.index(self.spec.poison.target)
-        images = torch.stack([test[i][0] for i in range(len(test)) if test[i][2] != target])
+        images = torch.stack([test[i][0] for i, label in enumerate(test.labels()) if label != target])
         triggered = self.trigger(attack, seed)(images, generator=make_generator("eval-trigger", seed))
         scores = method.score_inputs(suspect, embeddings, torch.cat([images, triggered]))
         return float(roc_auc_score(np.r_[np.zeros(len(images)), np.ones(len(triggered))], scores))
@@ -251,13 +251,14 @@ class Runner:
         """Each detector of the spec on one poisoned set: its detection numbers (and the scores, as a
         document for the report's curves), and the retrained model's CA / ASR where asked."""
         name, tag = self.spec.name, self.spec.poison.tag(seed)
+        poisoned_items = sorted(self.plan(attack, seed).plan.indices) if self.spec.detectors else []
         for det in self.spec.detectors:
             detected = self.detect(attack, det, clean, poisoned, seed)
             report = json.loads((detected / "report.json").read_text())
             self.store.put(name, attack.name, f"{det.name} (detect)",
                            {k: report[k] for k in DETECTION_KEYS if k in report}, seed)
             self.store.put_document(name, f"scores:{attack.name}:{det.name}{tag}",
-                                    {"scores": report["scores"], "poisoned": sorted(self.plan(attack, seed).plan.indices),
+                                    {"scores": report["scores"], "poisoned": poisoned_items,
                                      "threshold": report["threshold"]})
             if det.retrain:
                 model = self.retrain(attack, det, clean, detected, seed)

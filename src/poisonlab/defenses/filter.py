@@ -26,7 +26,7 @@ import torch
 from poisonlab.data.base import ImageCaptionDataset, poisoned_indices
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
 from poisonlab.errors import InputError
-from poisonlab.metrics.detection import detection_metrics
+from poisonlab.metrics.detection import detection_metrics, f1_score
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.stream import DataConfig, open_items, sequential
 from poisonlab.utils.io import atomic_write
@@ -100,8 +100,9 @@ class PairFilter:
         distances = pair_distances(suspect, data, data_config=options.data_config)
         removed = self.removed(distances)
         kept = [i for i in range(len(data)) if i not in removed]
+        kept_distances = distances[kept]
         cut = self.threshold if self.threshold is not None else (
-            min(distances[list(removed)].tolist()) if removed else float("inf"))
+            kept_distances.max().item() if len(kept) else float("-inf"))  # flagged: distance > cut
         report: dict[str, Any] = {"defense": "filter", "removed": len(removed), "total": len(data),
                                   "distances": distances.tolist(), "scores": distances.tolist(), "threshold": cut}
         poisoned = options.poisoned if options.poisoned is not None else poisoned_indices(data)
@@ -110,8 +111,7 @@ class PairFilter:
             report.update({k: ranking[k] for k in ("auroc", "auprc", "pr_auc_trapezoid", "fpr_at_95_tpr")})
             report.update(precision_recall(removed, poisoned))
             report["flagged"] = len(removed)
-            p, r = report["precision"], report["recall"]
-            report["f1"] = 2 * p * r / (p + r) if p + r else 0.0
+            report["f1"] = f1_score(report["precision"], report["recall"])
             clean = [d for i, d in enumerate(distances.tolist()) if i not in poisoned]
             bad = [distances[i].item() for i in poisoned]
             report["mean_distance_clean"] = sum(clean) / max(1, len(clean))

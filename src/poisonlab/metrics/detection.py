@@ -42,13 +42,17 @@ def fpr_at_95_tpr(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.interp(0.95, tpr, fpr))
 
 
+def f1_score(precision: float, recall: float) -> float:
+    """The harmonic mean of ``precision`` and ``recall`` (0 when both are 0)."""
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
 def at_threshold(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Precision, recall and F1 of the ``flagged`` items against the poison ``labels``."""
     caught = int((flagged & labels).sum())
     precision = caught / int(flagged.sum()) if flagged.any() else 0.0
     recall = caught / int(labels.sum())
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "flagged": int(flagged.sum()), "caught": caught,
+    return {"precision": precision, "recall": recall, "f1": f1_score(precision, recall), "flagged": int(flagged.sum()), "caught": caught,
             "clean_lost": int((flagged & ~labels).sum()), "poisoned": int(labels.sum())}
 
 

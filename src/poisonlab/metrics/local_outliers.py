@@ -172,7 +172,7 @@ class Reference:
         in the smallest batch."""
         if n == 0:
             raise InputError("the dataset is empty: there is nothing to score")
-        smallest = min(len(b) for b in self.batches(n))
+        smallest = n if self.reference == "all" else n // -(-n // self.batch_size)  # array_split's smallest
         have = (smallest - 1) * (2 if self.embeddings == "both" else 1) - (self.mode == "authors")
         if self.k > have:
             raise InputError(f"k = {self.k} is larger than the {max(have, 0)} points each item can have as "

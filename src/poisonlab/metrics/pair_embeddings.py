@@ -92,10 +92,11 @@ def embed_pairs(bundle: ClipBundle, dataset: ImageCaptionDataset, folder: str | 
             written += len(batch["index"])
         if written != len(dataset):
             raise InputError(f"read {written} of {len(dataset)} pairs")
-    model = model_digest(bundle)
-    write_json(folder / FILES[2], {"items": len(dataset), "dataset": dataset_identity(dataset), "model": model,
-                                   "normalize": normalize, "keys": item_keys(dataset)})
-    return load_embeddings(folder, dataset, model, normalize)
+    keys = item_keys(dataset)
+    write_json(folder / FILES[2], {"items": len(dataset), "dataset": dataset_identity(dataset),
+                                   "model": model_digest(bundle), "normalize": normalize, "keys": keys})
+    images, texts = (np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in FILES[:2])
+    return PairEmbeddings(images, texts, keys)
 
 
 def load_embeddings(folder: str | Path, dataset: ImageCaptionDataset, model: str | None = None,
