@@ -1,0 +1,234 @@
+"""The population ``poisonlab scan`` is calibrated on: many small clean and backdoored CLIP models.
+
+A scan's detectors give numbers; whether a number means "backdoored" is learned from models whose
+answer is known. Following the population evaluation of Pick your Poison (Lukas & Kerschbaum,
+arXiv:2305.03355) and :mod:`poisonlab.detect.population` for classifiers, this trains
+
+- clean members: clean models pre-trained from different seeds and data sizes (the *bases*), and
+  clean fine-tunes of each base (different seeds, data draws and sizes), trained exactly as the
+  backdoored ones but on clean data, so fine-tuning itself is not what the scan learns to see;
+- backdoored members: poisoned fine-tunes of each base with every attack (BadNet, Blended, WaNet,
+  SIG, BadCLIP), toward different target classes, with different seeds;
+
+then scores each member with the scan's detectors (:func:`poisonlab.detect.scan.evidence`),
+fits the verdict on the *calibration* half and measures it on the *held-out* half (other seeds,
+data draws and the second base; :func:`poisonlab.detect.scan.held_out_metrics`). Every member and
+every score is a cached stage (:class:`~poisonlab.bench.cache.StageCache`), so adding a detector
+rescores without retraining. ``poisonlab scan-calibrate`` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poisonlab import attacks
+from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
+from poisonlab.bench.cache import MODEL, StageCache
+from poisonlab.bench.store import ResultsStore
+from poisonlab.data import open_dataset
+from poisonlab.metrics import ClipEvaluator
+from poisonlab.models import create_clip, load_clip
+from poisonlab.models.checkpoint import save_tensors
+from poisonlab.train import train_clip
+from poisonlab.train.loop import TrainConfig
+from poisonlab.utils.io import write_json
+from poisonlab.utils.output import claim_output
+
+log = logging.getLogger(__name__)
+OUTPUTS = ("results.db", "results.db-journal", "results.db-wal", "results.db-shm", "cache", "population.json",
+           "calibration.json", "report")
+EXPERIMENT = "scan-population"
+
+
+@dataclass(frozen=True)
+class Base:
+    """A clean pre-trained model of the population (its seed, data size and data draw)."""
+
+    name: str
+    seed: int
+    n: int
+    data_seed: int
+
+
+@dataclass(frozen=True)
+class PopulationAttack:
+    """One attack of the population, as the grid's attacks are written (``poisonlab/presets``)."""
+
+    name: str
+    attack: str = "clip-dirty"
+    trigger: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    rate: float = 0.1
+
+
+DEFAULT_ATTACKS = (
+    PopulationAttack("badnet", trigger="badnet", params={"size": 7}, rate=0.12),
+    PopulationAttack("blended", trigger="blended", rate=0.1),
+    PopulationAttack("wanet", trigger="wanet", params={"s": 8.0}, rate=0.2),
+    PopulationAttack("sig", trigger="sig", rate=0.1),
+    PopulationAttack("badclip", attack="badclip", attack_params={"optimizer": {"share": 0.22, "steps": 400}}, rate=0.01),
+)
+
+
+@dataclass(frozen=True)
+class PopulationConfig:
+    """What to train. The defaults are the demo's tiny CLIP and budgets (``presets/demo.yaml``):
+    2 bases, 9 clean fine-tunes per base, 5 attacks x 2 seeds per base: 20 clean, 20 backdoored."""
+
+    dataset: str = "shapes"
+    image_size: int = 32
+    model: str = "poisonlab-tiny-rn"
+    bases: tuple[Base, ...] = (Base("base0", 0, 8000, 0), Base("base1", 1, 6000, 3))
+    pretrain_epochs: float = 9.0
+    pretrain_lr: float = 3e-3
+    pretrain_warmup: int = 50
+    finetune_sizes: tuple[int, ...] = (4000, 3000, 2000)
+    finetune_epochs: float = 6.0
+    finetune_lr: float = 2e-3
+    finetune_warmup: int = 20
+    clean_per_base: int = 9
+    seeds_per_attack: int = 2
+    attacks: tuple[PopulationAttack, ...] = DEFAULT_ATTACKS
+    targets: tuple[str, ...] = ("star", "heart", "circle", "cross", "hexagon", "triangle", "ring", "diamond")
+    test_n: int = 1000
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One model of the population: which base it starts from, what poisons it, which half it is in."""
+
+    name: str
+    base: str
+    attack: str | None
+    target: str | None
+    seed: int
+    n: int
+    data_seed: int
+    split: str
+
+    @property
+    def backdoored(self) -> bool:
+        return self.attack is not None
+
+
+def member_specs(cfg: PopulationConfig) -> list[MemberSpec]:
+    """Every member, in a fixed order. The first base's members and the even-numbered ones of the
+    others are the calibration half; the rest is held out (other seeds, data and targets)."""
+    out: list[MemberSpec] = []
+    for b, base in enumerate(cfg.bases):
+        def split(i: int, b: int = b) -> str:
+            return "calibration" if (i + b) % 2 == 0 else "held-out"
+
+        out.append(MemberSpec(base.name, base.name, None, None, base.seed, base.n, base.data_seed, split(0)))
+        for i in range(cfg.clean_per_base):
+            n = cfg.finetune_sizes[i % len(cfg.finetune_sizes)]
+            out.append(MemberSpec(f"{base.name}-clean{i}", base.name, None, None, 100 * b + i, n, 10 + 100 * b + i,
+                                  split(i + 1)))
+        for a, atk in enumerate(cfg.attacks):
+            for s in range(cfg.seeds_per_attack):
+                j = (b * len(cfg.attacks) + a) * cfg.seeds_per_attack + s
+                target = cfg.targets[j % len(cfg.targets)]
+                out.append(MemberSpec(f"{base.name}-{atk.name}{s}", base.name, atk.name, target, 100 * b + 50 + j,
+                                      cfg.finetune_sizes[0], 60 + 100 * b + j, split(s)))
+    return out
+
+
+class Population:
+    """Trains (or reuses) the members of ``cfg`` under ``out`` and measures each one's CA and ASR."""
+
+    def __init__(self, cfg: PopulationConfig, out: str | Path, progress: bool = False) -> None:
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        claim_output(self.out, OUTPUTS)
+        self.store = ResultsStore(self.out / "results.db")
+        self.cache = StageCache(self.out, EXPERIMENT, f"scan-{time.time_ns()}", self.store)
+        self._test: Any = None
+
+    def data(self, n: int, seed: int, split: str = "train") -> Any:
+        return open_dataset(self.cfg.dataset, split=split, size=self.cfg.image_size, n=n, seed=seed)
+
+    def test(self) -> Any:
+        if self._test is None:
+            self._test = self.data(self.cfg.test_n, 0, "test")
+        return self._test
+
+    def base(self, base: Base) -> Path:
+        c = self.cfg
+        inputs = {"stage": "base", "dataset": c.dataset, "size": c.image_size, "model": c.model, **asdict(base),
+                  "epochs": c.pretrain_epochs, "lr": c.pretrain_lr, "warmup": c.pretrain_warmup}
+
+        def build(tmp: Path) -> None:
+            config = TrainConfig(epochs=c.pretrain_epochs, lr=c.pretrain_lr, warmup=c.pretrain_warmup, seed=base.seed)
+            train_clip(create_clip(c.model, seed=base.seed), self.data(base.n, base.data_seed), config, tmp,
+                       progress=self.progress)
+
+        return self.cache(f"base:{base.name}", inputs, build)
+
+    def attack_of(self, m: MemberSpec) -> tuple[PopulationAttack, Any]:
+        spec = next(a for a in self.cfg.attacks if a.name == m.attack)
+        params: dict[str, Any] = {"target": m.target, "rate": spec.rate, **spec.attack_params}
+        if spec.trigger is not None:
+            params.update(trigger=spec.trigger, trigger_params=spec.params)
+        return spec, attacks.create(spec.attack, **params)
+
+    def member(self, m: MemberSpec) -> Path:
+        """The member's folder: ``model.safetensors``, ``member.json`` (what it is, CA, ASR), and the
+        poison plan of a backdoored one."""
+        base_spec = next(b for b in self.cfg.bases if b.name == m.base)
+        base = self.base(base_spec)
+        if m.name == m.base:
+            return base
+        c = self.cfg
+        inputs = {"stage": "member", "parent": self.cache.keys[f"base:{m.base}"], **asdict(m),
+                  "attack_spec": asdict(self.attack_of(m)[0]) if m.backdoored else None,
+                  "epochs": c.finetune_epochs, "lr": c.finetune_lr, "warmup": c.finetune_warmup}
+        inputs.pop("split")
+
+        def build(tmp: Path) -> None:
+            data = self.data(m.n, m.data_seed)
+            if m.backdoored:
+                _, atk = self.attack_of(m)
+                made = atk.prepare(load_clip(base / MODEL), data, m.seed)
+                if isinstance(made, torch.Tensor):
+                    save_tensors(tmp / "trigger.safetensors", {"patch": made})
+                data = PoisonedDataset(data, atk(data, seed=m.seed))
+                data.plan.save(tmp / "plan.json")
+            config = TrainConfig(epochs=c.finetune_epochs, lr=c.finetune_lr, warmup=c.finetune_warmup, seed=m.seed)
+            train_clip(load_clip(base / MODEL), data, config, tmp, stage="poison" if m.backdoored else "finetune",
+                       progress=self.progress)
+
+        return self.cache(f"member:{m.name}", inputs, build)
+
+    def measured(self, m: MemberSpec) -> dict[str, Any]:
+        """What the member is, with its CA and (backdoored) ASR toward its target, on the test split."""
+        folder = self.member(m)
+        ev = ClipEvaluator(load_clip(folder / MODEL), self.test())
+        row: dict[str, Any] = {**asdict(m), "backdoored": m.backdoored, "path": str(folder / MODEL),
+                               "ca": ev.clean_accuracy()}
+        if m.backdoored:
+            trigger = PoisonPlan.load(folder / "plan.json").build_trigger()
+            assert trigger is not None and m.target is not None
+            row["asr"] = ev.backdoor(trigger, m.target)["asr"]
+        return row
+
+    def train(self) -> list[dict[str, Any]]:
+        """Every member trained and measured; also written to ``population.json``."""
+        rows = []
+        for m in member_specs(self.cfg):
+            rows.append(self.measured(m))
+            log.info("member %s: CA %.3f%s", m.name, rows[-1]["ca"],
+                     f", ASR {rows[-1]['asr']:.3f} toward {m.target}" if m.backdoored else "")
+        write_json(self.out / "population.json", {"config": asdict(self.cfg), "members": rows})
+        return rows
+
+
+def read_population(out: str | Path) -> dict[str, Any]:
+    """``population.json`` of a population folder."""
+    return json.loads((Path(out) / "population.json").read_text())
