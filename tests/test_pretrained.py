@@ -91,7 +91,7 @@ def test_models_lists_tags_and_unknown_tags_are_refused(capsys):
 
 
 @pytest.mark.parametrize("command", [["train", "clip"], ["eval"], ["clean"], ["audit"], ["detect"], ["repair"],
-                                     ["probe"], ["clean-encoder"]])
+                                     ["probe"], ["clean-encoder"], ["scan"]])
 def test_every_command_that_reads_a_model_takes_pretrained(command, capsys):
     assert main([*command, "--help"]) == 0
     text = capsys.readouterr().out

@@ -10,7 +10,7 @@ arXiv:2305.03355) and :mod:`poisonlab.detect.population` for classifiers, this t
 - backdoored members: poisoned fine-tunes of each base with every attack (BadNet, Blended, WaNet,
   SIG, BadCLIP), toward different target classes, with different seeds;
 
-then scores each member with the scan's detectors (:func:`poisonlab.detect.scan.evidence`),
+then scores each member with the scan's detectors (:func:`poisonlab.detect.scan.gather`),
 fits the verdict on the *calibration* half and measures it on the *held-out* half (other seeds,
 data draws and the second base; :func:`poisonlab.detect.scan.held_out_metrics`). Every member and
 every score is a cached stage (:class:`~poisonlab.bench.cache.StageCache`), so adding a detector
@@ -33,10 +33,13 @@ from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.bench.cache import MODEL, StageCache
 from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
+from poisonlab.detect import scan
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import create_clip, load_clip
 from poisonlab.models.checkpoint import save_tensors
+from poisonlab.models.classifier import ZeroShotClassifier
 from poisonlab.train import train_clip
+from poisonlab.train.data import label_tensors
 from poisonlab.train.loop import TrainConfig
 from poisonlab.utils.io import write_json
 from poisonlab.utils.output import claim_output
@@ -120,8 +123,9 @@ class MemberSpec:
 
 
 def member_specs(cfg: PopulationConfig) -> list[MemberSpec]:
-    """Every member, in a fixed order. The first base's members and the even-numbered ones of the
-    others are the calibration half; the rest is held out (other seeds, data and targets)."""
+    """Every member, in a fixed order. Alternate members of each base (the base itself first on the
+    first base, second on the second) are the calibration half; the rest is held out: other seeds,
+    data draws and targets, and both bases' attacks."""
     out: list[MemberSpec] = []
     for b, base in enumerate(cfg.bases):
         def split(i: int, b: int = b) -> str:
@@ -227,6 +231,49 @@ class Population:
                      f", ASR {rows[-1]['asr']:.3f} toward {m.target}" if m.backdoored else "")
         write_json(self.out / "population.json", {"config": asdict(self.cfg), "members": rows})
         return rows
+
+    def scored(self, m: MemberSpec, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The scan's evidence on the member (a cached stage keyed on the member and the detectors'
+        parameters), with the images a scan renders itself."""
+        folder = self.member(m)
+        parent = self.cache.keys[f"member:{m.name}" if m.name != m.base else f"base:{m.base}"]
+        inputs = {"stage": "scan", "parent": parent, "detectors": params, "images": [scan.RENDERED_IMAGES, scan.RENDER_SEED]}
+
+        def build(tmp: Path) -> None:
+            ds = scan.rendered(self.cfg.dataset, self.cfg.image_size)
+            zs = ZeroShotClassifier(load_clip(folder / MODEL), ds.classnames, ds.templates)
+            write_json(tmp / "evidence.json", scan.gather(zs, label_tensors(ds), params).to_dict())
+
+        done = self.cache(f"scan:{m.name}", inputs, build)
+        return json.loads((done / "evidence.json").read_text())
+
+    def calibrate(self, params: dict[str, dict[str, Any]] | None = None, command: str = "") -> dict[str, Any]:
+        """Train and score every member, fit the verdict on the calibration half and measure it on the
+        held-out half; writes ``calibration.json`` and returns the held-out metrics."""
+        params = {**scan.DEFAULT_PARAMS, **(params or {})}
+        members = self.train()
+        classnames = self.test().classnames
+        rows = []
+        for m, row in zip(member_specs(self.cfg), members, strict=True):
+            ev = self.scored(m, params)
+            rows.append({k: row[k] for k in ("name", "base", "split", "backdoored", "attack", "target", "ca")}
+                        | {"asr": row.get("asr"), "features": ev["features"], "targets": ev["targets"],
+                           "seconds": ev["seconds"],
+                           "target_index": classnames.index(m.target) if m.target else None})
+        calibration = [r for r in rows if r["split"] == "calibration"]
+        held = [r for r in rows if r["split"] == "held-out"]
+        cal = scan.fit(calibration, detectors=params, command=command,
+                       population={"config": asdict(self.cfg), "classnames": classnames})
+        for r in rows:
+            r["probability"] = cal.probability(r["features"])
+            r["verdict"] = cal.verdict(r["probability"])
+            r["suspected_target"] = cal.suspected_target(r["targets"])
+        cal.members = rows
+        metrics = {"held-out": scan.held_out_metrics(cal, held), "calibration": scan.held_out_metrics(cal, calibration)}
+        cal.population["metrics"] = metrics
+        cal.save(self.out / "calibration.json")
+        self.store.put_document(EXPERIMENT, "scan-calibration", {"metrics": metrics, "members": rows})
+        return metrics
 
 
 def read_population(out: str | Path) -> dict[str, Any]:

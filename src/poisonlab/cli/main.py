@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run any defense on a model of any family; the family is read from the checkpoint."),
     "audit": ("poisonlab.cli.defend", "audit_cmd",
         "Score every pair of a training set for poison; write scores.csv and kept.json (the kept indices)."),
+    "scan": ("poisonlab.cli.scan", "scan_cmd",
+        "Is this checkpoint backdoored? One calibrated verdict, its suspected target and the evidence."),
+    "scan-calibrate": ("poisonlab.cli.scan", "scan_calibrate_cmd",
+        "Train the scan's population of clean and backdoored tiny CLIPs, score them, fit the verdict."),
     "repair": ("poisonlab.cli.classifier", "repair_cmd",
         "Repair a suspect classifier with a trusted share of labelled data; writes "
         "OUT/model.safetensors."),
