@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,8 +231,15 @@ def test_shipped_calibration_gives_its_documented_verdicts():
         assert cal.probability(m["features"]) == pytest.approx(m["probability"], abs=1e-9)
         assert cal.verdict(m["probability"]) == m["verdict"]
     held = [m for m in cal.members if m["split"] == "held-out"]
-    assert scan.held_out_metrics(cal, held)["combined"]["auc"] == pytest.approx(
-        cal.population["metrics"]["held-out"]["combined"]["auc"])
+    metrics = scan.held_out_metrics(cal, held)
+    assert metrics["combined"]["auc"] == pytest.approx(cal.population["metrics"]["held-out"]["combined"]["auc"])
+    # the results page shows these verdicts: each held-out model's row, recomputed from its stored scores
+    page = (Path(__file__).resolve().parents[1] / "docs" / "results" / "scan.md").read_text()
+    assert f"| ROC AUC, all attacks | **{metrics['combined']['auc']:.3f}** |" in page
+    for m in held:
+        p = cal.probability(m["features"])
+        row = next(line for line in page.splitlines() if line.startswith(f"| {m['name']} |"))
+        assert f"| {p:.3f} | {cal.verdict(p)} |" in row, row
 
 
 def member_path(out, name):
@@ -251,9 +259,15 @@ def test_scan_cli_prints_a_verdict_and_writes_the_trigger_picture(population, tm
     assert (tmp_path / "s" / "trigger.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["scan", "--model", member_path(out, "b0-clean0"), *args, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
+    cal = scan.Calibration.load(out / "calibration.json")
     assert set(summary["evidence"]) == set(scan.FEATURES) and summary["probability"] == pytest.approx(
-        scan.Calibration.load(out / "calibration.json").probability(
-            {k: v["feature"] for k, v in summary["evidence"].items()}))
+        cal.probability({k: v["feature"] for k, v in summary["evidence"].items()}))
+    # --verdict-only runs what the verdict and its target need, and gives the same verdict
+    assert main(["scan", "--model", member_path(out, "b0-clean0"), *args, "--json", "--verdict-only"]) == 0
+    quick = json.loads(capsys.readouterr().out)
+    assert set(quick["evidence"]) == set(cal.verdict_detectors()) == {*cal.features, cal.target_from}
+    assert quick["probability"] == pytest.approx(summary["probability"])
+    assert quick["suspected_target"] == summary["suspected_target"]
 
 
 def test_scan_bad_inputs_are_one_line_and_exit_2(population, tmp_path, capsys):

@@ -81,23 +81,28 @@ def trigger_picture(ev: scan.Evidence, data: LabelTensors, path: Path, n: int = 
     """Clean images; the same stamped with DECREE's inverted trigger; DECREE's trigger and mask;
     the target-class probe's patch; the same images with the patch."""
     x = data.images[:n].float() / 255.0
-    d = ev.detections["decree"].details
-    mask, trigger = d["_mask"].cpu(), d["_trigger"].cpu()
-    patch = ev.detections["target-probe"].details["_trigger"].cpu()
-    where = (patch.sum(0, keepdim=True) > 0).float()
-    stamped = [(1 - mask) * xi + trigger for xi in x]
-    patched = [(1 - where) * xi + patch for xi in x]
-    save_picture([*x, *stamped, trigger, mask.expand(3, -1, -1), patch, *patched], path)
+    row = list(x)
+    if "decree" in ev.detections:
+        d = ev.detections["decree"].details
+        mask, trigger = d["_mask"].cpu(), d["_trigger"].cpu()
+        row += [*((1 - mask) * xi + trigger for xi in x), trigger, mask.expand(3, -1, -1)]
+    if "target-probe" in ev.detections:
+        patch = ev.detections["target-probe"].details["_trigger"].cpu()
+        where = (patch.sum(0, keepdim=True) > 0).float()
+        row += [patch, *((1 - where) * xi + patch for xi in x)]
+    save_picture(row, path)
 
 
 def clip_scan(suspect: Any, images: str | None, classnames: str | None, templates: str | None,
-              calibration: scan.Calibration) -> tuple[dict[str, Any], scan.Evidence, LabelTensors]:
+              calibration: scan.Calibration, verdict_only: bool = False
+              ) -> tuple[dict[str, Any], scan.Evidence, LabelTensors]:
     dataset = scan.embedded_dataset(suspect.provenance)
     names, temps, names_source = vocabulary(classnames, templates, dataset)
     data, images_source = scan_images(images, dataset, suspect.image_size)
     tensors = label_tensors(data, suspect.image_size)
     zs = ZeroShotClassifier(suspect, names, temps)
-    ev = scan.gather(zs, tensors, calibration.detectors)
+    ev = scan.gather(zs, tensors, calibration.detectors,
+                     calibration.verdict_detectors() if verdict_only else scan.FEATURES)
     p = calibration.probability(ev.features)
     terms = calibration.contributions(ev.features)
     target = calibration.suspected_target(ev.targets)
@@ -148,13 +153,16 @@ def other_scan(model: str, images: str | None, family: str) -> dict[str, Any]:
 @click.option("--templates", default=None, help="Zero-shot templates: a file, openai or simple.")
 @click.option("--calibration", "calibration_path", default=None, type=click.Path(dir_okay=False),
               help="A calibration file from scan-calibrate (default: the one poisonlab ships).")
+@click.option("--verdict-only", is_flag=True,
+              help="Run only the detectors the calibrated verdict and its suspected target use (a CLIP on a CPU: "
+                   "the others are evidence only and cost most of the time).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write OUT/scan.json and OUT/trigger.png (the recovered triggers).")
 @force_option
 @json_option
 def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arch: str | None, images: str | None,
-             classnames: str | None, templates: str | None, calibration_path: str | None, out: Path | None,
-             force: bool, as_json: bool) -> None:
+             classnames: str | None, templates: str | None, calibration_path: str | None, verdict_only: bool,
+             out: Path | None, force: bool, as_json: bool) -> None:
     """Is this checkpoint backdoored? One calibrated verdict, its suspected target and the evidence.
 
     A CLIP model is read as a zero-shot classifier and scored by DECREE, a target-class probe and
@@ -168,9 +176,9 @@ def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arc
     """
     start = time.perf_counter()
     family = models_open.model_family(model_path, pretrained, arch)
-    if family != "clip" and (pretrained or arch or classnames or templates or calibration_path):
-        raise InputError(f"{model_path} is a {family}: --pretrained, --arch, --classnames, --templates and "
-                         "--calibration are for CLIP models")
+    if family != "clip" and (pretrained or arch or classnames or templates or calibration_path or verdict_only):
+        raise InputError(f"{model_path} is a {family}: --pretrained, --arch, --classnames, --templates, "
+                         "--calibration and --verdict-only are for CLIP models")
     calibration = None
     if family == "clip":
         calibration = scan.Calibration.load(calibration_path) if calibration_path else scan.shipped()
@@ -181,7 +189,7 @@ def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arc
         ev = tensors = None
     else:
         suspect = models_open.open_model(model_path, arch, pretrained, cache_dir, device=default_device())
-        summary, ev, tensors = clip_scan(suspect, images, classnames, templates, calibration)
+        summary, ev, tensors = clip_scan(suspect, images, classnames, templates, calibration, verdict_only)
     summary["model"] = model_path
     summary["runtime_seconds"] = round(time.perf_counter() - start, 2)
     if out is not None:
@@ -202,7 +210,8 @@ def lines(summary: dict[str, Any]) -> list[str]:
         return [*out, f"images: {summary['images']}", f"runtime: {summary['runtime_seconds']:.1f}s"]
     out = [f"verdict: {summary['verdict']}  (P(backdoored) = {summary['probability']:.3f}; clean <= "
            f"{summary['calibration']['thresholds'][0]}, backdoored >= {summary['calibration']['thresholds'][1]})",
-           f"suspected target: {summary['suspected_target']}"]
+           f"suspected target: {summary['suspected_target']}" if summary["verdict"] != "clean" else
+           f"suspected target: none (were it backdoored: {summary['suspected_target']})"]
     for name, e in summary["evidence"].items():
         term = f"logit term {e['logit_term']:+.2f}" if e["in_verdict"] else "evidence only"
         out.append(f"  {name:<13} score {e['score']:.4g}  feature {e['feature']:.3f}  {term}"
@@ -212,7 +221,8 @@ def lines(summary: dict[str, Any]) -> list[str]:
     if "warning" in summary:
         out.append(f"warning: {summary['warning']}")
     if "trigger_picture" in summary:
-        out.append(f"trigger picture: {summary['trigger_picture']}")
+        out.append(f"trigger picture: {summary['trigger_picture']} (4 clean images; the same with DECREE's trigger; "
+                   "its pattern and mask; the probe's patch; the images with the patch)")
     return [*out, f"runtime: {summary['runtime_seconds']:.1f}s"]
 
 

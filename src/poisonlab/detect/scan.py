@@ -111,28 +111,29 @@ def rendered(dataset: str, size: int) -> Any:
     return open_dataset(dataset, split="test", n=RENDERED_IMAGES, seed=RENDER_SEED, size=size)
 
 
-def gather(model: Any, data: LabelTensors, params: dict[str, dict[str, Any]] | None = None) -> Evidence:
-    """Run every scan detector on ``model`` (a zero-shot classifier) with clean images ``data``.
+def gather(model: Any, data: LabelTensors, params: dict[str, dict[str, Any]] | None = None,
+           detectors: tuple[str, ...] = FEATURES) -> Evidence:
+    """Run the scan's ``detectors`` on ``model`` (a zero-shot classifier) with clean images ``data``.
 
-    MM-BD, on a model with more classes than it probes, starts from the probe's strongest classes.
+    MM-BD, on a model with more classes than it probes, starts from the probe's strongest classes
+    (when the probe ran).
     """
     params = {**DEFAULT_PARAMS, **(params or {})}
     dets: dict[str, Detection] = {}
     seconds: dict[str, float] = {}
-    for name in FEATURES:
+    for name in (f for f in FEATURES if f in detectors):
         start = time.perf_counter()
         torch.manual_seed(0)
         detector = DETECTORS.create(name, **params.get(name, {}))
         if name == "max-margin":
-            gains = dets["target-probe"].details.get("_gains", [])
+            gains = dets["target-probe"].details.get("_gains", []) if "target-probe" in dets else []
             dets[name] = detector(model, data, candidates=np.argsort(gains)[::-1][:32].tolist())
         else:
             dets[name] = detector(model, data)
         seconds[name] = round(time.perf_counter() - start, 2)
         log.info("scan: %s %.4g in %.1fs", name, dets[name].score, seconds[name])
-    targets = {"decree": decree_target(model, data, dets["decree"]),
-               "target-probe": int(dets["target-probe"].details["suspected_target"]),
-               "max-margin": int(dets["max-margin"].details["suspected_target"])}
+    targets = {name: decree_target(model, data, det) if name == "decree" else int(det.details["suspected_target"])
+               for name, det in dets.items()}
     return Evidence(dets, {k: feature(d) for k, d in dets.items()}, targets, seconds)
 
 
@@ -178,6 +179,10 @@ class Calibration:
     def suspected_target(self, targets: dict[str, int]) -> int:
         """The class the detector chosen at calibration (``target_from``) names."""
         return targets[self.target_from]
+
+    def verdict_detectors(self) -> tuple[str, ...]:
+        """The detectors the verdict and the suspected target need."""
+        return tuple(f for f in FEATURES if f in self.features or f == self.target_from)
 
     def save(self, path: str | Path) -> None:
         write_json(path, {"format": FORMAT, **asdict(self)})
