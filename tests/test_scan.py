@@ -109,43 +109,41 @@ def rows(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def test_calibration_probability_is_sklearns_logistic_model_with_loo_chosen_c():
+def test_calibration_is_a_logistic_curve_over_the_largest_clean_standardised_feature():
     train = rows(40)
     cal = scan.fit(train)
     x = np.array([[r["features"][f] for f in scan.FEATURES] for r in train])
     y = np.array([r["backdoored"] for r in train])
-    z = (x - x.mean(0)) / x.std(0)
-    losses = {c: log_loss(y, cross_val_predict(LogisticRegression(C=c, class_weight="balanced"), z, y,
+    alarm = ((x - x[~y].mean(0)) / x[~y].std(0)).max(1, keepdims=True)
+    losses = {c: log_loss(y, cross_val_predict(LogisticRegression(C=c, class_weight="balanced"), alarm, y,
                                                cv=LeaveOneOut(), method="predict_proba")) for c in scan.C_GRID}
-    assert cal.features == scan.FEATURES and cal.c == min(losses, key=lambda c: (round(losses[c], 9), c))
-    ref = LogisticRegression(C=cal.c, class_weight="balanced").fit(z, y)
-    for r, p in zip(train, ref.predict_proba(z)[:, 1], strict=True):
+    assert cal.c == min(losses, key=lambda c: (round(losses[c], 9), c))
+    ref = LogisticRegression(C=cal.c, class_weight="balanced").fit(alarm, y)
+    for r, p in zip(train, ref.predict_proba(alarm)[:, 1], strict=True):
         assert cal.probability(r["features"]) == pytest.approx(p, rel=1e-6)
     assert cal.verdict(0.9) == "backdoored" and cal.verdict(0.1) == "clean" and cal.verdict(0.5) == "inconclusive"
     with pytest.raises(InputError, match="clean and backdoored"):
         scan.fit([r for r in train if r["backdoored"]])
 
 
-def test_a_detector_that_reads_backdoored_as_cleaner_stays_out_of_the_verdict():
-    train = rows(40)
-    for r in train:
-        r["features"]["max-margin"] = -r["features"]["max-margin"]  # larger on the clean models
-    cal = scan.fit(train)
-    assert "max-margin" not in cal.features and min(cal.coef) > 0
-    assert scan.held_out_metrics(cal, train)["max-margin"]["auc"] < 0.5  # still measured, as evidence
-
-
-def test_suspected_target_comes_from_the_detector_that_named_the_targets_best():
-    train = rows(40)
-    for r in train:
-        r["targets"] = {"decree": 0, "target-probe": r["target_index"], "max-margin": 1}
-    cal = scan.fit(train)
-    assert cal.target_from == "target-probe"
-    assert cal.suspected_target({"decree": 4, "target-probe": 7, "max-margin": 5}) == 7
-    m = scan.held_out_metrics(cal, train)
-    bad = [r for r in train if r["backdoored"]]
-    assert m["target_accuracy"] == 1.0 and m["target_accuracy_by_detector"]["decree"] == pytest.approx(
-        np.mean([r["target_index"] == 0 for r in bad]))
+def test_the_alarm_sees_what_any_one_detector_sees():
+    """Half the backdoored models stand out on DECREE only, half on the probe only: each detector
+    alone ranks half of them among the clean ones; the largest standardised feature ranks them all."""
+    g = np.random.default_rng(3)
+    train = []
+    for i in range(60):
+        feats = {f: float(g.normal(0.0, 1.0)) for f in scan.FEATURES}
+        kind = i % 3  # 0 clean, 1 DECREE shows it, 2 the probe shows it
+        if kind:
+            feats[("decree", "target-probe")[kind - 1]] += 6.0
+        train.append({"backdoored": kind > 0, "attack": ("patch", "encoder")[kind - 1] if kind else None,
+                      "features": feats, "targets": {"decree": 1, "target-probe": 2, "max-margin": 3},
+                      "target_index": kind})
+    cal = scan.fit(train[:30])
+    m = scan.held_out_metrics(cal, train[30:])
+    assert m["combined"]["auc"] > 0.95 and m["decree"]["auc"] < 0.85 and m["target-probe"]["auc"] < 0.85
+    # the suspected target is the class of the detector that raised the alarm
+    assert m["target_accuracy"] == 1.0
 
 
 def test_calibration_file_round_trips_and_refuses_malformed_files(tmp_path):
@@ -154,7 +152,7 @@ def test_calibration_file_round_trips_and_refuses_malformed_files(tmp_path):
     back = scan.Calibration.load(tmp_path / "c.json")
     assert back == cal
     body = json.loads((tmp_path / "c.json").read_text())
-    for broken in ({**body, "coef": [1.0]}, {**body, "format": "other"}, {**body, "scale": [0.0, 1.0, 1.0]},
+    for broken in ({**body, "mean": [1.0]}, {**body, "format": "other"}, {**body, "scale": [0.0, 1.0, 1.0]},
                    {**body, "features": ["nope", "decree", "max-margin"]}, [1, 2]):
         (tmp_path / "bad.json").write_text(json.dumps(broken))
         with pytest.raises(InputError):
@@ -183,8 +181,9 @@ def test_held_out_metrics_match_sklearn_per_attack():
 
 TINY = PopulationConfig(bases=(Base("b0", 0, 500, 0),), pretrain_epochs=1, finetune_sizes=(300,), finetune_epochs=1,
                         clean_per_base=3, seeds_per_attack=2,
-                        attacks=(DEFAULT_ATTACKS[0], replace(DEFAULT_ATTACKS[4], attack_params={"optimizer": {"share": 0.22, "steps": 3}})),
-                        test_n=100)
+                        attacks=(DEFAULT_ATTACKS[0], replace(DEFAULT_ATTACKS[4], attack_params={"optimizer": {"share": 0.22, "steps": 3}}),
+                                 replace(DEFAULT_ATTACKS[5], attack_params={"epochs": 1}), DEFAULT_ATTACKS[6]),
+                        test_n=100, min_asr=0.0)
 FAST = {"decree": {"steps": 5, "images": 8}, "target-probe": {"steps": 3, "images": 8, "locations": ["bottom-right"]},
         "max-margin": {"steps": 3, "starts": 1}}
 
@@ -230,7 +229,7 @@ def test_shipped_calibration_gives_its_documented_verdicts():
     for m in cal.members:
         assert cal.probability(m["features"]) == pytest.approx(m["probability"], abs=1e-9)
         assert cal.verdict(m["probability"]) == m["verdict"]
-    held = [m for m in cal.members if m["split"] == "held-out"]
+    held = [m for m in cal.members if m["split"] == "held-out" and m["took"]]
     metrics = scan.held_out_metrics(cal, held)
     assert metrics["combined"]["auc"] == pytest.approx(cal.population["metrics"]["held-out"]["combined"]["auc"])
     # the results page shows these verdicts: each held-out model's row, recomputed from its stored scores
@@ -262,12 +261,8 @@ def test_scan_cli_prints_a_verdict_and_writes_the_trigger_picture(population, tm
     cal = scan.Calibration.load(out / "calibration.json")
     assert set(summary["evidence"]) == set(scan.FEATURES) and summary["probability"] == pytest.approx(
         cal.probability({k: v["feature"] for k, v in summary["evidence"].items()}))
-    # --verdict-only runs what the verdict and its target need, and gives the same verdict
-    assert main(["scan", "--model", member_path(out, "b0-clean0"), *args, "--json", "--verdict-only"]) == 0
-    quick = json.loads(capsys.readouterr().out)
-    assert set(quick["evidence"]) == set(cal.verdict_detectors()) == {*cal.features, cal.target_from}
-    assert quick["probability"] == pytest.approx(summary["probability"])
-    assert quick["suspected_target"] == summary["suspected_target"]
+    alarm = [k for k, v in summary["evidence"].items() if v["alarm"]]
+    assert alarm == [cal.alarm({k: v["feature"] for k, v in summary["evidence"].items()})[0]]
 
 
 def test_scan_bad_inputs_are_one_line_and_exit_2(population, tmp_path, capsys):

@@ -7,8 +7,10 @@ arXiv:2305.03355) and :mod:`poisonlab.detect.population` for classifiers, this t
 - clean members: clean models pre-trained from different seeds and data sizes (the *bases*), and
   clean fine-tunes of each base (different seeds, data draws and sizes), trained exactly as the
   backdoored ones but on clean data, so fine-tuning itself is not what the scan learns to see;
-- backdoored members: poisoned fine-tunes of each base with every attack (BadNet, Blended, WaNet,
-  SIG, BadCLIP), toward different target classes, with different seeds;
+- backdoored members: poisoned fine-tunes of each base with every data-poisoning attack (BadNet,
+  Blended, WaNet, SIG, BadCLIP, and Yang et al.'s text Attack II: captions of ``square`` paired
+  with images of the target), and each base poisoned directly by BadEncoder, toward different
+  target classes, with different seeds;
 
 then scores each member with the scan's detectors (:func:`poisonlab.detect.scan.gather`),
 fits the verdict on the *calibration* half and measures it on the *held-out* half (other seeds,
@@ -69,7 +71,8 @@ class PopulationAttack:
     trigger: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     attack_params: dict[str, Any] = field(default_factory=dict)
-    rate: float = 0.1
+    rate: float | None = 0.1
+    """Share of the pairs poisoned; ``None`` for an attack that poisons the model itself."""
 
 
 DEFAULT_ATTACKS = (
@@ -78,13 +81,15 @@ DEFAULT_ATTACKS = (
     PopulationAttack("wanet", trigger="wanet", params={"s": 8.0}, rate=0.2),
     PopulationAttack("sig", trigger="sig", rate=0.1),
     PopulationAttack("badclip", attack="badclip", attack_params={"optimizer": {"share": 0.22, "steps": 400}}, rate=0.01),
+    PopulationAttack("badencoder", attack="badencoder", attack_params={"epochs": 8}, rate=None),
+    PopulationAttack("text2", attack="text-attack-2", attack_params={"source": "square"}, rate=0.05),
 )
 
 
 @dataclass(frozen=True)
 class PopulationConfig:
     """What to train. The defaults are the demo's tiny CLIP and budgets (``presets/demo.yaml``):
-    2 bases, 9 clean fine-tunes per base, 5 attacks x 2 seeds per base: 20 clean, 20 backdoored."""
+    2 bases, 9 clean fine-tunes per base, 7 attacks x 2 seeds per base: 20 clean, 28 backdoored."""
 
     dataset: str = "shapes"
     image_size: int = 32
@@ -102,6 +107,9 @@ class PopulationConfig:
     attacks: tuple[PopulationAttack, ...] = DEFAULT_ATTACKS
     targets: tuple[str, ...] = ("star", "heart", "circle", "cross", "hexagon", "triangle", "ring", "diamond")
     test_n: int = 1000
+    min_asr: float = 0.5
+    """A backdoored member whose attack reached a lower ASR (a text attack: Hit@10) on the test split
+    is not a backdoored model: it stays out of the fit and of the metrics, listed as failed."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,9 @@ class Population:
 
     def attack_of(self, m: MemberSpec) -> tuple[PopulationAttack, Any]:
         spec = next(a for a in self.cfg.attacks if a.name == m.attack)
-        params: dict[str, Any] = {"target": m.target, "rate": spec.rate, **spec.attack_params}
+        params: dict[str, Any] = {"target": m.target, **spec.attack_params}
+        if spec.rate is not None:
+            params["rate"] = spec.rate
         if spec.trigger is not None:
             params.update(trigger=spec.trigger, trigger_params=spec.params)
         return spec, attacks.create(spec.attack, **params)
@@ -199,6 +209,9 @@ class Population:
             data = self.data(m.n, m.data_seed)
             if m.backdoored:
                 _, atk = self.attack_of(m)
+                if getattr(atk, "kind", None) == "model":  # BadEncoder: the model poisoned on shadow data
+                    atk(load_clip(base / MODEL), data, m.seed, out_dir=tmp, progress=self.progress)
+                    return
                 made = atk.prepare(load_clip(base / MODEL), data, m.seed)
                 if isinstance(made, torch.Tensor):
                     save_tensors(tmp / "trigger.safetensors", {"patch": made})
@@ -211,14 +224,21 @@ class Population:
         return self.cache(f"member:{m.name}", inputs, build)
 
     def measured(self, m: MemberSpec) -> dict[str, Any]:
-        """What the member is, with its CA and (backdoored) ASR toward its target, on the test split."""
+        """What the member is, with its CA and (backdoored) ASR toward its target, on the test split
+        (a text attack: Hit@10 of its source class's captions toward the target's images)."""
         folder = self.member(m)
         ev = ClipEvaluator(load_clip(folder / MODEL), self.test())
         row: dict[str, Any] = {**asdict(m), "backdoored": m.backdoored, "path": str(folder / MODEL),
                                "ca": ev.clean_accuracy()}
         if m.backdoored:
-            trigger = PoisonPlan.load(folder / "plan.json").build_trigger()
-            assert trigger is not None and m.target is not None
+            atk = self.attack_of(m)[1]
+            assert m.target is not None
+            if getattr(atk, "source", None) is not None:  # a text attack: Hit@10 of the source's captions
+                row["asr"] = ev.text_attack(atk.source, m.target)["hit@10"]
+                return row
+            trigger = (atk.trigger_for(self.cfg.image_size) if getattr(atk, "kind", None) == "model"
+                       else PoisonPlan.load(folder / "plan.json").build_trigger())
+            assert trigger is not None
             row["asr"] = ev.backdoor(trigger, m.target)["asr"]
         return row
 
@@ -247,9 +267,17 @@ class Population:
         done = self.cache(f"scan:{m.name}", inputs, build)
         return json.loads((done / "evidence.json").read_text())
 
+    def scan_target(self, m: MemberSpec, classnames: list[str]) -> int | None:
+        """The class a scan should name for the member: its target, when a trigger leads to it (a text
+        attack has none: its captions of one class retrieve another's images)."""
+        if m.target is None or getattr(self.attack_of(m)[1], "source", None) is not None:
+            return None
+        return classnames.index(m.target)
+
     def calibrate(self, params: dict[str, dict[str, Any]] | None = None, command: str = "") -> dict[str, Any]:
         """Train and score every member, fit the verdict on the calibration half and measure it on the
-        held-out half; writes ``calibration.json`` and returns the held-out metrics."""
+        held-out half (members whose attack did not take left out of both); writes
+        ``calibration.json`` and returns the metrics of both halves."""
         params = {**scan.DEFAULT_PARAMS, **(params or {})}
         members = self.train()
         classnames = self.test().classnames
@@ -259,17 +287,21 @@ class Population:
             rows.append({k: row[k] for k in ("name", "base", "split", "backdoored", "attack", "target", "ca")}
                         | {"asr": row.get("asr"), "features": ev["features"], "targets": ev["targets"],
                            "seconds": ev["seconds"],
-                           "target_index": classnames.index(m.target) if m.target else None})
-        calibration = [r for r in rows if r["split"] == "calibration"]
-        held = [r for r in rows if r["split"] == "held-out"]
+                           "target_index": self.scan_target(m, classnames)})
+        for r in rows:
+            r["took"] = not r["backdoored"] or r["asr"] >= self.cfg.min_asr
+        calibration = [r for r in rows if r["split"] == "calibration" and r["took"]]
+        held = [r for r in rows if r["split"] == "held-out" and r["took"]]
         cal = scan.fit(calibration, detectors=params, command=command,
                        population={"config": asdict(self.cfg), "classnames": classnames})
         for r in rows:
             r["probability"] = cal.probability(r["features"])
             r["verdict"] = cal.verdict(r["probability"])
-            r["suspected_target"] = cal.suspected_target(r["targets"])
+            r["suspected_target"] = cal.suspected_target(r["features"], r["targets"])
         cal.members = rows
         metrics = {"held-out": scan.held_out_metrics(cal, held), "calibration": scan.held_out_metrics(cal, calibration)}
+        for split, part in metrics.items():
+            part["n_failed"] = sum(not r["took"] for r in rows if r["split"] == split)
         cal.population["metrics"] = metrics
         cal.save(self.out / "calibration.json")
         self.store.put_document(EXPERIMENT, "scan-calibration", {"metrics": metrics, "members": rows})

@@ -94,24 +94,23 @@ def trigger_picture(ev: scan.Evidence, data: LabelTensors, path: Path, n: int = 
 
 
 def clip_scan(suspect: Any, images: str | None, classnames: str | None, templates: str | None,
-              calibration: scan.Calibration, verdict_only: bool = False
-              ) -> tuple[dict[str, Any], scan.Evidence, LabelTensors]:
+              calibration: scan.Calibration) -> tuple[dict[str, Any], scan.Evidence, LabelTensors]:
     dataset = scan.embedded_dataset(suspect.provenance)
     names, temps, names_source = vocabulary(classnames, templates, dataset)
     data, images_source = scan_images(images, dataset, suspect.image_size)
     tensors = label_tensors(data, suspect.image_size)
     zs = ZeroShotClassifier(suspect, names, temps)
-    ev = scan.gather(zs, tensors, calibration.detectors,
-                     calibration.verdict_detectors() if verdict_only else scan.FEATURES)
+    ev = scan.gather(zs, tensors, calibration.detectors, calibration.features)
     p = calibration.probability(ev.features)
-    terms = calibration.contributions(ev.features)
-    target = calibration.suspected_target(ev.targets)
+    z = calibration.z(ev.features)
+    alarm = calibration.alarm(ev.features)[0]
+    target = calibration.suspected_target(ev.features, ev.targets)
     pop = calibration.population.get("config", {})
     summary = {"family": "clip", "verdict": calibration.verdict(p), "probability": p,
                "suspected_target": names[target], "suspected_target_index": target,
                "evidence": {name: {**ev.detections[name].to_dict(), "feature": ev.features[name],
-                                   "suspected_target": names[ev.targets[name]], "in_verdict": name in terms,
-                                   "logit_term": terms.get(name, 0.0)}
+                                   "suspected_target": names[ev.targets[name]], "z": z[name],
+                                   "alarm": name == alarm}
                             for name in ev.features},
                "seconds": ev.seconds, "images": images_source, "classnames": names_source,
                "calibration": {"population": f"{pop.get('model', '?')} on {pop.get('dataset', '?')}",
@@ -153,21 +152,19 @@ def other_scan(model: str, images: str | None, family: str) -> dict[str, Any]:
 @click.option("--templates", default=None, help="Zero-shot templates: a file, openai or simple.")
 @click.option("--calibration", "calibration_path", default=None, type=click.Path(dir_okay=False),
               help="A calibration file from scan-calibrate (default: the one poisonlab ships).")
-@click.option("--verdict-only", is_flag=True,
-              help="Run only the detectors the calibrated verdict and its suspected target use (a CLIP on a CPU: "
-                   "the others are evidence only and cost most of the time).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write OUT/scan.json and OUT/trigger.png (the recovered triggers).")
 @force_option
 @json_option
 def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arch: str | None, images: str | None,
-             classnames: str | None, templates: str | None, calibration_path: str | None, verdict_only: bool,
+             classnames: str | None, templates: str | None, calibration_path: str | None,
              out: Path | None, force: bool, as_json: bool) -> None:
     """Is this checkpoint backdoored? One calibrated verdict, its suspected target and the evidence.
 
     A CLIP model is read as a zero-shot classifier and scored by DECREE, a target-class probe and
-    MM-BD; a logistic model fitted on a population of clean and backdoored models turns the scores
-    into P(backdoored) and a verdict: clean, backdoored or inconclusive. Classifiers and encoders get
+    MM-BD; each score is measured in standard deviations above clean models of a calibration
+    population, and a logistic curve over the largest (the alarm) gives P(backdoored) and a verdict:
+    clean, backdoored or inconclusive. Classifiers and encoders get
     their detectors (CTI and Neural Cleanse; DECREE) at the detectors' own thresholds.
 
     \b
@@ -176,9 +173,9 @@ def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arc
     """
     start = time.perf_counter()
     family = models_open.model_family(model_path, pretrained, arch)
-    if family != "clip" and (pretrained or arch or classnames or templates or calibration_path or verdict_only):
-        raise InputError(f"{model_path} is a {family}: --pretrained, --arch, --classnames, --templates, "
-                         "--calibration and --verdict-only are for CLIP models")
+    if family != "clip" and (pretrained or arch or classnames or templates or calibration_path):
+        raise InputError(f"{model_path} is a {family}: --pretrained, --arch, --classnames, --templates and "
+                         "--calibration are for CLIP models")
     calibration = None
     if family == "clip":
         calibration = scan.Calibration.load(calibration_path) if calibration_path else scan.shipped()
@@ -189,7 +186,7 @@ def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arc
         ev = tensors = None
     else:
         suspect = models_open.open_model(model_path, arch, pretrained, cache_dir, device=default_device())
-        summary, ev, tensors = clip_scan(suspect, images, classnames, templates, calibration, verdict_only)
+        summary, ev, tensors = clip_scan(suspect, images, classnames, templates, calibration)
     summary["model"] = model_path
     summary["runtime_seconds"] = round(time.perf_counter() - start, 2)
     if out is not None:
@@ -213,9 +210,8 @@ def lines(summary: dict[str, Any]) -> list[str]:
            f"suspected target: {summary['suspected_target']}" if summary["verdict"] != "clean" else
            f"suspected target: none (were it backdoored: {summary['suspected_target']})"]
     for name, e in summary["evidence"].items():
-        term = f"logit term {e['logit_term']:+.2f}" if e["in_verdict"] else "evidence only"
-        out.append(f"  {name:<13} score {e['score']:.4g}  feature {e['feature']:.3f}  {term}"
-                   f"  -> {e['suspected_target']}  ({summary['seconds'][name]:.1f}s)")
+        out.append(f"  {name:<13} score {e['score']:.4g}  feature {e['feature']:.3f}  {e['z']:+.2f} sd from clean"
+                   f"  -> {e['suspected_target']}  ({summary['seconds'][name]:.1f}s)" + ("  <- alarm" if e["alarm"] else ""))
     out += [f"images: {summary['images']}", f"class names: {summary['classnames']}",
             f"calibrated on: {summary['calibration']['population']}"]
     if "warning" in summary:
@@ -235,8 +231,9 @@ def lines(summary: dict[str, Any]) -> list[str]:
 def scan_calibrate_cmd(out: Path, write_to: Path | None, as_json: bool) -> None:
     """Train the scan's population of clean and backdoored tiny CLIPs, score them, fit the verdict.
 
-    20 clean and 20 backdoored models (BadNet, Blended, WaNet, SIG, BadCLIP; 8 targets); the verdict is
-    fitted on the calibration half and measured on the held-out half (other seeds, data and base).
+    20 clean and 28 backdoored models (BadNet, Blended, WaNet, SIG, BadCLIP, text Attack II,
+    BadEncoder; 8 targets); the verdict is fitted on the calibration half and measured on the
+    held-out half (other seeds, data draws and targets).
     """
     from poisonlab.bench.scan_population import Population, PopulationConfig
     from poisonlab.report.scan import scan_members, scan_roc
@@ -256,7 +253,6 @@ def scan_calibrate_cmd(out: Path, write_to: Path | None, as_json: bool) -> None:
         f"{held['combined']['auc']:.3f}, " + ", ".join(f"{f} {held[f]['auc']:.3f}" for f in scan.FEATURES),
         f"verdict accuracy {held['accuracy']:.3f} (inconclusive counts as wrong); {held['decided_share']:.0%} of the "
         f"models get clean or backdoored, {held['decided_accuracy']:.3f} of those right; "
-        f"target accuracy {held['target_accuracy']:.3f} ({cal.target_from}'s target)",
-        f"in the verdict: {', '.join(cal.features)} (C = {cal.c:g}); evidence only: "
-        + (", ".join(f for f in scan.FEATURES if f not in cal.features) or "none"),
+        f"target accuracy {held['target_accuracy']:.3f} (the alarming detector's class); "
+        f"{held['n_failed']} backdoored models whose attack did not take left out",
         f"calibration: {out / 'calibration.json'}", *(f"figure: {f}" for f in figures)])

@@ -11,19 +11,17 @@ unlabelled clean images (or none):
   maximum achievable margins, with no data.
 
 Each gives a feature oriented so that larger is more suspicious (DECREE: ``-log10`` of its mask
-share). A logistic model over the standardised features (scikit-learn's ``LogisticRegression``,
-classes balanced) is fitted on a population of clean and backdoored models
-(:mod:`poisonlab.bench.scan_population`). Every feature is a measure of suspicion, so none may
-enter with a negative weight (more suspicion read as cleaner): a detector whose feature ranks the
-population's backdoored models below its clean ones, or that gets a negative weight beside the
-others, stays evidence only and the model is refitted without it. The regularisation ``C`` is the
-one of :data:`C_GRID` with the smallest leave-one-out log loss. The suspected target class is the
-one named by the detector that named the calibration models' targets best. The probability of
-"backdoored" gives the verdict:
-``clean`` below ``clean_below``, ``backdoored`` above ``backdoored_above``, ``inconclusive``
-between. The fitted model, the detectors' parameters, the command that rebuilt it and every
-population member's stored scores are one JSON file (:class:`Calibration`); the package ships one
-(:data:`SHIPPED`).
+share). The detectors see different attacks (a patch trigger shrinks DECREE's mask; a backdoored
+image tower can leave it alone and still give one class a shortcut the probe finds), so the
+verdict asks whether *any* of them is far above what clean models give: each feature is measured
+in standard deviations above its mean over the clean models of a calibration population
+(:mod:`poisonlab.bench.scan_population`), the largest of them is the model's *alarm* (a max of
+calibrated scores, as a min of p-values), and a logistic curve fitted on the population turns the
+alarm into P(backdoored): ``clean`` below ``clean_below``, ``backdoored`` above
+``backdoored_above``, ``inconclusive`` between. The suspected target is the class the alarming
+detector names. The fitted reference and curve, the detectors' parameters, the command that
+rebuilt it and every population member's stored scores are one JSON file (:class:`Calibration`);
+the package ships one (:data:`SHIPPED`).
 """
 
 from __future__ import annotations
@@ -58,7 +56,7 @@ SHIPPED = "scan-clip.json"
 RENDERED_IMAGES, RENDER_SEED = 256, 7
 """Without images of its own, a scan renders this many test-split images of the embedded dataset
 with this seed (never a seed the population's training data uses)."""
-FORMAT = "poisonlab.scan-calibration/1"
+FORMAT = "poisonlab.scan-calibration/2"
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -139,15 +137,16 @@ def gather(model: Any, data: LabelTensors, params: dict[str, dict[str, Any]] | N
 
 @dataclass
 class Calibration:
-    """A fitted verdict: standardisation, logistic weights, thresholds, and what it was fitted on."""
+    """A fitted verdict: each detector's clean reference (mean and standard deviation of its feature
+    over the calibration's clean models), the logistic curve over the largest standardised feature,
+    the thresholds, and what it was fitted on."""
 
     features: tuple[str, ...]
     mean: list[float]
     scale: list[float]
-    coef: list[float]
+    slope: float
     intercept: float
     c: float = 1.0
-    target_from: str = "decree"
     clean_below: float = 0.2
     backdoored_above: float = 0.8
     detectors: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
@@ -155,20 +154,22 @@ class Calibration:
     population: dict[str, Any] = field(default_factory=dict)
     members: list[dict[str, Any]] = field(default_factory=list)
 
-    def standardised(self, feats: dict[str, float]) -> np.ndarray:
+    def z(self, feats: dict[str, float]) -> dict[str, float]:
+        """Each detector's feature in standard deviations above the clean models' mean."""
         missing = [f for f in self.features if f not in feats]
         if missing:
             raise InputError(f"the scores lack {missing[0]!r}, which the calibration uses")
-        x = np.array([feats[f] for f in self.features], dtype=float)
-        return (x - np.array(self.mean)) / np.array(self.scale)
+        return {f: (feats[f] - m) / s for f, m, s in zip(self.features, self.mean, self.scale, strict=True)}
 
-    def contributions(self, feats: dict[str, float]) -> dict[str, float]:
-        """Each feature's term of the logit (weight x standardised value)."""
-        return dict(zip(self.features, (np.array(self.coef) * self.standardised(feats)).tolist(), strict=True))
+    def alarm(self, feats: dict[str, float]) -> tuple[str, float]:
+        """The detector furthest above the clean models, and by how many standard deviations."""
+        z = self.z(feats)
+        name = max(self.features, key=lambda f: z[f])
+        return name, z[name]
 
     def probability(self, feats: dict[str, float]) -> float:
         """P(backdoored) for one model's features."""
-        logit = self.intercept + float(np.dot(self.coef, self.standardised(feats)))
+        logit = self.intercept + self.slope * self.alarm(feats)[1]
         return float(1.0 / (1.0 + math.exp(-max(min(logit, 500.0), -500.0))))
 
     def verdict(self, probability: float) -> str:
@@ -176,13 +177,9 @@ class Calibration:
             return "backdoored"
         return "clean" if probability <= self.clean_below else "inconclusive"
 
-    def suspected_target(self, targets: dict[str, int]) -> int:
-        """The class the detector chosen at calibration (``target_from``) names."""
-        return targets[self.target_from]
-
-    def verdict_detectors(self) -> tuple[str, ...]:
-        """The detectors the verdict and the suspected target need."""
-        return tuple(f for f in FEATURES if f in self.features or f == self.target_from)
+    def suspected_target(self, feats: dict[str, float], targets: dict[str, int]) -> int:
+        """The class named by the detector that raises the alarm (furthest above the clean models)."""
+        return targets[self.alarm(feats)[0]]
 
     def save(self, path: str | Path) -> None:
         write_json(path, {"format": FORMAT, **asdict(self)})
@@ -200,9 +197,9 @@ class Calibration:
             raise InputError(f"{path}: not a poisonlab scan calibration ({FORMAT})")
         try:
             cal = cls(**{**body, "features": tuple(body["features"])})
-            ok = len(cal.mean) == len(cal.scale) == len(cal.coef) == len(cal.features) and all(
-                math.isfinite(float(v)) for v in [*cal.mean, *cal.scale, *cal.coef, cal.intercept, cal.c]) and min(
-                cal.scale) > 0 and cal.c > 0 and len(cal.features) > 0 and cal.target_from in FEATURES
+            ok = len(cal.mean) == len(cal.scale) == len(cal.features) > 0 and all(
+                math.isfinite(float(v)) for v in [*cal.mean, *cal.scale, cal.slope, cal.intercept, cal.c]) and min(
+                cal.scale) > 0 and cal.c > 0
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok or not set(cal.features) <= set(FEATURES):
@@ -227,41 +224,26 @@ def leave_one_out_loss(z: np.ndarray, y: np.ndarray, c: float) -> float:
 
 
 def fit(rows: list[dict[str, Any]], features: tuple[str, ...] = FEATURES, **extra: Any) -> Calibration:
-    """A calibration fitted on ``rows`` (each with ``features``, ``backdoored``, and for the backdoored
-    ones ``targets`` and ``target_index``).
+    """A calibration fitted on ``rows`` (each with ``features`` and ``backdoored``).
 
-    The features that rank backdoored above clean (ROC AUC > 0.5), standardised; ``C`` from
-    :data:`C_GRID` by leave-one-out log loss (the smaller on a tie); while a weight is negative, the
-    most negative feature leaves and the model is refitted (with no feature above 0.5, the best one
-    alone, and a warning). ``target_from`` is the detector whose
-    suspected targets were right most often (the first of :data:`FEATURES` on a tie).
+    The clean reference is each feature's mean and standard deviation over the clean rows; a
+    model's alarm is its largest feature in those units; P(backdoored) is a logistic curve over the
+    alarm (``LogisticRegression``, classes balanced, ``C`` from :data:`C_GRID` by leave-one-out log
+    loss, the smaller on a tie).
     """
     y = np.array([bool(r["backdoored"]) for r in rows])
     if y.all() or not y.any():
         raise InputError("calibration needs clean and backdoored models")
-    auc = {f: roc_auc_score(y, [r["features"][f] for r in rows]) for f in features}
-    kept = [f for f in features if auc[f] > 0.5]
-    if not kept:
-        kept = [max(features, key=lambda f: auc[f])]
-        log.warning("scan calibration: no detector ranks the backdoored models above the clean ones; "
-                    "the verdict uses %s alone (ROC AUC %.3f) and means little", kept[0], auc[kept[0]])
-    while True:
-        x = np.array([[r["features"][f] for f in kept] for r in rows], dtype=float)
-        mean, scale = x.mean(0), x.std(0)
-        scale[scale == 0] = 1.0
-        z = (x - mean) / scale
-        c = min(C_GRID, key=lambda c: (round(leave_one_out_loss(z, y, c), 12), c))
-        model = LogisticRegression(C=c, class_weight="balanced").fit(z, y)
-        coef = model.coef_[0]
-        if coef.min() > 0 or len(kept) == 1:
-            break
-        kept.pop(int(np.argmin(coef)))
-    bad = [r for r in rows if r["backdoored"]]
-    named = [f for f in FEATURES if all(f in r.get("targets", {}) for r in bad)]
-    target_from = max(named, key=lambda f: (sum(r["targets"][f] == r["target_index"] for r in bad),
-                                            -FEATURES.index(f))) if named else kept[0]
-    return Calibration(tuple(kept), mean.tolist(), scale.tolist(), coef.tolist(), float(model.intercept_[0]),
-                       c=c, target_from=target_from, **extra)
+    if (~y).sum() < 2:
+        raise InputError("calibration needs at least 2 clean models (their spread is the reference)")
+    x = np.array([[r["features"][f] for f in features] for r in rows], dtype=float)
+    mean, scale = x[~y].mean(0), x[~y].std(0)
+    scale[scale == 0] = 1.0
+    alarm = ((x - mean) / scale).max(1, keepdims=True)
+    c = min(C_GRID, key=lambda c: (round(leave_one_out_loss(alarm, y, c), 12), c))
+    model = LogisticRegression(C=c, class_weight="balanced").fit(alarm, y)
+    return Calibration(tuple(features), mean.tolist(), scale.tolist(), float(model.coef_[0][0]),
+                       float(model.intercept_[0]), c=c, **extra)
 
 
 def roc(labels: list[bool], scores: list[float]) -> dict[str, Any]:
@@ -276,8 +258,8 @@ def held_out_metrics(cal: Calibration, rows: list[dict[str, Any]]) -> dict[str, 
     """ROC AUC of the combined probability and of each detector's feature alone over ``rows``, the same per
     attack (its backdoored models against every clean one), and the verdicts' counts and accuracy
     (an inconclusive verdict counts as wrong), the share of models with a verdict other than
-    inconclusive and the accuracy among them; target accuracy over the backdoored models, of the
-    calibration's choice and of each detector's own suspected target."""
+    inconclusive and the accuracy among them; target accuracy over the backdoored models with a
+    target a scan can name, of the calibration's choice and of each detector's own suspected target."""
     labels = [bool(r["backdoored"]) for r in rows]
     probs = [cal.probability(r["features"]) for r in rows]
     verdicts = [cal.verdict(p) for p in probs]
@@ -291,9 +273,9 @@ def held_out_metrics(cal: Calibration, rows: list[dict[str, Any]]) -> dict[str, 
     out["decided_share"] = len(decided) / len(right)
     out["decided_accuracy"] = float(np.mean(decided)) if decided else float("nan")
     out["verdicts"] = dict(Counter(f"{'backdoored' if y else 'clean'} -> {v}" for v, y in zip(verdicts, labels, strict=True)))
-    bad = [r for r in rows if r["backdoored"]]
-    out["target_accuracy"] = float(np.mean([cal.suspected_target(r["targets"]) == r["target_index"] for r in bad])
-                                   ) if bad else float("nan")
+    bad = [r for r in rows if r["backdoored"] and r.get("target_index") is not None]
+    out["target_accuracy"] = float(np.mean([cal.suspected_target(r["features"], r["targets"]) == r["target_index"]
+                                            for r in bad])) if bad else float("nan")
     out["target_accuracy_by_detector"] = {f: float(np.mean([r["targets"][f] == r["target_index"] for r in bad]))
                                           for f in feats if bad and all(f in r["targets"] for r in bad)}
     clean = [r for r in rows if not r["backdoored"]]
