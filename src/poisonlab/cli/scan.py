@@ -169,7 +169,7 @@ def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arc
 
     \b
     Example:
-      poisonlab scan --model runs/demo/cache/poison:badnet-*/model.safetensors --out scan-out
+      poisonlab scan --model demo-out/cache/poison:badnet-*/model.safetensors --out scan-out
     """
     start = time.perf_counter()
     family = models_open.model_family(model_path, pretrained, arch)
