@@ -26,6 +26,7 @@ from poisonlab.detect import MaxMargin, TargetClassProbe, scan
 from poisonlab.detect.max_margin import robust_z
 from poisonlab.detect.target_probe import paste, patch_box
 from poisonlab.errors import InputError
+from poisonlab.models.classifier import create_encoder
 from poisonlab.train.data import LabelTensors
 
 
@@ -280,3 +281,16 @@ def test_scan_bad_inputs_are_one_line_and_exit_2(population, tmp_path, capsys):
         assert main(["scan", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_scan_an_encoder_runs_decree_at_its_own_threshold(tmp_path, capsys):
+    (tmp_path / "enc").mkdir()
+    ckpt = create_encoder(seed=0).save(tmp_path / "enc" / "model.safetensors")
+    assert main(["scan", "--model", str(ckpt), "--out", str(tmp_path / "s"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    decree = summary["evidence"]["decree"]
+    assert summary["family"] == "encoder" and summary["calibrated"] is False and set(summary["evidence"]) == {"decree"}
+    assert summary["verdict"] == ("backdoored" if decree["score"] < decree["threshold"] else "clean")
+    assert (tmp_path / "s" / "trigger.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["scan", "--model", str(ckpt), "--classnames", "imagenet1k"]) == 2
+    assert "are for CLIP models" in capsys.readouterr().err

@@ -77,17 +77,17 @@ def save_picture(images: list[torch.Tensor], path: Path) -> None:
         f.write(buf.getvalue())
 
 
-def trigger_picture(ev: scan.Evidence, data: LabelTensors, path: Path, n: int = 4) -> None:
+def trigger_picture(detections: dict[str, Any], data: LabelTensors, path: Path, n: int = 4) -> None:
     """Clean images; the same stamped with DECREE's inverted trigger; DECREE's trigger and mask;
-    the target-class probe's patch; the same images with the patch."""
+    the target-class probe's patch; the same images with the patch (what of it was run)."""
     x = data.images[:n].float() / 255.0
     row = list(x)
-    if "decree" in ev.detections:
-        d = ev.detections["decree"].details
+    if "decree" in detections:
+        d = detections["decree"].details
         mask, trigger = d["_mask"].cpu(), d["_trigger"].cpu()
         row += [*((1 - mask) * xi + trigger for xi in x), trigger, mask.expand(3, -1, -1)]
-    if "target-probe" in ev.detections:
-        patch = ev.detections["target-probe"].details["_trigger"].cpu()
+    if "target-probe" in detections:
+        patch = detections["target-probe"].details["_trigger"].cpu()
         where = (patch.sum(0, keepdim=True) > 0).float()
         row += [patch, *((1 - where) * xi + patch for xi in x)]
     save_picture(row, path)
@@ -121,8 +121,9 @@ def clip_scan(suspect: Any, images: str | None, classnames: str | None, template
     return summary, ev, tensors
 
 
-def other_scan(model: str, images: str | None, family: str) -> dict[str, Any]:
-    """Classifiers (CTI, Neural Cleanse) and image encoders (DECREE): the detectors' own thresholds."""
+def other_scan(model: str, images: str | None, family: str) -> tuple[dict[str, Any], dict[str, Any], LabelTensors]:
+    """Classifiers (CTI, Neural Cleanse) and image encoders (DECREE): the detectors' own thresholds.
+    Returns the summary, the detections and the images they saw."""
     bundle = models_open.open_any(model)
     dataset = scan.embedded_dataset(bundle.provenance)
     data, source = scan_images(images, dataset, bundle.image_size)
@@ -130,13 +131,15 @@ def other_scan(model: str, images: str | None, family: str) -> dict[str, Any]:
         raise InputError(f"{model} has {bundle.num_classes} classes; the images have {len(data.classnames)}")
     tensors = label_tensors(data, bundle.image_size)
     methods = ("cti", "neural-cleanse") if family == "classifier" else ("decree",)
-    found = {m: detect.create(m)(bundle, tensors).to_dict() for m in methods}
+    detections = {m: detect.create(m)(bundle, tensors) for m in methods}
+    found = {m: d.to_dict() for m, d in detections.items()}
     for r in found.values():
         target = r.get("suspected_target")
         if isinstance(target, int) and family == "classifier" and data.classnames:
             r["suspected_target"] = data.classnames[target]
     verdict = "backdoored" if any(r["backdoored"] for r in found.values()) else "clean"
-    return {"family": family, "verdict": verdict, "calibrated": False, "evidence": found, "images": source}
+    summary = {"family": family, "verdict": verdict, "calibrated": False, "evidence": found, "images": source}
+    return summary, detections, tensors
 
 
 @click.command("scan")
@@ -182,16 +185,16 @@ def scan_cmd(model_path: str, pretrained: str | None, cache_dir: str | None, arc
     if out is not None:
         claim_output(out, OUTPUTS, force=force, inputs=(model_path, images))
     if calibration is None:
-        summary = other_scan(model_path, images, family)
-        ev = tensors = None
+        summary, detections, tensors = other_scan(model_path, images, family)
     else:
         suspect = models_open.open_model(model_path, arch, pretrained, cache_dir, device=default_device())
         summary, ev, tensors = clip_scan(suspect, images, classnames, templates, calibration)
+        detections = ev.detections
     summary["model"] = model_path
     summary["runtime_seconds"] = round(time.perf_counter() - start, 2)
     if out is not None:
-        if ev is not None and tensors is not None:
-            trigger_picture(ev, tensors, out / "trigger.png")
+        if "decree" in detections or "target-probe" in detections:
+            trigger_picture(detections, tensors, out / "trigger.png")
             summary["trigger_picture"] = str(out / "trigger.png")
         write_json(out / "scan.json", summary)
     emit(summary, as_json, lines(summary))
@@ -204,7 +207,11 @@ def lines(summary: dict[str, Any]) -> list[str]:
         out += [f"  {name}: score {r['score']:.4g} (threshold {r['threshold']})"
                 + (f", suspected target {r['suspected_target']}" if "suspected_target" in r else "")
                 for name, r in summary["evidence"].items()]
-        return [*out, f"images: {summary['images']}", f"runtime: {summary['runtime_seconds']:.1f}s"]
+        out.append(f"images: {summary['images']}")
+        if "trigger_picture" in summary:
+            out.append(f"trigger picture: {summary['trigger_picture']} (4 clean images; the same with DECREE's trigger; "
+                       "its pattern and mask)")
+        return [*out, f"runtime: {summary['runtime_seconds']:.1f}s"]
     out = [f"verdict: {summary['verdict']}  (P(backdoored) = {summary['probability']:.3f}; clean <= "
            f"{summary['calibration']['thresholds'][0]}, backdoored >= {summary['calibration']['thresholds'][1]})",
            f"suspected target: {summary['suspected_target']}" if summary["verdict"] != "clean" else
