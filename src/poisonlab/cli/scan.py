@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from pathlib import Path
@@ -11,19 +10,23 @@ from typing import Any
 import click
 import torch
 import torch.nn.functional as F
+from torchvision.utils import make_grid
 
 from poisonlab import detect
+from poisonlab.cli.classifier import save_png
 from poisonlab.cli.clip import model_options
 from poisonlab.cli.common import emit, force_option, json_option, load_data
+from poisonlab.data import open_dataset
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.data.zero_shot import classnames_from, templates_from
 from poisonlab.detect import scan
+from poisonlab.detect.decree import stamp
 from poisonlab.errors import InputError
 from poisonlab.models import open as models_open
 from poisonlab.models.classifier import ZeroShotClassifier
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.dist import default_device
-from poisonlab.utils.io import atomic_write, write_json
+from poisonlab.utils.io import write_json
 from poisonlab.utils.output import claim_output
 
 log = logging.getLogger(__name__)
@@ -45,17 +48,17 @@ def scan_images(images: str | None, dataset: str | None, size: int) -> tuple[Ima
 
 def vocabulary(classnames: str | None, templates: str | None, dataset: str | None) -> tuple[list[str], list[str], str]:
     """Class names and templates of the zero-shot head, and where the names came from."""
+    own = open_dataset(dataset, split="test", n=1, size=32) if dataset is not None else None
     if classnames is not None:
         names, source = classnames_from(classnames)
-    elif dataset is not None:
-        rendered = scan.rendered(dataset, 32)
-        names, source = list(rendered.classnames or []), f"the embedded {dataset!r} classes (the model's training data)"
+    elif own is not None:
+        names, source = list(own.classnames or []), f"the embedded {dataset!r} classes (the model's training data)"
     else:
         names, source = classnames_from("imagenet1k")
     if templates is not None:
         temps = templates_from(templates)[0]
-    elif classnames is None and dataset is not None:
-        temps = list(scan.rendered(dataset, 32).templates)
+    elif classnames is None and own is not None:
+        temps = list(own.templates)
     else:
         temps = templates_from("simple")[0]
     if len(names) < 2:
@@ -65,16 +68,10 @@ def vocabulary(classnames: str | None, templates: str | None, dataset: str | Non
 
 def save_picture(images: list[torch.Tensor], path: Path) -> None:
     """A row of ``[C, H, W]`` images in ``[0, 1]`` as one PNG, written atomically."""
-    import torchvision.utils as vutils
-
     grid = torch.stack([i.float().cpu().clamp(0, 1) for i in images])
     if grid.shape[-1] < 96:  # small models' images, enlarged so a trigger's pixels can be seen
         grid = F.interpolate(grid, scale_factor=96 // grid.shape[-1], mode="nearest")
-    buf = io.BytesIO()
-    vutils.save_image(grid, buf, nrow=len(images), padding=2,
-                      pad_value=1.0, format="png")
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
+    save_png(make_grid(grid, nrow=len(images), padding=2, pad_value=1.0), path)
 
 
 def trigger_picture(detections: dict[str, Any], data: LabelTensors, path: Path, n: int = 4) -> None:
@@ -83,9 +80,8 @@ def trigger_picture(detections: dict[str, Any], data: LabelTensors, path: Path, 
     x = data.images[:n].float() / 255.0
     row = list(x)
     if "decree" in detections:
-        d = detections["decree"].details
-        mask, trigger = d["_mask"].cpu(), d["_trigger"].cpu()
-        row += [*((1 - mask) * xi + trigger for xi in x), trigger, mask.expand(3, -1, -1)]
+        d = detections["decree"]
+        row += [*stamp(x, d), d.details["_trigger"], d.details["_mask"].expand(3, -1, -1)]
     if "target-probe" in detections:
         patch = detections["target-probe"].details["_trigger"].cpu()
         where = (patch.sum(0, keepdim=True) > 0).float()

@@ -95,3 +95,10 @@ class Decree:
         det.details["_trigger"] = (best["mask"] * best["pattern"]).cpu()[0]
         det.details["_mask"] = best["mask"].cpu()[0]
         return det
+
+
+def stamp(x: torch.Tensor, det: Detection) -> torch.Tensor:
+    """Images ``x`` (``[..., C, H, W]`` in ``[0, 1]``) stamped with a DECREE detection's inverted
+    trigger, as the inversion applied it: ``(1 - mask) * x + mask * pattern``."""
+    mask, trigger = det.details["_mask"].to(x.device), det.details["_trigger"].to(x.device)
+    return (1 - mask) * x + trigger

@@ -39,11 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score, roc_curve
-from sklearn.model_selection import LeaveOneOut
+from sklearn.metrics import log_loss, roc_auc_score, roc_curve
+from sklearn.model_selection import LeaveOneOut, cross_val_predict
 
 from poisonlab.data import available, open_dataset
 from poisonlab.detect.base import DETECTORS, Detection
+from poisonlab.detect.decree import stamp
 from poisonlab.errors import InputError
 from poisonlab.train.data import LabelTensors
 from poisonlab.utils.io import write_json
@@ -75,8 +76,9 @@ class Evidence:
 
 
 def feature(det: Detection) -> float:
-    """The detection as a feature that grows with suspicion (DECREE's mask share on a log scale)."""
-    if det.method == "decree":
+    """The detection as a feature that grows with suspicion: a score that is suspicious when low
+    (DECREE's mask share) as ``-log10``, the others as they are."""
+    if det.low_is_suspicious:
         return -math.log10(max(det.score, 1e-4))
     return float(det.score)
 
@@ -85,8 +87,7 @@ def feature(det: Detection) -> float:
 def decree_target(model: Any, data: LabelTensors, det: Detection, limit: int = 256) -> int:
     """The class most of the clean images go to once stamped with DECREE's inverted trigger."""
     x = (data.images[:limit].float() / 255.0).to(model.device)
-    mask, trigger = det.details["_mask"].to(x.device), det.details["_trigger"].to(x.device)
-    preds = model.logits((1 - mask) * x + trigger).argmax(1)
+    preds = model.logits(stamp(x, det)).argmax(1)
     return int(torch.bincount(preds, minlength=model.num_classes).argmax())
 
 
@@ -214,13 +215,9 @@ def shipped() -> Calibration:
 
 
 def leave_one_out_loss(z: np.ndarray, y: np.ndarray, c: float) -> float:
-    """Mean log loss of each row's P(its label) from a model fitted on the other rows."""
-    losses = []
-    for fit_idx, test_idx in LeaveOneOut().split(z):
-        model = LogisticRegression(C=c, class_weight="balanced").fit(z[fit_idx], y[fit_idx])
-        p = float(model.predict_proba(z[test_idx])[0, list(model.classes_).index(y[test_idx][0])])
-        losses.append(-math.log(max(p, 1e-12)))
-    return float(np.mean(losses))
+    """Log loss of each row's P(its label) from a model fitted on the other rows."""
+    model = LogisticRegression(C=c, class_weight="balanced")
+    return float(log_loss(y, cross_val_predict(model, z, y, cv=LeaveOneOut(), method="predict_proba"), labels=[False, True]))
 
 
 def fit(rows: list[dict[str, Any]], features: tuple[str, ...] = FEATURES, **extra: Any) -> Calibration:
@@ -234,8 +231,9 @@ def fit(rows: list[dict[str, Any]], features: tuple[str, ...] = FEATURES, **extr
     y = np.array([bool(r["backdoored"]) for r in rows])
     if y.all() or not y.any():
         raise InputError("calibration needs clean and backdoored models")
-    if (~y).sum() < 2:
-        raise InputError("calibration needs at least 2 clean models (their spread is the reference)")
+    if min(y.sum(), (~y).sum()) < 2:
+        raise InputError("calibration needs at least 2 clean models (their spread is the reference) and 2 "
+                         "backdoored ones (each left out in turn)")
     x = np.array([[r["features"][f] for f in features] for r in rows], dtype=float)
     mean, scale = x[~y].mean(0), x[~y].std(0)
     scale[scale == 0] = 1.0
@@ -262,6 +260,7 @@ def held_out_metrics(cal: Calibration, rows: list[dict[str, Any]]) -> dict[str, 
     target a scan can name, of the calibration's choice and of each detector's own suspected target."""
     labels = [bool(r["backdoored"]) for r in rows]
     probs = [cal.probability(r["features"]) for r in rows]
+    prob = {id(r): p for r, p in zip(rows, probs, strict=True)}
     verdicts = [cal.verdict(p) for p in probs]
     feats = [f for f in FEATURES if all(f in r["features"] for r in rows)]
     out: dict[str, Any] = {"n_clean": labels.count(False), "n_backdoored": labels.count(True),
@@ -284,9 +283,8 @@ def held_out_metrics(cal: Calibration, rows: list[dict[str, Any]]) -> dict[str, 
         part = clean + [r for r in rows if r.get("attack") == attack]
         lab = [bool(r["backdoored"]) for r in part]
         per_attack[attack] = {"n": lab.count(True),
-                              "combined": roc(lab, [cal.probability(r["features"]) for r in part])["auc"],
+                              "combined": roc(lab, [prob[id(r)] for r in part])["auc"],
                               **{f: roc(lab, [r["features"][f] for r in part])["auc"] for f in feats},
-                              "detected": sum(cal.verdict(cal.probability(r["features"])) == "backdoored"
-                                              for r in part if r["backdoored"])}
+                              "detected": sum(cal.verdict(prob[id(r)]) == "backdoored" for r in part if r["backdoored"])}
     out["per_attack"] = per_attack
     return out

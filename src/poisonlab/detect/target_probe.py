@@ -27,6 +27,7 @@ from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.errors import InputError
 from poisonlab.models.protocols import frozen
 from poisonlab.train.data import LabelTensors
+from poisonlab.triggers.base import paste_at, scaled_size
 from poisonlab.utils.seeding import make_generator
 
 LOCATIONS = ("bottom-right", "top-left", "top-right", "bottom-left", "center")
@@ -44,11 +45,9 @@ def patch_box(location: str, size: int, side: int, margin: int) -> tuple[int, in
 
 
 def paste(x: torch.Tensor, patch: torch.Tensor, row: int, col: int) -> torch.Tensor:
-    """``x`` with ``patch`` (``[C, s, s]``) overwriting the pixels at ``(row, col)``."""
-    out = x.clone()
-    s = patch.shape[-1]
-    out[:, :, row : row + s, col : col + s] = patch
-    return out
+    """``x`` with ``patch`` (``[C, s, s]``) overwriting the pixels at ``(row, col)`` of every image
+    (:func:`~poisonlab.triggers.base.paste_at`, the patch triggers' pasting)."""
+    return paste_at(x, patch, torch.full((len(x),), row), torch.full((len(x),), col))
 
 
 def share(preds: torch.Tensor, k: int) -> torch.Tensor:
@@ -113,7 +112,7 @@ class TargetClassProbe:
         fit, held = x[: len(x) // 2], x[len(x) // 2 :]
         size, k = x.shape[-1], model.num_classes
         side = max(1, round((self.area * size * size) ** 0.5))
-        margin = round(size * 14 / 224)
+        margin = scaled_size(14, size, minimum=0)
         best: dict[str, Any] = {"gain": -1.0}
         with frozen(model.module):
             with torch.no_grad():
