@@ -281,6 +281,15 @@ def test_scan_bad_inputs_are_one_line_and_exit_2(population, tmp_path, capsys):
         assert main(["scan", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+    # scan-calibrate --write replaces an earlier calibration, never a user's file or a link
+    mine = tmp_path / "notes.json"
+    mine.write_text("{}")
+    (tmp_path / "link.json").symlink_to(out / "calibration.json")
+    for target in (mine, tmp_path / "link.json"):
+        assert main(["scan-calibrate", "--out", str(tmp_path / "pop"), "--write", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "refusing to replace" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text() == "{}" and not (tmp_path / "pop").exists()
 
 
 def test_scan_an_encoder_runs_decree_at_its_own_threshold(tmp_path, capsys):

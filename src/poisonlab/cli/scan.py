@@ -241,6 +241,14 @@ def scan_calibrate_cmd(out: Path, write_to: Path | None, as_json: bool) -> None:
     from poisonlab.bench.scan_population import Population, PopulationConfig
     from poisonlab.report.scan import scan_members, scan_roc
 
+    if write_to is not None and (write_to.is_symlink() or write_to.exists()):
+        try:  # replacing an earlier calibration is the point; anything else is the user's
+            if write_to.is_symlink():
+                raise InputError("a symlink")
+            scan.Calibration.load(write_to)
+        except InputError:
+            raise InputError(f"--write {write_to}: exists and is not a scan calibration file; refusing to replace "
+                             "it") from None
     command = "poisonlab scan-calibrate --out OUT" + (f" --write {write_to}" if write_to else "")
     population = Population(PopulationConfig(), out, progress=False)
     metrics = population.calibrate(command=command)
