@@ -180,7 +180,7 @@ def test_one_registry_one_contract():
     """Every defense says its family and kind and is called as run(suspect, data, *, out=None, ...)."""
     entries = defenses.DEFENSES.entries()
     assert {(e.family, e.kind) for e in entries} == {("clip", "cleaning"), ("clip", "filter"), ("classifier", "repair"),
-                                                     ("encoder", "cleaning"), ("encoder", "filter")}
+                                                     ("encoder", "cleaning"), ("encoder", "filter"), ("clip", "training")}
     for e in entries:
         params = inspect.signature(e.factory.run).parameters
         assert list(params)[:3] == ["self", "suspect", "data"], e.name

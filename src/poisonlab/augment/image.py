@@ -10,10 +10,13 @@ import contextlib
 import math
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy, RandomErasing
+
+from poisonlab.errors import InputError
 
 
 def _seed_from(generator: torch.Generator) -> int:
@@ -206,3 +209,15 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], c * i - s * q, s * i + c * q], 1)
     return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_YIQ).to(x), yiq)
+
+
+def image_views(name: str, size: int) -> Any:
+    """The second view of training images by name: ``autoaugment`` (:class:`AutoAugmentBatch`,
+    CleanCLIP's, SafeCLIP's and RoCLIP's papers) or ``crop-flip`` (:func:`crop_flip`, milder:
+    what a tiny model trained from scratch on 32-px images still learns from)."""
+    if name not in IMAGE_VIEWS:
+        raise InputError(f"unknown image views {name!r}; valid: {', '.join(IMAGE_VIEWS)}")
+    return IMAGE_VIEWS[name](size)
+
+
+IMAGE_VIEWS: dict[str, Any] = {"autoaugment": lambda size: AutoAugmentBatch(), "crop-flip": crop_flip}

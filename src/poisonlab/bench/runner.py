@@ -34,6 +34,7 @@ from poisonlab.bench.spec import AttackSpec, DefenseSpec, DetectorSpec, Experime
 from poisonlab.bench.ssl_section import SslSection
 from poisonlab.bench.store import ResultsStore
 from poisonlab.bench.text_section import TextSection
+from poisonlab.bench.training_section import TrainingSection
 from poisonlab.data import open_dataset
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
@@ -51,7 +52,7 @@ from poisonlab.utils.seeding import make_generator
 log = logging.getLogger(__name__)
 DETECTION_KEYS = ("test_auroc", "auroc", "auprc", "fpr_at_95_tpr", "precision", "recall", "f1", "flagged", "caught", "clean_lost",
                   "threshold")
-PARTS = ("grid", "classifier", "ssl", "text")  # what a spec can hold; ``--only`` picks among them
+PARTS = ("grid", "classifier", "ssl", "text", "training")  # what a spec can hold; ``--only`` picks among them
 RUN_OUTPUTS = ("results.db", "results.db-journal", "results.db-wal", "results.db-shm", "cache", "report", ".claims")
 """What a run writes into its output folder."""
 
@@ -315,8 +316,11 @@ class Runner:
         return bool(self.parts - {"grid"})
 
     def section_jobs(self) -> list[Job]:
-        """The SSL, text and classifier sections as independent jobs, the longest chain (SSL) first."""
+        """The training-time, SSL, text and classifier sections as independent jobs, the longest
+        chains first."""
         jobs: list[Job] = []
+        if "training" in self.parts:
+            jobs += TrainingSection(self, self.spec.training).jobs()
         if "ssl" in self.parts:
             jobs += SslSection(self, self.spec.ssl).jobs()
         if "text" in self.parts:

@@ -29,20 +29,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TrainSpec(Strict):
-    """A training budget on generated data.
+class Seeded(Strict):
+    """Training seeds of a part of a spec.
 
     ``seed`` is the training seed (initialisation, order, which items an attack poisons);
     ``seeds`` are more training seeds: each stage that trains with this budget is also run with
     each of them, and the store keeps one row per seed (the report shows mean, sd and range).
     """
 
-    n: Count
-    data_seed: Seed = 0
-    epochs: float = Field(gt=0, le=100_000)
-    lr: float = Field(gt=0, le=100)
-    batch_size: int = Field(default=128, gt=0, le=1 << 16)
-    warmup: int = Field(default=0, ge=0, le=10_000_000)
     seed: Seed = 0
     seeds: list[Seed] = Field(default_factory=list, max_length=64)
 
@@ -53,6 +47,17 @@ class TrainSpec(Strict):
     def tag(self, seed: int) -> str:
         """The stage-name suffix of a training seed (none for ``seed``, so its stages keep their names)."""
         return "" if seed == self.seed else f":seed{seed}"
+
+
+class TrainSpec(Seeded):
+    """A training budget on generated data (and its training seeds, :class:`Seeded`)."""
+
+    n: Count
+    data_seed: Seed = 0
+    epochs: float = Field(gt=0, le=100_000)
+    lr: float = Field(gt=0, le=100)
+    batch_size: int = Field(default=128, gt=0, le=1 << 16)
+    warmup: int = Field(default=0, ge=0, le=10_000_000)
 
     def budget(self, **dump: Any) -> dict[str, Any]:
         """The fields that make a stage's cache key (``seeds`` is not one: each seed is its own stage)."""
@@ -214,8 +219,25 @@ class TextSpec(TrainSpec):
     defenses: list[DefenseSpec] = Field(default_factory=list)
 
 
+class TrainingSpec(Seeded):
+    """Training-time defenses against pre-training on poisoned pairs (SafeCLIP, RoCLIP).
+
+    Each attack poisons the grid's pre-training pairs (``pretrain.n`` of ``pretrain.data_seed``)
+    at its ``rate`` (default the section's), target ``poison.target``; a model is pre-trained from
+    random weights with the pre-training budget undefended, on the pairs the cosine filter keeps
+    (scored by the clean pre-trained model; ``filter_fraction`` dropped, default twice the rate),
+    and with each of ``defenses`` (registered training-time defenses and their parameters).
+    """
+
+    attacks: list[AttackSpec] = Field(min_length=1)
+    rate: float = Field(default=0.03, gt=0, le=1)
+    defenses: list[DefenseSpec] = Field(default_factory=list)
+    filter_fraction: float | None = Field(default=None, gt=0, lt=1)
+
+
 class ExperimentSpec(Strict):
-    """The attack x defense grid of the CLIP demo, plus optional classifier, SSL and text sections."""
+    """The attack x defense grid of the CLIP demo, plus optional classifier, SSL, text and
+    training-time sections."""
 
     name: Name
     dataset: DataName = "shapes"
@@ -229,6 +251,7 @@ class ExperimentSpec(Strict):
     classifier: ClassifierSpec | None = None
     ssl: SslSpec | None = None
     text: TextSpec | None = None
+    training: TrainingSpec | None = None
     detectors: list[DetectorSpec] = Field(default_factory=list)
 
 
@@ -242,7 +265,7 @@ def with_seeds(spec: ExperimentSpec, seeds: list[int]) -> ExperimentSpec:
         return budget.model_copy(update={"seeds": list(dict.fromkeys([*budget.seeds, *seeds]))})
 
     update: dict[str, Any] = {"poison": more(spec.poison)}
-    for part in ("classifier", "ssl"):
+    for part in ("classifier", "ssl", "training"):
         if getattr(spec, part) is not None:
             update[part] = more(getattr(spec, part))
     if spec.text is not None:

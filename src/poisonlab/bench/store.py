@@ -180,6 +180,12 @@ class ResultsStore:
                                 (experiment, name)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def documents(self, experiment: str, prefix: str = "") -> dict[str, Any]:
+        """Every JSON document of ``experiment`` whose name starts with ``prefix``, by name."""
+        rows = self.conn.execute("SELECT name, body FROM documents WHERE experiment = ? AND substr(name, 1, ?) = ? "
+                                 "ORDER BY name", (experiment, len(prefix), prefix))
+        return {name: json.loads(body) for name, body in rows}
+
     def table(self, experiment: str) -> dict[tuple[str, str], dict[str, float]]:
         """Each cell's numbers: the mean over its seeds (the value itself for one seed)."""
         return {cell: {m: None if math.isnan(s.mean) else s.mean for m, s in metrics.items()}  # type: ignore[misc]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import click
 import torch.nn.functional as F
 
-from poisonlab import triggers
+from poisonlab import defenses, triggers
 from poisonlab.cli.common import (
     budget_options,
     emit,
@@ -31,6 +32,7 @@ from poisonlab.train import TrainConfig, train_clip
 from poisonlab.train.dist import default_device
 from poisonlab.train.stream import DataConfig, data_summary
 from poisonlab.triggers.patch import load_image_tensor
+from poisonlab.utils.io import write_json
 
 
 def open_model(model: str, arch: str | None = None, pretrained: str | None = None,
@@ -63,12 +65,30 @@ def train_group() -> None:
 @training_run_options
 @click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data (--items under torchrun, which claims --n).")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of generated data.")
+@click.option("--defense", default=None,
+              help="Train with a training-time defense: " + ", ".join(defenses.available("clip", "training")) + ".")
+@click.option("--defense-param", "defense_params", multiple=True,
+              help="KEY=VALUE for --defense (e.g. pool_size=2048); `poisonlab list` shows each one's.")
 @stream_options()
 @json_option
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: TrainConfig, out: Path, resume: bool,
                    force: bool, n: int | None, data_seed: int, data_config: DataConfig, as_json: bool,
-                   cache_dir: str | None) -> None:
-    """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP)."""
+                   cache_dir: str | None, defense: str | None, defense_params: tuple[str, ...]) -> None:
+    """Pre-train or fine-tune a CLIP model (single process, or under torchrun with DDP).
+
+    With --defense, the model trains with a training-time defense's objective (SafeCLIP's safe /
+    risky split, RoCLIP's caption pool) on the same budget; its record (SafeCLIP: each epoch's
+    split, with precision and recall against a poison plan's pairs) goes to OUT/defense.json.
+
+    \b
+    Example:
+      poisonlab train clip --dataset runs/plan/plan.json --epochs 9 --lr 3e-3 --defense safeclip \\
+          --defense-param unimodal_epochs=2 --out runs/safeclip
+    """
+    if defense_params and defense is None:
+        raise click.UsageError("--defense-param needs --defense")
+    method = defenses.create(defense, family="clip", kind="training",
+                             **parse_params(defense_params, "--defense-param")) if defense else None
     if arch.startswith(HF_HUB_PREFIX) or (pretrained and pretrained in pretrained_tags(arch).get(arch, [])):
         bundle = open_model(arch, pretrained=pretrained, cache_dir=cache_dir)
     elif pretrained:
@@ -76,15 +96,35 @@ def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: Trai
     else:
         bundle = create_clip(arch, seed=config.seed)
     data = load_data(dataset, size=bundle.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
-    dist = training_out(out, force, (dataset, pretrained, arch))
-    result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config)
+    dist = training_out(out, force, (dataset, pretrained, arch), extra=("defense.json",) if method else ())
+    objective = method.objective(bundle, dist, config.seed) if method else None
+    result = train_clip(bundle, data, config, out, resume=resume, dist=dist, data_config=data_config,
+                        objective=objective, stage=f"train:{defense}" if defense else "train")
     summary = {"model": str(out / "model.safetensors"), "steps": result.steps, "final_loss": result.final_loss,
                "seconds": round(result.seconds, 2), "samples_per_second": round(result.samples_per_second, 1),
                "data": result.data}
+    lines = []
+    if method is not None:
+        summary["defense"] = {"defense": method.name, "params": dataclasses.asdict(method), **objective.summary()}
+        lines = defense_lines(summary["defense"])
+        if dist.is_main:
+            write_json(out / "defense.json", summary["defense"])
     if dist.is_main:
         emit(summary, as_json, [f"trained {result.steps} steps, loss {result.final_loss:.4f}, "
                                 f"{result.samples_per_second:.0f} samples/s ({data_line(summary['data'])})",
-                                f"checkpoint: {summary['model']}"])
+                                f"checkpoint: {summary['model']}", *lines])
+
+
+def defense_lines(record: dict[str, Any]) -> list[str]:
+    """What a training-time defense did, one line per SafeCLIP split (or RoCLIP's matched epochs)."""
+    lines = [f"defense {record['defense']}"]
+    for split in record.get("splits", []):
+        caught = (f", risky set precision {split['precision']:.3f} recall {split['recall']:.3f}"
+                  if "recall" in split else "")
+        lines.append(f"  epoch {split['epoch']}: {100 * split['safe_share']:.1f}% safe{caught}")
+    if "matched_epochs" in record:
+        lines.append("  pool-matched epochs (from 0): " + ", ".join(map(str, record["matched_epochs"])))
+    return lines
 
 
 @click.command("eval")

@@ -205,13 +205,13 @@ def force_option(f: Any) -> Any:
                              "files are ever replaced; a file of yours with one of its names is refused).")(f)
 
 
-def training_out(out: Path, force: bool, inputs: tuple[str | None, ...] = ()) -> DistInfo:
+def training_out(out: Path, force: bool, inputs: tuple[str | None, ...] = (), extra: tuple[str, ...] = ()) -> DistInfo:
     """Join the torchrun process group (if any) and, on the main rank, claim ``out`` for a training
-    run's files (:func:`~poisonlab.utils.output.claim_output`; ``inputs``: the files the run reads,
-    never overwritten); returns this process's place."""
+    run's files and the ``extra`` names (:func:`~poisonlab.utils.output.claim_output`; ``inputs``:
+    the files the run reads, never overwritten); returns this process's place."""
     dist = init_from_env()
     if dist.is_main:
-        claim_output(out, TRAIN_OUTPUTS, force=force, inputs=inputs)
+        claim_output(out, (*TRAIN_OUTPUTS, *extra), force=force, inputs=inputs)
     return dist
 
 

@@ -208,6 +208,9 @@ def defend_cmd(ctx: click.Context, method: str, model_path: str, pretrained: str
     """
     family = model_family(model_path, pretrained, arch)
     entry = defenses.DEFENSES.entry(method, family=family)
+    if (entry.family, entry.kind) not in DEFEND_ROUTES:
+        raise InputError(f"{method} is a {entry.kind}-time defense of {entry.family} models: it trains a model rather "
+                         f"than defending one; use `poisonlab train {entry.family} --defense {method}`")
     command = DEFEND_ROUTES[(entry.family, entry.kind)]
     accepted = {p.name for p in command.params}
     named = {"model_path": model_path, "pretrained": pretrained, "arch": arch, **given}

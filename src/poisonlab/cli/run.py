@@ -24,6 +24,7 @@ from poisonlab.report.roc import roc_figure
 from poisonlab.report.sections import classifier_sections, ssl_sections
 from poisonlab.report.text import dose_response, text_sections
 from poisonlab.report.trace import repair_curves
+from poisonlab.report.training import safeclip_splits, training_sections
 from poisonlab.utils.machine import one_line
 
 log = logging.getLogger("poisonlab.run")
@@ -32,7 +33,7 @@ log = logging.getLogger("poisonlab.run")
 def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False,
         only: list[str] | None = None, seeds: list[int] | None = None, force: bool = False) -> Path:
     """Run the spec into ``out`` and write the report; ``parallel``: sections in a second process;
-    ``only``: just these parts of the spec (``grid``, ``classifier``, ``ssl``, ``text``); ``seeds``:
+    ``only``: just these parts of the spec (``grid``, ``classifier``, ``ssl``, ``text``, ``training``); ``seeds``:
     more training seeds for every trained cell (:func:`~poisonlab.bench.spec.with_seeds`); ``force``: write into
     a non-empty ``out`` that poisonlab did not write (:func:`~poisonlab.utils.output.claim_output`)."""
     spec = with_seeds(load_spec(spec_name), seeds or [])
@@ -68,6 +69,11 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
         more += text_sections(runner.store, spec.name, spec.text.n)
         if dose_response(runner.store, spec.name, report / "dose_response.png"):
             images.append("dose_response.png")
+    if spec.training is not None and "training" in runner.parts:
+        t = spec.training
+        more += training_sections(runner.store, spec.name, [a.name for a in t.attacks], [d.name for d in t.defenses])
+        if safeclip_splits(runner.store, spec.name, report / "safeclip_splits.png"):
+            images.append("safeclip_splits.png")
     expected = PRESETS / f"{spec.name}.expected.yaml"
     if expected.is_file():
         findings = check(runner.store, [e for e in load_expected(expected) if part_of(e.experiment) in runner.parts])

@@ -1,7 +1,8 @@
 """Defenses: one registry, one contract (:mod:`poisonlab.defenses.base`).
 
 Each defense is a frozen dataclass of its hyper-parameters, registered for a model family
-(``clip``, ``classifier``, ``encoder``) with a kind (``cleaning``, ``repair``, ``filter``), and
+(``clip``, ``classifier``, ``encoder``) with a kind (``cleaning``, ``repair``, ``filter``,
+``training``), and
 called as ``run(suspect, data, *, out=None, ...) -> Defended``.
 
 Example:
@@ -26,6 +27,7 @@ from poisonlab.defenses.base import (
     Defense,
     Monitor,
     RunOptions,
+    TrainingDefense,
     write_kept,
 )
 from poisonlab.defenses.classifier_finetune import ClassifierFineTune
@@ -44,6 +46,8 @@ from poisonlab.defenses.par import PAR, ParObjective, threshold
 from poisonlab.defenses.patchsearch import PatchSearch
 from poisonlab.defenses.pivotal import PivotalTuning, latent_loss, parameter_distance
 from poisonlab.defenses.repair_base import RepairDefense
+from poisonlab.defenses.roclip import RoCLIP, RoClipObjective
+from poisonlab.defenses.safeclip import SafeCLIP, SafeClipObjective
 
 
 def create(name: str, family: str | None = None, kind: str | None = None, **params: Any) -> Any:
@@ -62,6 +66,6 @@ def available(family: str | None = None, kind: str | None = None) -> list[str]:
 
 __all__ = ["DEFENSES", "FAMILIES", "KINDS", "PAR", "ClassifierFineTune", "CleanCLIP", "CleanClipObjective",
            "CleaningDefense", "DaoFilter", "Defended", "KDistanceFilter", "LocalOutlierFilter", "SlofFilter", "Defense", "Distill", "Monitor", "RunOptions", "FineTune", "FinePruning", "PairFilter",
-           "ParObjective", "PatchSearch", "PivotalTuning", "RepairDefense", "available", "compress_loss", "create",
+           "ParObjective", "PatchSearch", "PivotalTuning", "RepairDefense", "RoCLIP", "RoClipObjective", "SafeCLIP", "SafeClipObjective", "TrainingDefense", "available", "compress_loss", "create",
            "inmodal_loss", "latent_loss", "pair_distances", "parameter_distance", "precision_recall", "threshold",
            "trusted_indices", "write_kept"]

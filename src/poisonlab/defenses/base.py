@@ -7,7 +7,9 @@ works on (``clip``, ``classifier``, ``encoder``) and its kind:
 - ``cleaning``: a cleaned copy of the suspect (CLIP fine-tuning, CleanCLIP, PAR; distillation of
   an encoder);
 - ``repair``: a classifier tuned on a small trusted labelled set (Pick your Poison's setting);
-- ``filter``: the training items to keep (pair filtering, PatchSearch); the caller retrains.
+- ``filter``: the training items to keep (pair filtering, PatchSearch); the caller retrains;
+- ``training``: a way to train on the untrusted data itself (SafeCLIP, RoCLIP): the suspect is
+  the model training starts from (random or pre-trained weights), ``data`` the untrusted pairs.
 
 All of them are called the same way, ``run(suspect, data, *, out=None, options=None)`` (``options``:
 :class:`RunOptions`, the fields that apply to the defense), and return
@@ -36,7 +38,7 @@ from poisonlab.utils.io import write_json
 log = logging.getLogger(__name__)
 DEFENSES: Registry[Any] = Registry("defense")
 FAMILIES = ("clip", "classifier", "encoder")
-KINDS = ("cleaning", "repair", "filter")
+KINDS = ("cleaning", "repair", "filter", "training")
 
 
 @dataclass
@@ -76,6 +78,7 @@ class RunOptions:
             scores (:mod:`poisonlab.defenses.outlier_filter`).
         embeddings: a folder of pair embeddings an earlier detector run wrote, to score again without
             embedding (refused unless made from the same data by the same model).
+        train: a training-time defense's budget (epochs, rate, batch, seed); default the paper's.
     """
 
     dist: DistInfo | None = None
@@ -86,6 +89,7 @@ class RunOptions:
     poisoned: set[int] | None = None
     reference: ImageCaptionDataset | None = None
     embeddings: Path | None = None
+    train: TrainConfig | None = None
 
 
 class Defense(Protocol):
@@ -157,4 +161,41 @@ class CleaningDefense:
         report = {"defense": self.name, "params": asdict(self), "steps": result.steps,
                   "seconds": round(result.seconds, 2), "final_loss": result.final_loss, "data": result.data}
         report.update(getattr(objective, "summary", dict)())
+        return Defended(bundle, report)
+
+
+@dataclass(frozen=True)
+class TrainingDefense:
+    """Base of the training-time defenses: an objective the model is trained with on untrusted
+    pairs. Subclasses give the paper's budget (:meth:`recipe`) and the objective."""
+
+    family: ClassVar[str] = "clip"
+    kind: ClassVar[str] = "training"
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+    def recipe(self) -> TrainConfig:
+        raise NotImplementedError
+
+    def objective(self, bundle: ClipBundle, dist: DistInfo, seed: int) -> Objective:
+        raise NotImplementedError
+
+    def run(self, suspect: ClipBundle, data: ImageCaptionDataset, *, out: str | Path | None = None,
+            options: RunOptions | None = None) -> Defended:
+        """Train a copy of ``suspect`` (the starting weights, left untouched) on ``data`` with the
+        defense's objective and ``options.train`` (default :meth:`recipe`); with ``out``, the run's
+        checkpoints and ``model.safetensors`` are written there."""
+        options = options or RunOptions()
+        dist = options.dist or DistInfo(device=suspect.device)
+        config = options.train or self.recipe()
+        bundle = suspect.copy()
+        bundle.model.requires_grad_(True)
+        objective = self.objective(bundle, dist, config.seed)
+        result = train_clip(bundle, data, config, out, dist=dist, objective=objective, stage=f"defense:{self.name}",
+                            progress=options.progress, data_config=options.data_config)
+        report = {"defense": self.name, "params": asdict(self), "config": asdict(config), "steps": result.steps,
+                  "seconds": round(result.seconds, 2), "final_loss": result.final_loss, "data": result.data,
+                  **getattr(objective, "summary", dict)()}
         return Defended(bundle, report)

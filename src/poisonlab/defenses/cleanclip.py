@@ -16,7 +16,6 @@ Defaults: lr 1e-5, 50 warm-up steps then cosine, AdamW (0.9, 0.999), weight deca
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +24,11 @@ import torch.nn.functional as F
 from open_clip.loss import gather_features
 
 from poisonlab.augment.eda import DEFAULT_WORDNET, EDA
-from poisonlab.augment.image import AutoAugmentBatch
 from poisonlab.defenses.base import DEFENSES, CleaningDefense
-from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective
-from poisonlab.train.objectives.clip import ClipObjective
+from poisonlab.train.objectives.clip import ClipObjective, PairViews
 
 
 def inmodal_loss(a: torch.Tensor, a_aug: torch.Tensor, b: torch.Tensor, b_aug: torch.Tensor,
@@ -49,20 +46,10 @@ class CleanClipObjective(ClipObjective):
         super().__init__(bundle, rank, world_size, None, freeze_logit_scale=False)
         self.l1, self.l2 = l1, l2
         self.rank, self.world_size = rank, world_size
-        self.image_augment = image_augment or AutoAugmentBatch()
-        self.text_augment = text_augment or EDA()
-
-    def augmented(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The AutoAugment view of the images and the tokens of the EDA captions."""
-        if "captions" not in batch:
-            raise InputError("CleanCLIP needs the raw captions of the batch for EDA")
-        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        captions = [self.text_augment(c, rng) for c in batch["captions"]]
-        tokens = self.bundle.tokenize(captions).to(batch["tokens"].device)
-        return self.image_augment(batch["images"], generator), tokens
+        self.views = PairViews(bundle.tokenize, image_augment, text_augment)
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        aug_images, aug_tokens = self.augmented(batch, generator)
+        aug_images, aug_tokens = self.views(batch, generator)
         b = batch["images"].shape[0]
         images = self.bundle.normalize(torch.cat([batch["images"], aug_images]))
         out = self.model(images, torch.cat([batch["tokens"], aug_tokens]))

@@ -96,7 +96,7 @@ def measured(store: ResultsStore, e: Expected) -> float | None:
 
 
 PART = {"": "grid", "classifier": "classifier", "detect": "classifier", "detection": "classifier", "ssl": "ssl",
-        "text": "text"}
+        "text": "text", "training": "training"}
 
 
 def part_of(experiment: str) -> str:

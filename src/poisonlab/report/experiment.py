@@ -30,6 +30,9 @@ CAPTIONS = {
                             "dashed: the threshold set on clean pairs.",
     "dose_response.png": "Text-modality poisoning: Hit@10 and MinRank against the number of poisoned pairs (mean "
                          "and sd over seeds); dashed: the same numbers for random captions.",
+    "safeclip_splits.png": "SafeCLIP's split before each epoch of pre-training on poisoned pairs, one line per attack "
+                           "and seed: the share of poisoned pairs it kept out of the CLIP loss (left) and the share it "
+                           "called safe (right).",
 }
 """The caption under each figure the report may show."""
 

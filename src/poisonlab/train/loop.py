@@ -149,6 +149,20 @@ class Objective:
         """Checked after every step; ``True`` ends training early (e.g. an accuracy floor)."""
         return False
 
+    def prepare(self, items: int, steps_per_epoch: int, total_steps: int) -> None:
+        """Called once before training with the run's size; raise ``InputError`` for a run the
+        objective cannot do (a memory pool larger than the data, a warm-up longer than the run)."""
+
+    def start_epoch(self, epoch: int, data: Any, device: torch.device) -> None:
+        """Called before the first step of every epoch (and of a resumed run, mid-epoch): an
+        objective that decides per item (SafeCLIP's split) reads the whole ``data`` here, leaves
+        ``model`` in training mode, and keeps what it decides in buffers of ``model`` so that a
+        resumed run finds it again."""
+
+    def learning_rate(self, step: int, lr: float) -> float:
+        """The rate of ``step`` given the schedule's ``lr`` (an objective with phases overrides it)."""
+        return lr
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
@@ -224,6 +238,7 @@ class Trainer:
             log.info("each epoch uses %d of %d items in %d global batches of %d; the %d left over change with "
                      "the epoch's seeded order", len(data) - dropped, len(data), self.steps_per_epoch, per_step, dropped)
         self.total = config.total_steps(len(data), self.dist.world_size)
+        objective.prepare(len(data), self.steps_per_epoch, self.total)
         self.optimizer = make_optimizer(objective, config, self.dist.device)
         self.step = 0
         self._perm: tuple[int, torch.Tensor] | None = None
@@ -309,6 +324,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def _set_lr(self) -> float:
         lr = self.cfg.lr * multiplier(self.cfg.schedule, self.step, self.total, self.cfg.warmup)
+        lr = self.objective.learning_rate(self.step, lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -375,6 +391,8 @@ class Trainer:
         batches = self.data.batches(self.step_indices(self.step), self.dist.device)
         try:
             for batch in batches:
+                if self.step % self.steps_per_epoch == 0 or self.step == first:
+                    self.objective.start_epoch(self.step // self.steps_per_epoch, self.data, self.dist.device)
                 lr = self._set_lr()
                 loss, extra = self._train_step(batch, scaler)
                 if not math.isfinite(loss):

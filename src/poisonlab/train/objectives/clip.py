@@ -8,15 +8,47 @@ loss on W ranks equals the single-process loss on the concatenated batch.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from open_clip.loss import ClipLoss
 
+from poisonlab.augment.eda import EDA
+from poisonlab.augment.image import AutoAugmentBatch
+from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.loop import Objective
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class PairViews:
+    """A second view of each pair of a batch: AutoAugment (ImageNet policy) on the images, EDA on
+    the captions, every random choice drawn from the step's generator (CleanCLIP's, SafeCLIP's and
+    RoCLIP's augmentation).
+
+    Args:
+        tokenize: the model's tokenizer (captions -> token tensor).
+        image_augment: ``augment(images, generator)`` (default :class:`AutoAugmentBatch`).
+        text_augment: ``augment(caption, rng)`` (default :class:`EDA`).
+    """
+
+    def __init__(self, tokenize: Callable[[list[str]], torch.Tensor], image_augment: Any = None,
+                 text_augment: Any = None) -> None:
+        self.tokenize = tokenize
+        self.image_augment = image_augment or AutoAugmentBatch()
+        self.text_augment = text_augment or EDA()
+
+    def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented images and the tokens of the augmented captions."""
+        if "captions" not in batch:
+            raise InputError("augmented caption views need the raw captions of the batch")
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        captions = [self.text_augment(c, rng) for c in batch["captions"]]
+        tokens = self.tokenize(captions).to(batch["tokens"].device)
+        return self.image_augment(batch["images"], generator), tokens
 
 
 class ClipObjective(Objective):
@@ -54,6 +86,10 @@ class ClipObjective(Objective):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Cap the logit scale at 100 as CLIP does (log 100 = 4.6052)."""
-        inner = self.model.module if hasattr(self.model, "module") else self.model
-        inner.logit_scale.clamp_(0, 4.6052)
+        clamp_logit_scale(self.bundle.model)
+
+
+@torch.no_grad()
+def clamp_logit_scale(model: torch.nn.Module) -> None:
+    """Cap the logit scale at 100 as CLIP does (log 100 = 4.6052)."""
+    model.logit_scale.clamp_(0, 4.6052)

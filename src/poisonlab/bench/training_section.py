@@ -1,0 +1,124 @@
+"""The training-time section of an experiment: CLIP pre-trained from scratch on poisoned pairs.
+
+For each attack and training seed, the pre-training data (the grid's ``pretrain.n`` pairs) is
+poisoned at the section's rate and a model is pre-trained from random weights with the grid's
+pre-training budget four ways: undefended (``none``), on the pairs the cosine filter keeps
+(``filter``: the grid's clean pre-trained model scores them, as Yang et al.'s pair filter), and
+with each training-time defense (SafeCLIP, RoCLIP). Every model is measured with the same test
+split (CA, the trigger's ASR and RA; Hit@K / MinRank for a text attack). Results go to the store
+under ``<experiment>/training``; SafeCLIP's split of every epoch as a document.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from poisonlab import attacks, defenses, triggers
+from poisonlab.attacks.plan import PoisonedDataset
+from poisonlab.bench.cache import MODEL
+from poisonlab.bench.parallel import Job
+from poisonlab.bench.spec import AttackSpec, DefenseSpec, TrainingSpec
+from poisonlab.data.base import Subset
+from poisonlab.defenses import RunOptions
+from poisonlab.metrics import ClipEvaluator
+from poisonlab.models import create_clip, load_clip
+from poisonlab.train import train_clip
+from poisonlab.utils.io import write_json
+
+FILTER_KEYS = ("precision", "recall", "removed", "caught", "clean_lost")
+TEXT_KEYS = ("hit@1", "hit@5", "hit@10", "min_rank")
+
+
+class TrainingSection:
+    def __init__(self, runner: Any, spec: TrainingSpec) -> None:
+        self.runner, self.spec = runner, spec
+        self.name = f"{runner.spec.name}/training"
+        self.target = runner.spec.poison.target
+
+    def attack(self, attack: AttackSpec) -> attacks.Attack:
+        """The registered attack ``attack`` names at its rate (a trigger attack or a text attack)."""
+        params = {"target": self.target, "rate": attack.poison_rate(self.spec.rate), **attack.attack_params}
+        if attack.trigger is not None:
+            params.update(trigger=attack.trigger, trigger_params=attack.params)
+        return attacks.create(attack.attack, **params)
+
+    def plan(self, attack: AttackSpec, seed: int) -> PoisonedDataset:
+        """The pre-training pairs poisoned by ``attack`` (its pairs chosen by ``seed``)."""
+        p = self.runner.spec.pretrain
+        base = self.runner.data(self.runner.spec.dataset, p.n, p.data_seed)
+        return PoisonedDataset(base, self.attack(attack)(base, seed=seed))
+
+    def pretrain(self, attack: AttackSpec, condition: str, seed: int, defense: DefenseSpec | None = None) -> Path:
+        """The model pre-trained from scratch on the attack's poisoned pairs under ``condition``
+        (``none``, ``filter`` or a defense's name)."""
+        p, s = self.runner.spec.pretrain, self.spec
+        inputs = {"stage": "pretrain-poisoned", "dataset": self.runner.spec.dataset, "size": self.runner.spec.image_size,
+                  **p.budget(), "seed": seed, "attack": attack.model_dump(exclude_none=True), "rate": s.rate,
+                  "target": self.target, "condition": condition,
+                  "defense": defense.model_dump(exclude={"dataset"}) if defense else None}
+        if condition == "filter":
+            self.runner.pretrain()
+            inputs.update(scorer=self.runner.keys["pretrain"], filter_fraction=self.filter_fraction(attack))
+
+        def build(tmp: Path) -> None:
+            data = self.plan(attack, seed)
+            data.plan.save(tmp / "plan.json")
+            start, config = create_clip(p.model, seed=seed), p.train_config(seed)
+            if defense is not None:
+                method = defenses.create(defense.defense, family="clip", kind="training", **defense.params)
+                result = method.run(start, data, out=tmp, options=RunOptions(train=config, progress=self.runner.progress))
+                write_json(tmp / "report.json", result.report)
+                return
+            report: dict[str, Any] = {}
+            if condition == "filter":
+                found = defenses.create("filter", threshold=None, drop_fraction=self.filter_fraction(attack)).run(
+                    load_clip(self.runner.pretrain() / MODEL), data)
+                report = {k: found.report[k] for k in FILTER_KEYS}
+                data = Subset(data, found.kept)
+            trained = train_clip(start, data, config, tmp, stage=f"pretrain:{condition}", progress=self.runner.progress)
+            write_json(tmp / "report.json", {**report, "seconds": round(trained.seconds, 2)})
+
+        return self.runner.cached(f"pretrain:{attack.name}:{condition}{s.tag(seed)}", inputs, build)
+
+    def filter_fraction(self, attack: AttackSpec) -> float:
+        """The share of pairs the filter drops: the section's, else twice the attack's rate (the grid's audit)."""
+        return self.spec.filter_fraction or min(2 * attack.poison_rate(self.spec.rate), 0.99)
+
+    def measure(self, path: Path, attack: AttackSpec) -> dict[str, float]:
+        """CA and the attack's success: ASR / RA of its trigger, or Hit@K / MinRank of a text attack."""
+        ev = ClipEvaluator(load_clip(path / MODEL), self.runner.test())
+        out = {"ca": ev.clean_accuracy()}
+        source = getattr(self.attack(attack), "source", None)
+        if source is not None:
+            found = ev.text_attack(source, target=self.target)
+            return {**out, **{k: found[k] for k in TEXT_KEYS}, "baseline_hit@10": found["baseline"]["hit@10"]}
+        assert attack.trigger is not None
+        return {**out, **ev.backdoor(triggers.create(attack.trigger, **attack.params), self.target)}
+
+    def jobs(self) -> list[Job]:
+        """One job per (attack, seed): its four or more pre-trainings."""
+        return [(f"training:{a.name}:seed{seed}", functools.partial(self.run_cell, a, seed))
+                for seed in self.spec.all_seeds() for a in self.spec.attacks]
+
+    def run_cell(self, attack: AttackSpec, seed: int) -> None:
+        """Every condition of one attack and seed, measured and stored (the clean pre-trained model
+        once, as the reference the defenses are held to)."""
+        if seed == self.spec.seed:
+            self.runner.store.put(self.name, attack.name, "clean data", self.measure(self.runner.pretrain(), attack), seed)
+        conditions: list[tuple[str, DefenseSpec | None]] = [("none", None), ("filter", None),
+                                                            *((d.name, d) for d in self.spec.defenses)]
+        for condition, defense in conditions:
+            path = self.pretrain(attack, condition, seed, defense)
+            report = json.loads((path / "report.json").read_text())
+            metrics = {**self.measure(path, attack), "train_seconds": report["seconds"],
+                       **{k: report[k] for k in FILTER_KEYS if k in report}}
+            splits = report.get("splits", [])
+            if splits:
+                metrics.update(risky_precision=splits[-1].get("precision", float("nan")),
+                               risky_recall=splits[-1].get("recall", float("nan")), safe_share=splits[-1]["safe_share"])
+                self.runner.store.put_document(self.name, f"splits:{attack.name}:{condition}{self.spec.tag(seed)}",
+                                               {"splits": splits})
+            self.runner.store.put(self.name, attack.name, condition, metrics, seed)
