@@ -110,3 +110,49 @@ def test_two_ranks_end_with_the_same_weights(tmp_path):
         assert max(float((a["end"][k] - a["start"][k]).abs().max()) for k in a["end"]) > 0, family  # it trained
         for k in a["end"]:
             torch.testing.assert_close(a["end"][k], b["end"][k], rtol=0, atol=1e-6, msg=f"{family}: {k}")
+
+
+def _safeclip_objective(rank=0, world=1):
+    """A SafeCLIP objective past its warm-up with a fixed split of 16 pairs (every third risky)
+    and views that draw nothing random, so that ranks and one process see the same batch."""
+    from poisonlab import defenses
+    from poisonlab.defenses.safeclip import SafeClipObjective
+    from poisonlab.models import create_clip
+
+    bundle = create_clip("poisonlab-tiny-vit", seed=0)
+    defense = defenses.create("safeclip", unimodal_epochs=0, clip_epochs=0, bank_size=8)
+    objective = SafeClipObjective(bundle, defense, seed=2, rank=rank, world_size=world,
+                                  image_augment=lambda x, g: x.flip(-1), text_augment=lambda c, rng: c.upper())
+    objective.prepare(16, 1, 4)
+    objective.net.safe = torch.arange(16) % 3 != 0
+    objective.epoch = 1
+    return objective
+
+
+def _safeclip_worker(rank, world, init_file, batch, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    objective = _safeclip_objective(rank, world)
+    got = rank_loss_and_grads(objective, objective.net, batch, rank, world)
+    torch.save({**got, "bank": objective.net.image_bank.bank.clone()}, os.path.join(out_dir, f"safeclip{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_safeclip_split_loss_over_the_global_batch(tmp_path):
+    """SafeCLIP under DDP: each rank's loss is the one-process loss of the whole batch (safe and
+    risky items gathered from both ranks), the averaged gradients and the banks are the same."""
+    data = make_shapes(n=16, seed=4)
+    objective = _safeclip_objective()
+    batch = {"images": data.images.float() / 255, "tokens": objective.bundle.tokenize(data.caption_list),
+             "index": torch.arange(16), "captions": list(data.caption_list)}
+    mp.spawn(_safeclip_worker, args=(2, str(tmp_path / "init"), batch, str(tmp_path)), nprocs=2, join=True)
+    loss, extra = objective.loss(batch, torch.Generator())
+    loss.backward()
+    assert 0 < extra["safe_share"] < 1 and "l_unimodal" in extra and "l_clip" in extra
+    for rank in range(2):
+        got = torch.load(tmp_path / f"safeclip{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+        assert got["safe_share"] == pytest.approx(extra["safe_share"])
+        torch.testing.assert_close(got["bank"], objective.net.image_bank.bank)
+        for n, p in objective.net.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(got["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)

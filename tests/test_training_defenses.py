@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from sklearn.mixture import GaussianMixture
 
 from poisonlab import attacks, defenses, demo
@@ -211,20 +212,25 @@ def test_roclip_matches_every_second_epoch_and_trains_the_image_tower_there(pois
 
 
 # -- the CLI and the runner ---------------------------------------------------------------
-def test_train_clip_with_safeclip_writes_its_splits(poisoned, tmp_path, capsys):
+def test_train_clip_with_safeclip_writes_its_splits_in_memory_and_streamed_alike(poisoned, tmp_path, capsys):
     plan = tmp_path / "plan"
     assert main(["poison", "--dataset", "shapes", "--n", "192", "--attack", "clip-dirty", "--trigger", "badnet",
                  "--trigger-param", "size=7", "--target", "star", "--rate", "0.1", "--out", str(plan)]) == 0
     capsys.readouterr()
-    code = main(["train", "clip", "--dataset", str(plan / "plan.json"), "--epochs", "4", "--batch-size", "48",
-                 "--defense", "safeclip", "--defense-param", "unimodal_epochs=1", "--defense-param", "bank_size=64",
-                 "--out", str(tmp_path / "run"), "--json"])
-    assert code == 0, capsys.readouterr().err[-800:]
-    summary = json.loads(capsys.readouterr().out)
-    record = json.loads((tmp_path / "run" / "defense.json").read_text())
-    assert record == summary["defense"] and record["defense"] == "safeclip"
-    assert [s["epoch"] for s in record["splits"]] == [2, 3] and all(0 <= s["recall"] <= 1 for s in record["splits"])
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    runs = {}
+    for mode in ("memory", "stream"):
+        code = main(["train", "clip", "--dataset", str(plan / "plan.json"), "--epochs", "4", "--batch-size", "48",
+                     "--defense", "safeclip", "--defense-param", "unimodal_epochs=1", "--defense-param", "bank_size=64",
+                     "--data", mode, "--workers", "0", "--out", str(tmp_path / mode), "--json"])
+        assert code == 0, capsys.readouterr().err[-800:]
+        runs[mode] = json.loads(capsys.readouterr().out)
+        record = json.loads((tmp_path / mode / "defense.json").read_text())
+        assert record == runs[mode]["defense"] and record["defense"] == "safeclip"
+        assert [s["epoch"] for s in record["splits"]] == [2, 3] and all(0 <= s["recall"] <= 1 for s in record["splits"])
+    assert runs["stream"]["data"]["mode"] == "stream"
+    assert runs["memory"]["defense"]["splits"] == runs["stream"]["defense"]["splits"], "the split reads streamed data alike"
+    weights = [load_file(tmp_path / mode / "model.safetensors") for mode in ("memory", "stream")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_runner_training_section(tmp_path):
@@ -234,7 +240,7 @@ def test_runner_training_section(tmp_path):
         "poison": {"n": 64, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "rate": 0.1},
         "attacks": [], "cleaning": {"n": 64}, "defenses": [], "test": {"n": 40},
         "training": {
-            "rate": 0.1,
+            "n": 192, "epochs": 4, "lr": 1e-3, "batch_size": 48, "rate": 0.1,
             "attacks": [{"name": "badnet", "trigger": "badnet", "params": {"size": 7}},
                         {"name": "text2", "attack": "text-attack-2", "attack_params": {"source": "square"}, "rate": 0.05}],
             "defenses": [{"name": "safeclip", "defense": "safeclip",

@@ -219,16 +219,18 @@ class TextSpec(TrainSpec):
     defenses: list[DefenseSpec] = Field(default_factory=list)
 
 
-class TrainingSpec(Seeded):
+class TrainingSpec(TrainSpec):
     """Training-time defenses against pre-training on poisoned pairs (SafeCLIP, RoCLIP).
 
-    Each attack poisons the grid's pre-training pairs (``pretrain.n`` of ``pretrain.data_seed``)
-    at its ``rate`` (default the section's), target ``poison.target``; a model is pre-trained from
-    random weights with the pre-training budget undefended, on the pairs the cosine filter keeps
-    (scored by the clean pre-trained model; ``filter_fraction`` dropped, default twice the rate),
-    and with each of ``defenses`` (registered training-time defenses and their parameters).
+    Every model is pre-trained from random weights with this budget (``n`` pairs of ``data_seed``)
+    and each training seed: on the clean pairs (the reference), and per attack on the pairs
+    poisoned at its ``rate`` (default the section's; target ``poison.target``) undefended, on the
+    pairs the cosine filter keeps (scored by the clean model of the same seed, the trusted model
+    the filter assumes; ``filter_fraction`` dropped, default twice the rate), and with each of
+    ``defenses`` (registered training-time defenses and their parameters).
     """
 
+    model: Name = "poisonlab-tiny-rn"
     attacks: list[AttackSpec] = Field(min_length=1)
     rate: float = Field(default=0.03, gt=0, le=1)
     defenses: list[DefenseSpec] = Field(default_factory=list)

@@ -1,12 +1,12 @@
 """The training-time section of an experiment: CLIP pre-trained from scratch on poisoned pairs.
 
-For each attack and training seed, the pre-training data (the grid's ``pretrain.n`` pairs) is
-poisoned at the section's rate and a model is pre-trained from random weights with the grid's
-pre-training budget four ways: undefended (``none``), on the pairs the cosine filter keeps
-(``filter``: the grid's clean pre-trained model scores them, as Yang et al.'s pair filter), and
-with each training-time defense (SafeCLIP, RoCLIP). Every model is measured with the same test
-split (CA, the trigger's ASR and RA; Hit@K / MinRank for a text attack). Results go to the store
-under ``<experiment>/training``; SafeCLIP's split of every epoch as a document.
+For each training seed a model is pre-trained from random weights with the section's budget on
+the clean pairs (``clean data``, the reference), and for each attack on the pairs it poisons at
+the section's rate: undefended (``none``), on the pairs the cosine filter keeps (``filter``: the
+clean model of the same seed scores them, as Yang et al.'s pair filter), and with each
+training-time defense (SafeCLIP, RoCLIP). Every model is measured with the same test split (CA,
+the trigger's ASR and RA; Hit@K / MinRank for a text attack). Results go to the store under
+``<experiment>/training``; SafeCLIP's split of every epoch as a document.
 """
 
 from __future__ import annotations
@@ -45,28 +45,41 @@ class TrainingSection:
             params.update(trigger=attack.trigger, trigger_params=attack.params)
         return attacks.create(attack.attack, **params)
 
+    def base(self) -> Any:
+        return self.runner.data(self.runner.spec.dataset, self.spec.n, self.spec.data_seed)
+
     def plan(self, attack: AttackSpec, seed: int) -> PoisonedDataset:
         """The pre-training pairs poisoned by ``attack`` (its pairs chosen by ``seed``)."""
-        p = self.runner.spec.pretrain
-        base = self.runner.data(self.runner.spec.dataset, p.n, p.data_seed)
-        return PoisonedDataset(base, self.attack(attack)(base, seed=seed))
+        return PoisonedDataset(self.base(), self.attack(attack)(self.base(), seed=seed))
+
+    def inputs(self, seed: int) -> dict[str, Any]:
+        return {"stage": "pretrain", "dataset": self.runner.spec.dataset, "size": self.runner.spec.image_size,
+                **self.spec.budget(exclude={"attacks", "rate", "defenses", "filter_fraction"}), "seed": seed}
+
+    def clean(self, seed: int) -> Path:
+        """The model pre-trained on the clean pairs with ``seed``: the reference, and the filter's scorer."""
+        def build(tmp: Path) -> None:
+            train_clip(create_clip(self.spec.model, seed=seed), self.base(), self.spec.train_config(seed), tmp,
+                       stage="pretrain:clean", progress=self.runner.progress)
+
+        return self.runner.cached(f"training:clean{self.spec.tag(seed)}", self.inputs(seed), build)
 
     def pretrain(self, attack: AttackSpec, condition: str, seed: int, defense: DefenseSpec | None = None) -> Path:
         """The model pre-trained from scratch on the attack's poisoned pairs under ``condition``
         (``none``, ``filter`` or a defense's name)."""
-        p, s = self.runner.spec.pretrain, self.spec
-        inputs = {"stage": "pretrain-poisoned", "dataset": self.runner.spec.dataset, "size": self.runner.spec.image_size,
-                  **p.budget(), "seed": seed, "attack": attack.model_dump(exclude_none=True), "rate": s.rate,
+        s = self.spec
+        inputs = {**self.inputs(seed), "attack": attack.model_dump(exclude_none=True), "rate": s.rate,
                   "target": self.target, "condition": condition,
                   "defense": defense.model_dump(exclude={"dataset"}) if defense else None}
         if condition == "filter":
-            self.runner.pretrain()
-            inputs.update(scorer=self.runner.keys["pretrain"], filter_fraction=self.filter_fraction(attack))
+            self.clean(seed)
+            inputs.update(scorer=self.runner.keys[f"training:clean{s.tag(seed)}"],
+                          filter_fraction=self.filter_fraction(attack))
 
         def build(tmp: Path) -> None:
             data = self.plan(attack, seed)
             data.plan.save(tmp / "plan.json")
-            start, config = create_clip(p.model, seed=seed), p.train_config(seed)
+            start, config = create_clip(s.model, seed=seed), s.train_config(seed)
             if defense is not None:
                 method = defenses.create(defense.defense, family="clip", kind="training", **defense.params)
                 result = method.run(start, data, out=tmp, options=RunOptions(train=config, progress=self.runner.progress))
@@ -75,13 +88,13 @@ class TrainingSection:
             report: dict[str, Any] = {}
             if condition == "filter":
                 found = defenses.create("filter", threshold=None, drop_fraction=self.filter_fraction(attack)).run(
-                    load_clip(self.runner.pretrain() / MODEL), data)
+                    load_clip(self.clean(seed) / MODEL), data)
                 report = {k: found.report[k] for k in FILTER_KEYS}
                 data = Subset(data, found.kept)
             trained = train_clip(start, data, config, tmp, stage=f"pretrain:{condition}", progress=self.runner.progress)
             write_json(tmp / "report.json", {**report, "seconds": round(trained.seconds, 2)})
 
-        return self.runner.cached(f"pretrain:{attack.name}:{condition}{s.tag(seed)}", inputs, build)
+        return self.runner.cached(f"training:{attack.name}:{condition}{s.tag(seed)}", inputs, build)
 
     def filter_fraction(self, attack: AttackSpec) -> float:
         """The share of pairs the filter drops: the section's, else twice the attack's rate (the grid's audit)."""
@@ -104,10 +117,9 @@ class TrainingSection:
                 for seed in self.spec.all_seeds() for a in self.spec.attacks]
 
     def run_cell(self, attack: AttackSpec, seed: int) -> None:
-        """Every condition of one attack and seed, measured and stored (the clean pre-trained model
-        once, as the reference the defenses are held to)."""
-        if seed == self.spec.seed:
-            self.runner.store.put(self.name, attack.name, "clean data", self.measure(self.runner.pretrain(), attack), seed)
+        """Every condition of one attack and seed, measured and stored beside the clean model of the
+        seed (the reference the defenses are held to)."""
+        self.runner.store.put(self.name, attack.name, "clean data", self.measure(self.clean(seed), attack), seed)
         conditions: list[tuple[str, DefenseSpec | None]] = [("none", None), ("filter", None),
                                                             *((d.name, d) for d in self.spec.defenses)]
         for condition, defense in conditions:

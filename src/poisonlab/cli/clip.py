@@ -15,6 +15,7 @@ from poisonlab.cli.common import (
     emit,
     json_option,
     load_data,
+    method_help,
     parse_params,
     stream_options,
     training_out,
@@ -55,7 +56,7 @@ def train_group() -> None:
     """Train or fine-tune a model."""
 
 
-@train_group.command("clip")
+@train_group.command("clip", epilog=method_help(defenses.DEFENSES, "clip", "training", "--defense-param"))
 @click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_MODEL, show_default=True, help="open_clip architecture.")
 @click.option("--pretrained", default=None,
@@ -68,7 +69,7 @@ def train_group() -> None:
 @click.option("--defense", default=None,
               help="Train with a training-time defense: " + ", ".join(defenses.available("clip", "training")) + ".")
 @click.option("--defense-param", "defense_params", multiple=True,
-              help="KEY=VALUE for --defense (e.g. pool_size=2048); `poisonlab list` shows each one's.")
+              help="KEY=VALUE for --defense (e.g. pool_size=2048); each one's are listed below.")
 @stream_options()
 @json_option
 def train_clip_cmd(dataset: str, arch: str, pretrained: str | None, config: TrainConfig, out: Path, resume: bool,

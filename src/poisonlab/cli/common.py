@@ -151,10 +151,11 @@ class LiveEpilog(click.Command):
                 formatter.write_text(line)
 
 
-def method_help(registry: Registry[Any], family: str | None = None, kind: str | None = None) -> str:
+def method_help(registry: Registry[Any], family: str | None = None, kind: str | None = None,
+                option: str = "--param") -> str:
     """A help epilog listing each method of ``family`` / ``kind`` with its parameters and defaults
     (read from its config, so new methods and fields show up by themselves)."""
-    lines = ["\b", "Methods and their --param KEY=VALUE parameters (defaults):"]
+    lines = ["\b", f"Methods and their {option} KEY=VALUE parameters (defaults):"]
     for entry in registry.entries(family, kind):
         params = ", ".join(f"{k}={v!r}" for k, v in parameters(entry.factory).items())
         lines.append(f"  {entry.name} [{entry.family}, {entry.kind}]: {params}")

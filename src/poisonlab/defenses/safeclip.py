@@ -237,9 +237,9 @@ class SafeClipObjective(Objective):
                                                  world_size=self.world_size)
             feats[2], feats[3] = gather_features(feats[2], feats[3], gather_with_grad=True, rank=self.rank,
                                                  world_size=self.world_size)
-            gathered = [torch.zeros_like(safe) for _ in range(self.world_size)]
-            torch.distributed.all_gather(gathered, safe)
-            safe = torch.cat(gathered)
+            gathered = [torch.zeros_like(safe, dtype=torch.uint8) for _ in range(self.world_size)]
+            torch.distributed.all_gather(gathered, safe.to(torch.uint8))  # gloo has no bool
+            safe = torch.cat(gathered).bool()
         image, text, image_aug, text_aug = feats
         scale = out["logit_scale"]
         n = image.shape[0]
