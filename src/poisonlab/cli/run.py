@@ -72,7 +72,7 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
     if spec.training is not None and "training" in runner.parts:
         t = spec.training
         more += training_sections(runner.store, spec.name, [a.name for a in t.attacks], [d.name for d in t.defenses])
-        if safeclip_splits(runner.store, spec.name, report / "safeclip_splits.png"):
+        if safeclip_splits(runner.store, spec.name, report / "safeclip_splits.png", t.seed):
             images.append("safeclip_splits.png")
     expected = PRESETS / f"{spec.name}.expected.yaml"
     if expected.is_file():

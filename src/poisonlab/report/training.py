@@ -44,7 +44,7 @@ def training_sections(store: ResultsStore, experiment: str, attacks: list[str], 
                 if c != "none" and after else math.nan
             row.append(f"{pct(after.get('ra'))} / {pct(der)} / {cell(spread.get((a, c), {}).get('train_seconds'), 1, 0)}")
         cost.append(row)
-    split = [["attack", "defense", "safe share", "risky precision", "risky recall"]]
+    split = [["attack", "defense", "safe share (%)", "risky precision", "risky recall"]]
     split += [[a, c, cell(m["safe_share"]), cell(m["risky_precision"], 1, 3), cell(m["risky_recall"], 1, 3)]
               for (a, c), m in sorted(spread.items()) if "risky_recall" in m]
     filt = [["attack", "removed", "precision", "recall"]]
@@ -76,22 +76,29 @@ def training_sections(store: ResultsStore, experiment: str, attacks: list[str], 
     return out
 
 
-def safeclip_splits(store: ResultsStore, experiment: str, path: Path) -> bool:
-    """``path``: recall (and precision) of SafeCLIP's risky set against the poisoned pairs over
-    the epochs, one line per (attack, seed); ``False`` when nothing was split."""
+def safeclip_splits(store: ResultsStore, experiment: str, path: Path, first_seed: int = 0) -> bool:
+    """``path``: recall of SafeCLIP's risky set against the poisoned pairs and the safe share over
+    the epochs, one line per (attack, seed; ``first_seed``: the seed whose stages carry no tag);
+    ``False`` when nothing was split."""
     docs = store.documents(f"{experiment}/training", "splits:")
     if not docs:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for key, doc in sorted(docs.items()):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    runs = [(key.removeprefix("splits:").partition(":"), doc) for key, doc in sorted(docs.items())]
+    attacks = sorted({attack for (attack, _, _), _ in runs})
+    seeds = sorted({int(rest.partition(":seed")[2] or first_seed) for (_, _, rest), _ in runs})
+    for (attack, _, rest), doc in runs:
         splits = [s for s in doc["splits"] if "recall" in s]
+        seed = int(rest.partition(":seed")[2] or first_seed)
+        style = {"color": plt.get_cmap("tab10")(attacks.index(attack) % 10),
+                 "linestyle": ("-", "--", ":", "-.")[seeds.index(seed) % 4], "marker": "o", "markersize": 3,
+                 "label": f"{attack} ({rest.split(':')[0]}, seed {seed})"}
         epochs = [s["epoch"] + 1 for s in splits]
-        label = key.removeprefix("splits:")
-        axes[0].plot(epochs, [s["recall"] for s in splits], marker="o", label=label)
-        axes[1].plot(epochs, [s["safe_share"] for s in splits], marker="o", label=label)
+        axes[0].plot(epochs, [s["recall"] for s in splits], **style)
+        axes[1].plot(epochs, [s["safe_share"] for s in splits], **style)
     axes[0].set(xlabel="epoch", ylabel="recall of the poisoned pairs", ylim=(-0.02, 1.02), title="risky set recall")
     axes[1].set(xlabel="epoch", ylabel="share of pairs", ylim=(0, 1), title="safe share (CLIP loss)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path)
