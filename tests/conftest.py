@@ -31,3 +31,16 @@ def rank_loss_and_grads(objective, model, batch, rank: int, world: int) -> dict:
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return {"loss": loss.detach(), "grads": grads, **extra}
+
+
+def crash_on_call(objective, call: int) -> None:
+    """Make ``objective.loss`` raise ``KeyboardInterrupt`` on its ``call``-th call (an interrupted run)."""
+    original, calls = objective.loss, {"n": 0}
+
+    def loss(batch, g):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(batch, g)
+
+    objective.loss = loss

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import rank_loss_and_grads
+from conftest import crash_on_call, rank_loss_and_grads
 
 from poisonlab import attacks
 from poisonlab.cli import main
@@ -119,16 +119,7 @@ def _run_training(tiny_data, out, steps, crash_at=None):
     data = pair_tensors(tiny_data, bundle.tokenize)
     objective = ClipObjective(bundle)
     if crash_at is not None:
-        original = objective.loss
-        calls = {"n": 0}
-
-        def loss(batch, g):
-            calls["n"] += 1
-            if calls["n"] == crash_at:
-                raise KeyboardInterrupt
-            return original(batch, g)
-
-        objective.loss = loss
+        crash_on_call(objective, crash_at)
     cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup=2, checkpoint_every=3, seed=5)
     trainer = Trainer(objective, data, cfg, out, save_model=lambda p: save_clip(bundle, p), progress=False)
     return bundle, trainer

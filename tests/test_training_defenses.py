@@ -33,6 +33,7 @@ from poisonlab.models import create_clip
 from poisonlab.models.clip import save_clip
 from poisonlab.train.data import pair_tensors
 from poisonlab.train.loop import TrainConfig, Trainer
+from tests.conftest import crash_on_call
 
 
 def _ce_rows(logits: torch.Tensor) -> float:
@@ -154,15 +155,7 @@ def _safeclip_run(data, out, crash_at=None):
     defense = defenses.create("safeclip", unimodal_epochs=1, clip_epochs=1, clip_lr=1e-4, bank_size=64)
     objective = SafeClipObjective(bundle, defense, seed=3)
     if crash_at is not None:
-        original, calls = objective.loss, {"n": 0}
-
-        def loss(batch, g):
-            calls["n"] += 1
-            if calls["n"] == crash_at:
-                raise KeyboardInterrupt
-            return original(batch, g)
-
-        objective.loss = loss
+        crash_on_call(objective, crash_at)
     cfg = TrainConfig(epochs=4, batch_size=48, lr=1e-3, checkpoint_every=5, seed=5)
     trainer = Trainer(objective, data, cfg, out, save_model=lambda p: save_clip(bundle, p), progress=False)
     return bundle, objective, trainer

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss, gather_features
+from open_clip.loss import gather_features
 from torch import nn
 
 from poisonlab.augment.eda import DEFAULT_WORDNET, EDA
@@ -39,7 +39,7 @@ from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig
-from poisonlab.train.objectives.clip import PairViews, clamp_logit_scale
+from poisonlab.train.objectives.clip import ClipObjective, PairViews
 from poisonlab.utils.seeding import derive_seed
 
 
@@ -62,20 +62,19 @@ class RoClipNet(nn.Module):
         return self.clip(images, tokens)
 
 
-class RoClipObjective(Objective):
+class RoClipObjective(ClipObjective):
     """Plain CLIP epochs alternating with pool-matched ones (see the module docstring)."""
 
     def __init__(self, bundle: ClipBundle, defense: RoCLIP, seed: int = 0, rank: int = 0, world_size: int = 1,
                  image_augment: Any = None, text_augment: Any = None) -> None:
-        self.bundle, self.defense = bundle, defense
+        super().__init__(bundle, rank, world_size)
+        self.defense = defense
         self.net = RoClipNet(bundle.model, int(bundle.config["embed_dim"]), defense.pool_size, seed).to(bundle.device)
         self.model = self.net
         self.rank, self.world_size = rank, world_size
         self.views = None if defense.views == "none" else PairViews(
             bundle.tokenize, image_augment or image_views(defense.views, bundle.image_size),
             text_augment or EDA(defense.eda_alpha, defense.wordnet))
-        self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank,
-                                  world_size=world_size)
         self.epoch = 0
         self.matched_epochs: list[int] = []
 
@@ -110,10 +109,6 @@ class RoClipObjective(Objective):
         matched = self.net.pool(image.detach(), update=False)
         self.net.pool(text.detach(), update=True)
         return pool_matched_loss(image, matched, scale), {"matched": 1.0}
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        clamp_logit_scale(self.bundle.model)
 
     def summary(self) -> dict[str, Any]:
         return {"matched_epochs": self.matched_epochs}

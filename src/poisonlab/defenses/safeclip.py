@@ -56,7 +56,7 @@ from poisonlab.errors import InputError
 from poisonlab.models.clip import ClipBundle
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig
-from poisonlab.train.objectives.clip import PairViews, clamp_logit_scale
+from poisonlab.train.objectives.clip import ClipObjective, PairViews
 from poisonlab.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -168,12 +168,13 @@ class SafeClipNet(nn.Module):
         return self.clip(images, tokens)
 
 
-class SafeClipObjective(Objective):
+class SafeClipObjective(ClipObjective):
     """SafeCLIP's three phases over the loop's epochs (see the module docstring)."""
 
     def __init__(self, bundle: ClipBundle, defense: SafeCLIP, seed: int = 0, rank: int = 0, world_size: int = 1,
                  image_augment: Any = None, text_augment: Any = None) -> None:
-        self.bundle, self.defense = bundle, defense
+        super().__init__(bundle, rank, world_size)
+        self.defense = defense
         self.net = SafeClipNet(bundle.model, int(bundle.config["embed_dim"]), defense.bank_size, seed).to(bundle.device)
         self.model = self.net
         self.rank, self.world_size = rank, world_size
@@ -271,10 +272,6 @@ class SafeClipObjective(Objective):
         image_nn = self.net.image_bank(image.detach(), update=True)
         text_nn = self.net.text_bank(text.detach(), update=True)
         return (unimodal_loss(image_aug, image_nn, scale) + unimodal_loss(text_aug, text_nn, scale)) / 2
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        clamp_logit_scale(self.bundle.model)
 
     def summary(self) -> dict[str, Any]:
         """The split of every epoch this run made (share, precision and recall of the risky set)."""
