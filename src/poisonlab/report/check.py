@@ -149,7 +149,8 @@ def as_dict(findings: list[Finding]) -> dict[str, Any]:
 
 
 HEADLINE = {"": ("ca", "asr", "precision", "recall"), "/classifier": ("ca", "asr", "arr"),
-            "/ssl": ("clean_acc", "fp", "asr", "precision", "recall", "pl1"), "/detect": ("score",)}
+            "/ssl": ("clean_acc", "fp", "asr", "precision", "recall", "pl1"), "/detect": ("score",),
+            "/training": ("ca", "asr", "hit@10", "recall", "risky_recall")}
 POINT_METRICS = ("hit@10", "min_rank")
 
 
