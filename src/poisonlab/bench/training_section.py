@@ -21,15 +21,13 @@ from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.cache import MODEL
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.spec import AttackSpec, DefenseSpec, TrainingSpec
+from poisonlab.bench.text_section import FILTER_KEYS, GOAL_KEYS
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import create_clip, load_clip
 from poisonlab.train import train_clip
 from poisonlab.utils.io import write_json
-
-FILTER_KEYS = ("precision", "recall", "removed", "caught", "clean_lost")
-TEXT_KEYS = ("hit@1", "hit@5", "hit@10", "min_rank")
 
 
 class TrainingSection:
@@ -107,7 +105,7 @@ class TrainingSection:
         source = getattr(self.attack(attack), "source", None)
         if source is not None:
             found = ev.text_attack(source, target=self.target)
-            return {**out, **{k: found[k] for k in TEXT_KEYS}, "baseline_hit@10": found["baseline"]["hit@10"]}
+            return {**out, **{k: found[k] for k in GOAL_KEYS}, "baseline_hit@10": found["baseline"]["hit@10"]}
         assert attack.trigger is not None
         return {**out, **ev.backdoor(triggers.create(attack.trigger, **attack.params), self.target)}
 

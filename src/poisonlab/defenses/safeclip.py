@@ -57,6 +57,7 @@ from poisonlab.models.clip import ClipBundle
 from poisonlab.train.dist import DistInfo
 from poisonlab.train.loop import Objective, TrainConfig
 from poisonlab.train.objectives.clip import ClipObjective, PairViews
+from poisonlab.train.stream import sequential
 from poisonlab.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ def pair_cosines(bundle: ClipBundle, data: Any, device: torch.device, batch_size
     was_training = model.training
     model.eval()
     try:
-        chunks = [torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-        for batch in data.batches(chunks, device):
+        for batch in data.batches(sequential(n, batch_size), device):
             out = model(bundle.normalize(batch["images"]), batch["tokens"].to(device))
             index = batch["index"].cpu().numpy()
             cosines[index] = (out["image_features"] * out["text_features"]).sum(-1).float().cpu().numpy()
