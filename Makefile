@@ -31,7 +31,7 @@ demo: $(STAMP) $(WORDNET)
 	$(BIN)/python -m poisonlab report --check demo-out
 
 # The demo's grid from a well-trained clean model, cleaned 36 epochs at lr 2e-3; sections at their
-# calibrated budgets (docs/results/clip.md 4m).
+# calibrated budgets (docs/results/clip.md, "make demo-full at 36 cleaning epochs").
 # One process: here the CLIP grid is most of the work, so it keeps both threads.
 demo-full: $(STAMP) $(WORDNET)
 	$(BIN)/python -m poisonlab run full --out demo-full-out --serial

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real architecture through the whole CLIP story on one GPU (docs/results/performance.md 4j): pre-train
+# A real architecture through the whole CLIP story on one GPU (docs/results/performance.md, "On a GPU"): pre-train
 # open_clip's ViT-B-32 at 224 px from scratch on `shapes`, poison fine-tuning data with Blended and
 # BadNet-stripes, fine-tune one poisoned model per attack, then clean each with finetune,
 # CleanCLIP, PAR and PAR on synthetic pairs at several learning rates (benchmarks/clip_frontier.py).

@@ -2,7 +2,7 @@
 
 Trains (or reuses, from --cache) one dirty-label poisoned classifier on ``shapes`` and repairs it
 with pivotal-tuning, finetune and fine-pruning; prints CA / ASR / ARR on 1,000 test images
-(the calibration table of docs/results/classifiers.md section 6). ``--suspect`` repairs a given checkpoint
+(the calibration table of docs/results/classifiers.md, "Classifiers: poisoned timm classifiers"). ``--suspect`` repairs a given checkpoint
 instead (e.g. the demo's cached poisoned classifier); ``--latents`` sweeps Pivotal Tuning's
 ``l_latent``.
 

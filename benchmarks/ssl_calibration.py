@@ -2,7 +2,7 @@
 
 Trains one SSL encoder (clean or with the ssl-patch attack on 50% of the target class) and
 reports the linear probe (all labelled training images, test split of the same data seed):
-clean accuracy, FP(target) and ASR. The numbers in docs/results/ssl.md section 7 come from it.
+clean accuracy, FP(target) and ASR. The numbers in docs/results/ssl.md, "Self-supervised encoders: patch poisoning" come from it.
 
 Usage: python benchmarks/ssl_calibration.py --dataset digits --method simclr --epochs 80 [--poisoned] [--threads 1]
 """

@@ -28,9 +28,11 @@ TINY = {
     "test": {"n": 40},
 }
 TINY_SSL = {"n": 96, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star", "method": "simclr",
-            "trigger_params": {"size": 8}, "probe_share": 0.5, "distill": {"epochs": 1, "batch_size": 32},
-            "distill_n": 64, "patchsearch": {"clusters": 4, "min_clusters": 2, "classifier_steps": 1},
-            "decree": {"steps": 2}, "test_n": 40}
+            "trigger_params": {"size": 8}, "probe_share": 0.5,
+            "defenses": [{"name": "distill", "defense": "distill", "params": {"epochs": 1, "batch_size": 32}},
+                         {"name": "patchsearch", "defense": "patchsearch",
+                          "params": {"clusters": 4, "min_clusters": 2, "classifier_steps": 1}}],
+            "defense_n": 64, "detectors": {"decree": {"steps": 2}}, "test_n": 40}
 
 
 def test_spec_rejects_unknown_keys(tmp_path):
@@ -83,12 +85,12 @@ def test_classifier_and_ssl_sections(tmp_path):
     assert {("badnet", "none"), ("badnet", "pt"), ("badnet", "clean model")} <= set(cls)
     assert 0 <= cls[("badnet", "pt")]["arr"] <= 1
     # the repair's path: one traced point per step; the last one is the model the repair returned
-    path = repair_paths(store, "tiny")["badnet"]["pt"]
+    path = repair_paths(store, "tiny/classifier")["badnet"]["pt"]
     assert [step for step, _, _ in path] == [1, 2]
     assert path[-1][1:] == pytest.approx((cls[("badnet", "pt")]["ca"], cls[("badnet", "pt")]["asr"]))
-    assert 0 <= store.table("tiny/detection")[("neural-cleanse", "population")]["auc"] <= 1
+    assert 0 <= store.table("tiny/classifier/detection")[("neural-cleanse", "population")]["auc"] <= 1
     # the section's own models, scored again here from their checkpoints with the same trusted share
-    scores = store.table("tiny/detect")
+    scores = store.table("tiny/classifier/detect")
     shapes = label_tensors(open_dataset("shapes", n=120, seed=5, size=32))
     trusted = shapes.subset(trusted_indices(len(shapes), 0.5, 5))
     for label in ("clean", "badnet"):
@@ -100,7 +102,8 @@ def test_classifier_and_ssl_sections(tmp_path):
     assert {("clean", "probe"), ("poisoned", "probe"), ("distill", "probe"), ("patchsearch", "probe"),
             ("patchsearch", "filter"), ("poisoned", "decree")} <= set(ssl)
     text = (html.parent / "README.md").read_text()
-    assert "PatchSearch" in text and "DECREE" in text and "roc.png" in text and "is it backdoored?" in text
+    assert "| patchsearch |" in text and "decree score (verdict)" in text and "roc.png" in text
+    assert "is it backdoored?" in text
     assert (html.parent / "roc.png").stat().st_size > 0
     assert "repairs.png" in text and (html.parent / "repairs.png").stat().st_size > 0
 
@@ -200,9 +203,9 @@ def test_only_runs_the_named_parts(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grid"])
     assert runner.parts == {"grid"} and runner.section_jobs() == []
-    with pytest.raises(InputError, match="unknown part 'grids'"):
+    with pytest.raises(InputError, match="no part 'grids' .it has: grid, ssl"):
         Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grids"])
-    with pytest.raises(InputError, match="no 'text' part .it has: grid, ssl"):
+    with pytest.raises(InputError, match="no part 'text' .it has: grid, ssl"):
         Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "o2", progress=False, only=["text"])
 
 

@@ -18,8 +18,8 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_has_the_two_blocks():
-    assert len(python_blocks()) == 2
+def test_readme_has_the_three_blocks():
+    assert len(python_blocks()) == 3
 
 
 def test_readme_story_runs(tmp_path, monkeypatch, capsys):
@@ -50,3 +50,29 @@ def test_readme_new_method_joins_the_registry(scratch_registry):
     found = defenses.create("my-filter", family="clip", kind="filter", keep_share=0.5).run(None, list(range(10)))
     assert found.model is None and found.kept == [0, 1, 2, 3, 4]
     assert "my-filter" in defenses.available("clip", "filter")
+
+
+def test_readme_new_study_runs_in_a_spec(tmp_path):
+    """The README's study kind, registered by its block, runs from a spec without a grid and is reported."""
+    import yaml
+
+    from poisonlab.bench.store import ResultsStore
+    from poisonlab.bench.study import STUDIES
+    from poisonlab.cli import main
+
+    before = dict(STUDIES._items)
+    try:
+        exec(compile(python_blocks()[2], "README.md", "exec"), {})  # noqa: S102
+        spec = {"name": "cc", "pretrain": {"n": 64, "epochs": 1, "lr": 1e-3, "batch_size": 32},
+                "poison": {"n": 64, "epochs": 1, "lr": 1e-3, "target": "star", "rate": 0.1}, "attacks": [],
+                "cleaning": {"n": 128}, "defenses": [], "test": {"n": 40},
+                "studies": [{"study": "clean-check", "name": "cc", "defense": "finetune", "steps": 1}]}
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+        assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--serial"]) == 0
+    finally:
+        STUDIES._items.clear()
+        STUDIES._items.update(before)
+    rows = ResultsStore(tmp_path / "out" / "results.db", read_only=True).table("cc/cc")
+    assert set(rows) == {("none", "clean model"), ("none", "finetune")}
+    assert all(0 <= m["ca"] <= 1 for m in rows.values())
+    assert "## Study cc: results" in (tmp_path / "out" / "report" / "README.md").read_text()

@@ -19,9 +19,9 @@ def test_dose_response_draws_only_attacks_with_two_doses(tmp_path):
     store = ResultsStore(tmp_path / "r.db")
     point = {"hit@10": 0.5, "min_rank": 3.0, "baseline_hit@10": 0.0, "baseline_min_rank": 40.0}
     store.put_point("e/text", "attack-2", "none", 300, 0, point)
-    assert dose_response(store, "e", tmp_path / "one.png") is None and not (tmp_path / "one.png").exists()
+    assert dose_response(store, "e/text", tmp_path / "one.png") is None and not (tmp_path / "one.png").exists()
     store.put_point("e/text", "attack-2", "none", 600, 0, point)
-    assert dose_response(store, "e", tmp_path / "two.png") is not None and (tmp_path / "two.png").is_file()
+    assert dose_response(store, "e/text", tmp_path / "two.png") is not None and (tmp_path / "two.png").is_file()
 
 
 def test_every_figure_the_runner_writes_has_a_caption():

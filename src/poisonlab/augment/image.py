@@ -56,7 +56,7 @@ class NoiseErasing:
     ``noise="gaussian"`` adds N(0, std) and clamps to [0, 1], as the paper describes it;
     ``noise="rectified"`` is what the released code computes: the noise itself is clipped to
     [0, 1] before it is added, so it only brightens. On the 32-px demo models the symmetric form
-    alone costs about 20 points of clean accuracy (docs/results/clip.md 4d).
+    alone costs about 20 points of clean accuracy (docs/results/clip.md, "PAR's augmentation").
     """
 
     def __init__(self, mean: Sequence[float], noise_std: float = 0.2, noise_p: float = 0.5, erase_p: float = 0.5,

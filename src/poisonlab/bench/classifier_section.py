@@ -3,9 +3,10 @@
 Stages (cached like the CLIP stages): train one clean and one poisoned classifier per attack;
 repair each poisoned classifier with each repair method on the trusted share; score the clean and
 poisoned classifiers with each ``detect`` detector; train the detection population and score it
-with each of its detectors. Results go to the store under ``<experiment>/classifier`` (CA, ASR,
-ARR per attack x repair), ``<experiment>/detect`` (score and verdict per detector x model) and
-``<experiment>/detection`` (population ROC AUC).
+with each of its detectors. Results go to the store under the study's experiment name (CA, ASR,
+ARR per attack x repair) and three more of its tables: ``detect`` (score and verdict per detector
+x model), ``detection`` (population ROC AUC, the curves as the document ``population``) and
+``repair-trace`` (CA / ASR along each repair).
 """
 
 from __future__ import annotations
@@ -15,11 +16,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from poisonlab import attacks, defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.cache import MODEL
+from poisonlab.bench.config import (
+    AttackSpec,
+    Count,
+    Name,
+    RepairSpec,
+    Seed,
+    Strict,
+    TrainSpec,
+    seeded,
+)
 from poisonlab.bench.parallel import Job
-from poisonlab.bench.spec import AttackSpec, ClassifierSpec, RepairSpec, seeded
+from poisonlab.bench.store import CLEAN_MODEL
+from poisonlab.bench.study import STUDIES, Study
 from poisonlab.detect.population import (
     PopulationConfig,
     evaluate_detectors,
@@ -35,10 +49,41 @@ from poisonlab.train.loop import RECIPES
 from poisonlab.utils.io import write_json
 
 
-class ClassifierSection:
-    def __init__(self, runner: Any, spec: ClassifierSpec) -> None:
-        self.runner, self.spec = runner, spec
-        self.name = f"{runner.spec.name}/classifier"
+class PopulationSpec(Strict):
+    n: int = Field(default=4, ge=2, le=1000)
+    n_train: Count = 5000
+    epochs: float = Field(default=8, gt=0, le=100_000)
+    detectors: dict[Name, dict[str, Any]] = Field(default_factory=lambda: {"cti": {}, "neural-cleanse": {}})
+
+
+class ClassifierSpec(TrainSpec):
+    """Poisoned classifiers, their repair with a trusted share, and detection.
+
+    ``detect`` scores the section's own clean and poisoned classifiers with each named detector
+    (cheap: nothing new is trained); ``population`` trains ``n`` clean + ``n`` backdoored models
+    and reports each of its detectors' ROC AUC. ``trace_every`` measures test CA / ASR along each
+    repair every so many steps (the report's CA-vs-ASR curves; 0 turns it off).
+    """
+
+    model: Name = "poisonlab-resnet-tiny"
+    target: Name
+    rate: float = Field(gt=0, le=1)
+    attacks: list[AttackSpec]
+    trusted_share: float = Field(default=0.01, gt=0, le=1)
+    trusted_seed: Seed = 5
+    repairs: list[RepairSpec]
+    trace_every: int = Field(default=50, ge=0)
+    detect: dict[Name, dict[str, Any]] = Field(default_factory=dict)
+    population: PopulationSpec | None = None
+
+
+@STUDIES.register("classifier")
+class ClassifierSection(Study):
+    family = "classifier"
+    Spec = ClassifierSpec
+    rank = 1
+    headline = ("ca", "asr", "arr", "score")
+
 
     def train(self, attack: AttackSpec | None, seed: int) -> Path:
         """The clean (``attack`` None) or poisoned classifier trained with ``seed``."""
@@ -93,7 +138,7 @@ class ClassifierSection:
         """Each traced point as a point (attack, repair, step, seed) of ``<experiment>/repair-trace``."""
         for point in json.loads((path / "report.json").read_text()).get("trace", []):
             metrics = {k: v for k, v in point.items() if k != "step"}
-            self.runner.store.put_point(f"{self.runner.spec.name}/repair-trace", attack, repair, point["step"],
+            self.runner.store.put_point(self.table("repair-trace"), attack, repair, point["step"],
                                         seed, metrics)
 
     def evaluate(self, path: Path, attack: AttackSpec) -> dict[str, float]:
@@ -118,7 +163,7 @@ class ClassifierSection:
 
         out = self.runner.cached(f"detect:{label}{tag}", inputs, build)
         for name, d in json.loads((out / "detect.json").read_text()).items():
-            self.runner.store.put(f"{self.runner.spec.name}/detect", name, label,
+            self.runner.store.put(self.table("detect"), name, label,
                                   {"score": d["score"], "threshold": d["threshold"], "backdoored": d["backdoored"]}, seed)
 
     def population(self) -> dict[str, Any] | None:
@@ -140,8 +185,8 @@ class ClassifierSection:
         path = self.runner.cached("population", inputs, build)
         result = json.loads((path / "population.json").read_text())
         for d in p.detectors:
-            self.runner.store.put(f"{self.runner.spec.name}/detection", d, "population", {"auc": result[d]["auc"]})
-        self.runner.store.put_document(self.runner.spec.name, "population", result)
+            self.runner.store.put(self.table("detection"), d, "population", {"auc": result[d]["auc"]})
+        self.runner.store.put_document(self.experiment, "population", result)
         return result
 
     def jobs(self) -> list[Job]:
@@ -158,17 +203,17 @@ class ClassifierSection:
         """The clean classifier of ``seed``: its CA / ASR under each attack's trigger, each detector's score."""
         clean = self.train(None, seed)
         for attack in self.spec.attacks:
-            self.runner.store.put(self.name, attack.name, "clean model", self.evaluate(clean, attack), seed)
+            self.put(attack.name, CLEAN_MODEL, self.evaluate(clean, attack), seed)
         if self.spec.detect:
             self.detect("clean", clean, seed)
 
     def run_attack(self, attack: AttackSpec, seed: int) -> None:
         """One attack with one seed: the poisoned classifier, each repair of it, each detector's score."""
         suspect = self.train(attack, seed)
-        self.runner.store.put(self.name, attack.name, "none", self.evaluate(suspect, attack), seed)
+        self.put(attack.name, "none", self.evaluate(suspect, attack), seed)
         for repair in self.spec.repairs:
             path = self.repair(attack, repair, suspect, seed)
-            self.runner.store.put(self.name, attack.name, repair.name, self.evaluate(path, attack), seed)
+            self.put(attack.name, repair.name, self.evaluate(path, attack), seed)
             self.put_trace(attack.name, repair.name, path, seed)
         if self.spec.detect:
             self.detect(attack.name, suspect, seed)

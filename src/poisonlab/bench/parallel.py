@@ -5,7 +5,7 @@ CLIP grid is done, takes the rest from the last, so neither waits idle while the
 The two share the cache folder (a lock per stage: a stage is built once) and the results store
 (SQLite serialises the two writers). On the tiny CPU models a training step is too small to keep
 two threads busy, so two one-thread processes get more done than one two-thread process
-(docs/results/performance.md 4g). Both processes keep the same number of intra-op threads for the whole
+(docs/results/performance.md, "Where the demo's time goes on 2 CPU cores"). Both processes keep the same number of intra-op threads for the whole
 run: a stage's numerics depend on its thread count, so they must not depend on which process runs
 it (same seed, same result).
 """

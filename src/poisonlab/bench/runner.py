@@ -1,4 +1,4 @@
-"""Run an experiment spec: the CLIP grid here, the other sections beside it; every stage cached by
+"""Run an experiment spec: the CLIP grid here, its studies beside it; every stage cached by
 the hash of what produced it (:mod:`poisonlab.bench.cache`), scheduled by :mod:`poisonlab.bench.parallel`.
 
 Stages: pre-train a clean model; per attack, poison the fine-tuning data and fine-tune; per
@@ -28,13 +28,11 @@ from sklearn.metrics import roc_auc_score
 from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.bench.cache import MODEL, StageCache
-from poisonlab.bench.classifier_section import ClassifierSection
+from poisonlab.bench.config import AttackSpec, DefenseSpec, seeded
 from poisonlab.bench.parallel import Job, sections_beside
-from poisonlab.bench.spec import AttackSpec, DefenseSpec, DetectorSpec, ExperimentSpec, seeded
-from poisonlab.bench.ssl_section import SslSection
-from poisonlab.bench.store import ResultsStore
-from poisonlab.bench.text_section import TextSection
-from poisonlab.bench.training_section import TrainingSection
+from poisonlab.bench.spec import GRID, DetectorSpec, ExperimentSpec, study_specs
+from poisonlab.bench.store import CLEAN_MODEL, ResultsStore, StudyRow
+from poisonlab.bench.study import STUDIES, Study
 from poisonlab.data import open_dataset
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
@@ -52,7 +50,6 @@ from poisonlab.utils.seeding import make_generator
 log = logging.getLogger(__name__)
 DETECTION_KEYS = ("test_auroc", "auroc", "auprc", "fpr_at_95_tpr", "precision", "recall", "f1", "flagged", "caught", "clean_lost",
                   "threshold")
-PARTS = ("grid", "classifier", "ssl", "text", "training")  # what a spec can hold; ``--only`` picks among them
 RUN_OUTPUTS = ("results.db", "results.db-journal", "results.db-wal", "results.db-shm", "cache", "report", ".claims")
 """What a run writes into its output folder."""
 
@@ -62,18 +59,17 @@ class Runner:
 
     def __init__(self, spec: ExperimentSpec, out_dir: str | Path, progress: bool = True,
                  run_id: str | None = None, only: Collection[str] | None = None, force: bool = False) -> None:
-        """``only``: run just these parts of the spec (of :data:`PARTS`; default every part it has);
-        ``force``: write into a non-empty ``out_dir`` that poisonlab did not write (only its own
-        entries are replaced there). A killed run's temporary stage folders are swept."""
+        """``only``: run just these parts of the spec (``grid`` or a study's name; default every
+        part it has); ``force``: write into a non-empty ``out_dir`` that poisonlab did not write (only
+        its own entries are replaced there). A killed run's temporary stage folders are swept."""
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
-        unknown = sorted(set(only or ()) - set(PARTS))
-        if unknown:
-            raise InputError(f"unknown part {unknown[0]!r} (parts: {', '.join(PARTS)})")
-        missing = [p for p in only or () if not self.has(p)]
+        self.studies: dict[str, Study] = {s.name: STUDIES.get(s.kind)(self, s.name, s.spec)  # type: ignore[call-arg]
+                                          for s in study_specs(spec)}
+        have = [GRID] * bool(spec.attacks) + list(self.studies)
+        missing = [p for p in only or () if p not in have]
         if missing:
-            raise InputError(f"the spec has no {missing[0]!r} part (it has: "
-                             f"{', '.join(p for p in PARTS if self.has(p)) or 'none'})")
-        self.parts = frozenset(p for p in PARTS if (only is None or p in only) and self.has(p))
+            raise InputError(f"the spec has no part {missing[0]!r} (it has: {', '.join(have) or 'none'})")
+        self.parts = frozenset(p for p in have if only is None or p in only)
         self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
         marker = claim_output(self.out, RUN_OUTPUTS, force=force, legacy=("results.db",))
         if (self.out / "cache").is_dir() and run_id is None:
@@ -288,7 +284,7 @@ class Runner:
         name = self.spec.name
         clean = self.pretrain()
         for attack, metrics in self.evaluate(load_clip(clean / MODEL), self.spec.attacks).items():
-            self.store.put(name, attack, "clean model", metrics, self.spec.poison.seed)
+            self.store.put(name, attack, CLEAN_MODEL, metrics, self.spec.poison.seed)
         for attack in self.spec.attacks:
             for seed in self.spec.poison.all_seeds():
                 self.run_cell(attack, clean, seed)
@@ -308,26 +304,13 @@ class Runner:
             metrics.update({k: v for k, v in report.items() if k.startswith("final_s_")})
             self.store.put(name, attack.name, defense.name, metrics, seed)
 
-    def has(self, part: str) -> bool:
-        """Whether the spec holds ``part`` (the grid: any attack; a section: its block)."""
-        return bool(self.spec.attacks) if part == "grid" else getattr(self.spec, part) is not None
-
     def has_sections(self) -> bool:
-        return bool(self.parts - {"grid"})
+        return bool(self.parts - {GRID})
 
     def section_jobs(self) -> list[Job]:
-        """The training-time, SSL, text and classifier sections as independent jobs, the longest
-        chains first."""
-        jobs: list[Job] = []
-        if "training" in self.parts:
-            jobs += TrainingSection(self, self.spec.training).jobs()
-        if "ssl" in self.parts:
-            jobs += SslSection(self, self.spec.ssl).jobs()
-        if "text" in self.parts:
-            jobs += TextSection(self, self.spec.text).jobs()
-        if "classifier" in self.parts:
-            jobs += ClassifierSection(self, self.spec.classifier).jobs()
-        return jobs
+        """The jobs of every study that runs, studies of a higher ``rank`` (longer chains) first."""
+        chosen = sorted((s for name, s in self.studies.items() if name in self.parts), key=lambda s: -s.rank)
+        return [job for study in chosen for job in study.jobs()]
 
     def run_sections(self, shared: bool = False, reverse: bool = False) -> None:
         """Run the section jobs in order (``reverse``: last first).
@@ -345,24 +328,28 @@ class Runner:
     def run(self, parallel: bool = False) -> dict[tuple[str, str], dict[str, float]]:
         """Run (or reuse) every stage; returns the attack x defense table.
 
-        ``parallel``: a second process works through the classifier, SSL and text jobs beside the CLIP grid
+        ``parallel``: a second process works through the studies' jobs beside the CLIP grid
         and this process joins it from the other end when the grid is done, each with half the
         threads (:mod:`poisonlab.bench.parallel`); ignored with one thread.
         """
         self.processes = 2 if parallel and self.has_sections() and torch.get_num_threads() >= 2 else 1
         threads = torch.get_num_threads() // self.processes
         self.store.put_document(self.spec.name, "machine", describe(self.processes, threads))
+        if GRID in self.parts:
+            self.store.put_study(StudyRow(self.spec.name, self.spec.name, GRID, GRID, "clip"))
+        for name in sorted(self.parts - {GRID}):
+            self.store.put_study(self.studies[name].row())
         if self.processes == 2:
             try:
                 with sections_beside(functools.partial(shared_sections, self.spec.model_dump_json(), str(self.out),
                                                        self.run_id, sorted(self.parts))):
-                    if "grid" in self.parts:
+                    if GRID in self.parts:
                         self.run_grid()
                     self.run_sections(shared=True, reverse=True)
             finally:
                 shutil.rmtree(self.out / ".claims" / self.run_id, ignore_errors=True)
         else:
-            if "grid" in self.parts:
+            if GRID in self.parts:
                 self.run_grid()
             self.run_sections()
         return self.store.table(self.spec.name)

@@ -10,6 +10,8 @@ Every row says what it is; nothing is packed into names and parsed back:
 - ``documents``: one JSON document per (experiment, name) for results that are not a table
   (the detection population's ROC curves).
 - ``stages``: each stage's cache key, seconds and whether it came from the cache.
+- ``studies``: what each experiment name of the other tables is: the spec it ran in, the study
+  of that spec (``grid`` for the CLIP grid), the study's registered kind and model family.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from urllib.parse import quote
 
 from poisonlab.errors import InputError
 
+CLEAN_MODEL = "clean model"
+"""The row of a model never poisoned (what a trigger does without a backdoor: the floor of its ASR)."""
+UNDEFENDED = "none"
+"""The row of the poisoned model before any defense."""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     experiment TEXT NOT NULL, attack TEXT NOT NULL, defense TEXT NOT NULL, seed INTEGER NOT NULL,
@@ -37,6 +44,9 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (experiment, attack, condition, dose, seed, metric));
 CREATE TABLE IF NOT EXISTS documents (
     experiment TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (experiment, name));
+CREATE TABLE IF NOT EXISTS studies (
+    experiment TEXT NOT NULL PRIMARY KEY, spec TEXT NOT NULL, study TEXT NOT NULL, kind TEXT NOT NULL,
+    family TEXT NOT NULL);
 """
 
 
@@ -49,6 +59,16 @@ class Point(NamedTuple):
     dose: float
     seed: int
     metrics: dict[str, float]
+
+
+class StudyRow(NamedTuple):
+    """What an experiment name of the store is (:meth:`ResultsStore.put_study`)."""
+
+    experiment: str
+    spec: str
+    study: str
+    kind: str
+    family: str
 
 
 class Spread(NamedTuple):
@@ -103,7 +123,8 @@ def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
 COLUMNS = {"results": {"experiment", "attack", "defense", "metric", "value"},
            "stages": {"experiment", "stage", "key", "seconds", "cached"},
            "points": {"experiment", "attack", "condition", "dose", "seed", "metric", "value"},
-           "documents": {"experiment", "name", "body"}}
+           "documents": {"experiment", "name", "body"},
+           "studies": {"experiment", "spec", "study", "kind", "family"}}
 
 
 class ResultsStore:
@@ -199,6 +220,16 @@ class ResultsStore:
         for attack, defense, metric, value in rows:
             values.setdefault((attack, defense), {}).setdefault(metric, []).append(math.nan if value is None else value)
         return {cell: {m: Spread(tuple(v)) for m, v in metrics.items()} for cell, metrics in values.items()}
+
+    def put_study(self, row: StudyRow) -> None:
+        """Record what the rows of ``row.experiment`` are (their spec, study, kind and family)."""
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?)", tuple(row))
+
+    def studies(self, spec: str) -> list[StudyRow]:
+        """The experiment names of ``spec``'s studies, in the order they were recorded."""
+        rows = self.conn.execute("SELECT * FROM studies WHERE spec = ? ORDER BY rowid", (spec,))
+        return [StudyRow(*r) for r in rows]
 
     def experiments(self) -> list[str]:
         """The experiments with any row, sorted (a spec's sections are ``NAME/section``)."""

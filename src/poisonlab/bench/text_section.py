@@ -21,11 +21,15 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from pydantic import Field
+
 from poisonlab import attacks, defenses
 from poisonlab.attacks import PoisonedDataset, TextAttack
 from poisonlab.bench.cache import MODEL
+from poisonlab.bench.config import DefenseSpec, Dose, Name, Strict, TrainSpec
 from poisonlab.bench.parallel import Job
-from poisonlab.bench.spec import TextAttackSpec, TextSpec
+from poisonlab.bench.store import CLEAN_MODEL
+from poisonlab.bench.study import STUDIES, Study
 from poisonlab.data import ImageCaptionDataset, Subset
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
@@ -38,16 +42,57 @@ FILTER_KEYS = ("precision", "recall", "removed", "caught", "poisoned", "clean_lo
 GOAL_KEYS = ("hit@1", "hit@5", "hit@10", "min_rank")
 
 
-class TextSection:
-    def __init__(self, runner: Any, spec: TextSpec) -> None:
-        self.runner, self.spec = runner, spec
-        self.name = f"{runner.spec.name}/text"
+class TextAttackSpec(Strict):
+    """One text-modality attack of the text section; ``counts`` overrides the section's doses."""
+
+    name: Name
+    attack: Name
+    params: dict[str, Any] = Field(default_factory=dict)
+    counts: list[Dose] | None = None
+
+    def doses(self, section_counts: list[int]) -> list[int]:
+        return self.counts if self.counts is not None else section_counts
+
+
+class TextSpec(TrainSpec):
+    """Text-modality poisoning (Yang et al.): dose-response of poisoned fine-tunes and the defenses.
+
+    Each attack fine-tunes the grid's clean pre-trained model on ``n`` pairs with ``count`` of
+    them poisoned, for every count (0: the same fine-tune on clean pairs). ``seed_counts`` are
+    trained again with each of ``seeds`` (the attack's pair choice and the training order both
+    follow the seed). At ``defend_count`` (default: each attack's largest count) the poisoned set
+    is also filtered before training (``filter_fraction`` of the pairs least similar under the
+    clean model dropped) and the poisoned model is cleaned by each of ``defenses``.
+    """
+
+    attacks: list[TextAttackSpec]
+    counts: list[Dose] = Field(min_length=1)
+    seed_counts: list[Dose] = Field(default_factory=list)
+    defend_count: Dose | None = None
+    filter_fraction: float = Field(default=0.1, gt=0, lt=1)
+    defenses: list[DefenseSpec] = Field(default_factory=list)
+
+    def with_seeds(self, seeds: list[int]) -> TextSpec:
+        """More training seeds; without ``seed_counts`` every dose is trained with each of them."""
+        more = super().with_seeds(seeds)
+        return more if more.seed_counts else more.model_copy(update={"seed_counts": list(more.counts)})
+
+
+@STUDIES.register("text")
+class TextSection(Study):
+    family = "clip"
+    Spec = TextSpec
+    rank = 2
+    headline_points = ("hit@10", "min_rank")
+
+    def __init__(self, runner: Any, name: str, spec: TextSpec) -> None:
+        super().__init__(runner, name, spec)
         for a in spec.attacks:
             if not isinstance(self.attack(a, 1), TextAttack):
-                raise InputError(f"text section: {a.attack!r} is not a text-modality attack "
+                raise InputError(f"study {name!r}: {a.attack!r} is not a text-modality attack "
                                  "(text-attack-1, text-attack-2, text-attack-3)")
             if self.defend_count(a) not in a.doses(spec.counts):
-                raise InputError(f"text section: defend_count {spec.defend_count} is not a count of {a.name!r}")
+                raise InputError(f"study {name!r}: defend_count {spec.defend_count} is not a count of {a.name!r}")
 
     # -- data and stages -------------------------------------------------------------------
     def base(self) -> ImageCaptionDataset:
@@ -113,8 +158,8 @@ class TextSection:
             out[f"baseline_other_{key}"] = fmean(g["baseline_other"][key] for g in goals)
         return out
 
-    def put(self, attack: TextAttackSpec, condition: str, count: int, seed: int, metrics: dict[str, float]) -> None:
-        self.runner.store.put_point(self.name, attack.name, condition, count, seed, metrics)
+    def put_point(self, attack: TextAttackSpec, condition: str, count: int, seed: int, metrics: dict[str, float]) -> None:
+        self.runner.store.put_point(self.experiment, attack.name, condition, count, seed, metrics)
 
     # -- jobs ------------------------------------------------------------------------------
     def jobs(self) -> list[Job]:
@@ -134,16 +179,16 @@ class TextSection:
         """One fine-tune and its measurement; at count 0 also the pre-trained model's, at the
         defended count (first seed) the filtered fine-tune and each cleaning defense."""
         stage, path = self.finetune(attack, count, seed)
-        self.put(attack, "none", count, seed, self.measure(path, attack, seed))
+        self.put_point(attack, "none", count, seed, self.measure(path, attack, seed))
         if seed != self.spec.seed:
             return
         if count == 0:
-            self.put(attack, "clean model", 0, seed, self.measure(self.runner.pretrain(), attack, seed))
+            self.put_point(attack, CLEAN_MODEL, 0, seed, self.measure(self.runner.pretrain(), attack, seed))
         if count != self.defend_count(attack) or count == 0:
             return
         _, filtered = self.finetune(attack, count, seed, filtered=True)
         report = json.loads((filtered / "filter.json").read_text())
-        self.put(attack, "filter", count, seed, {**self.measure(filtered, attack, seed), **report})
+        self.put_point(attack, "filter", count, seed, {**self.measure(filtered, attack, seed), **report})
         for defense in self.spec.defenses:
             cleaned = self.runner.cleaned(f"{stage}:{defense.name}", self.runner.keys[stage], defense, path)
-            self.put(attack, defense.name, count, seed, self.measure(cleaned, attack, seed))
+            self.put_point(attack, defense.name, count, seed, self.measure(cleaned, attack, seed))

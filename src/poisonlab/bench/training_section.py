@@ -16,11 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.cache import MODEL
+from poisonlab.bench.config import AttackSpec, DefenseSpec, Name, TrainSpec
 from poisonlab.bench.parallel import Job
-from poisonlab.bench.spec import AttackSpec, DefenseSpec, TrainingSpec
+from poisonlab.bench.study import STUDIES, Study
 from poisonlab.bench.text_section import FILTER_KEYS, GOAL_KEYS
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
@@ -30,10 +33,33 @@ from poisonlab.train import train_clip
 from poisonlab.utils.io import write_json
 
 
-class TrainingSection:
-    def __init__(self, runner: Any, spec: TrainingSpec) -> None:
-        self.runner, self.spec = runner, spec
-        self.name = f"{runner.spec.name}/training"
+class TrainingSpec(TrainSpec):
+    """Training-time defenses against pre-training on poisoned pairs (SafeCLIP, RoCLIP).
+
+    Every model is pre-trained from random weights with this budget (``n`` pairs of ``data_seed``)
+    and each training seed: on the clean pairs (the reference), and per attack on the pairs
+    poisoned at its ``rate`` (default the section's; target ``poison.target``) undefended, on the
+    pairs the cosine filter keeps (scored by the clean model of the same seed, the trusted model
+    the filter assumes; ``filter_fraction`` dropped, default twice the rate), and with each of
+    ``defenses`` (registered training-time defenses and their parameters).
+    """
+
+    model: Name = "poisonlab-tiny-rn"
+    attacks: list[AttackSpec] = Field(min_length=1)
+    rate: float = Field(default=0.03, gt=0, le=1)
+    defenses: list[DefenseSpec] = Field(default_factory=list)
+    filter_fraction: float | None = Field(default=None, gt=0, lt=1)
+
+
+@STUDIES.register("training")
+class TrainingSection(Study):
+    family = "clip"
+    Spec = TrainingSpec
+    rank = 4
+    headline = ("ca", "asr", "hit@10", "recall", "risky_recall")
+
+    def __init__(self, runner: Any, name: str, spec: TrainingSpec) -> None:
+        super().__init__(runner, name, spec)
         self.target = runner.spec.poison.target
 
     def attack(self, attack: AttackSpec) -> attacks.Attack:
@@ -117,7 +143,7 @@ class TrainingSection:
     def run_cell(self, attack: AttackSpec, seed: int) -> None:
         """Every condition of one attack and seed, measured and stored beside the clean model of the
         seed (the reference the defenses are held to)."""
-        self.runner.store.put(self.name, attack.name, "clean data", self.measure(self.clean(seed), attack), seed)
+        self.put(attack.name, "clean data", self.measure(self.clean(seed), attack), seed)
         conditions: list[tuple[str, DefenseSpec | None]] = [("none", None), ("filter", None),
                                                             *((d.name, d) for d in self.spec.defenses)]
         for condition, defense in conditions:
@@ -129,6 +155,6 @@ class TrainingSection:
             if splits:
                 metrics.update(risky_precision=splits[-1].get("precision", float("nan")),
                                risky_recall=splits[-1].get("recall", float("nan")), safe_share=splits[-1]["safe_share"])
-                self.runner.store.put_document(self.name, f"splits:{attack.name}:{condition}{self.spec.tag(seed)}",
+                self.runner.store.put_document(self.experiment, f"splits:{attack.name}:{condition}{self.spec.tag(seed)}",
                                                {"splits": splits})
-            self.runner.store.put(self.name, attack.name, condition, metrics, seed)
+            self.put(attack.name, condition, metrics, seed)

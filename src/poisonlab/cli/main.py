@@ -18,8 +18,8 @@ from poisonlab.errors import InputError, RunOffError, crash_log, one_line
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("poisonlab.cli.listing", "list_names",
-        "List the registered triggers, attacks, datasets, defenses (with the model family each works on "
-        "and its kind) and detectors."),
+        "List the registered triggers, attacks, datasets, defenses (with the model family each works on and "
+        "its kind), detectors and study kinds (the parts a spec for `poisonlab run` may hold)."),
     "poison": ("poisonlab.cli.poison", "poison",
         "Make a poison plan (plan.json) for a dataset, a gallery of poisoned pairs, and optionally the "
         "data."),

@@ -22,9 +22,9 @@ cosine to ~0 (schedule ``two-phase``); augmentation = noise (std 0.2, p 0.5) and
 (p 0.5) of a 0.5-1% square; no text augmentation. The released code clips the noise itself to
 [0, 1] before adding it (``noise="rectified"``, the default here); ``noise="gaussian"`` is the
 symmetric noise the paper's text describes, which at the embedded data's 32 px costs the tiny
-models 20 points of clean accuracy whether or not the push is on (docs/results/clip.md 4d). At
+models 20 points of clean accuracy whether or not the push is on (docs/results/clip.md, "PAR's augmentation"). At
 that scale S reaches tau only at lr >= 1e-3 over a few hundred steps, and clean accuracy comes back only
-with many more cleaning pairs than the demo uses (20,000: docs/results/clip.md 4f).
+with many more cleaning pairs than the demo uses (20,000: docs/results/clip.md, "With eight times the cleaning pairs").
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class RepairObjective(Objective):
 
         With ``freeze_norm`` also keeps batch-norm layers in eval mode, so a few dozen trusted
         images do not overwrite running statistics estimated on the whole training set (measured
-        on the embedded data, this costs *more* accuracy than it saves: docs/results/classifiers.md 6).
+        on the embedded data, this costs *more* accuracy than it saves: docs/results/classifiers.md, "Classifiers: poisoned timm classifiers").
         """
         if self.freeze_norm:
             for m in self.model.modules():

@@ -14,7 +14,7 @@ Poisoning Attacks", 2023 (arXiv:2305.03355); reference design in ``specs/pick-yo
 
 The perturbation is kept in an L2 ball of radius ``max_rms * sqrt(C * H * W)`` (projected after
 every step). Unbounded, it separates *any* two models, backdoored or not: measured on 8 clean +
-8 backdoored shapes classifiers, every model scored 1.0 (ROC AUC 0.5, docs/results/classifiers.md 6).
+8 backdoored shapes classifiers, every model scored 1.0 (ROC AUC 0.5, docs/results/classifiers.md, "Classifiers: poisoned timm classifiers").
 The default radius (RMS 0.03, L2 1.7 at 32 px) is half the L2 norm of the embedded triggers
 (4-px BadNet patch 3.2, Blended at alpha 0.2: 4.2): measured on the demo's classifiers, it gives
 the clean model 0.31 and the BadNet / Blended models 0.91 / 1.00, both at the true target; at
@@ -54,7 +54,7 @@ class CalibratedTriggerInversion:
     ``check_every=0``: the accuracy-floor early stop is off unless ``repair`` turns it back on.
     With a handful of held-out images the floor can stop at the first check and hand back the
     suspect itself, and a calibration model identical to the suspect scores every class 0
-    (measured: ROC AUC 0.5, docs/results/classifiers.md section 6).
+    (measured: ROC AUC 0.5, docs/results/classifiers.md, "Classifiers: poisoned timm classifiers").
     """
 
     family: ClassVar[str] = "classifier"

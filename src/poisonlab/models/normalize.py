@@ -3,7 +3,7 @@
 Images everywhere in poisonlab are ``[B, C, H, W]`` in ``[0, 1]``; each model normalises them
 with its own mean and std. The result is laid out channels-last, which oneDNN's CPU convolutions
 (and cuDNN's under AMP) run faster: 1.19x on the tiny CLIP ResNet's training in
-``benchmarks/cpu_layout_threads.py``, 1.2-1.4x in single runs (docs/results/performance.md 4g). Values are the same; only the memory layout, and with it the order of
+``benchmarks/cpu_layout_threads.py``, 1.2-1.4x in single runs (docs/results/performance.md, "Where the demo's time goes on 2 CPU cores"). Values are the same; only the memory layout, and with it the order of
 floating-point sums inside a convolution, changes.
 """
 

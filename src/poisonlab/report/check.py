@@ -28,7 +28,9 @@ from typing import Any
 
 import yaml
 
-from poisonlab.bench.store import ResultsStore
+from poisonlab.bench.spec import GRID
+from poisonlab.bench.store import ResultsStore, StudyRow
+from poisonlab.bench.study import STUDIES
 from poisonlab.errors import InputError
 from poisonlab.utils.output import NAME
 
@@ -95,16 +97,6 @@ def measured(store: ResultsStore, e: Expected) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-PART = {"": "grid", "classifier": "classifier", "detect": "classifier", "detection": "classifier", "ssl": "ssl",
-        "text": "text", "training": "training"}
-
-
-def part_of(experiment: str) -> str:
-    """The part of a spec (:data:`poisonlab.bench.runner.PARTS`) an experiment name of the store belongs to."""
-    _, _, section = experiment.partition("/")
-    return PART.get(section, section)
-
-
 def check(store: ResultsStore, expected: list[Expected]) -> list[Finding]:
     return [Finding(e, measured(store, e)) for e in expected]
 
@@ -148,10 +140,8 @@ def as_dict(findings: list[Finding]) -> dict[str, Any]:
                     for f in findings if not f.inside]}
 
 
-HEADLINE = {"": ("ca", "asr", "precision", "recall"), "/classifier": ("ca", "asr", "arr"),
-            "/ssl": ("clean_acc", "fp", "asr", "precision", "recall", "pl1"), "/detect": ("score",),
-            "/training": ("ca", "asr", "hit@10", "recall", "risky_recall")}
-POINT_METRICS = ("hit@10", "min_rank")
+GRID_HEADLINE = ("ca", "asr", "precision", "recall")
+"""The CLIP grid's headline metrics (each study kind declares its own: ``Study.headline``)."""
 
 
 def headline(store: ResultsStore, name: str) -> dict[Expected, float]:
@@ -160,21 +150,34 @@ def headline(store: ResultsStore, name: str) -> dict[Expected, float]:
     return {e: sum(v) / len(v) for e, v in headline_seeds(store, name).items()}
 
 
+def legacy_parts(store: ResultsStore, name: str) -> list[StudyRow]:
+    """The parts of a store written before it recorded them: the grid and each built-in study kind
+    its experiment names end with."""
+    found = [StudyRow(name, name, GRID, GRID, "clip")]
+    for experiment in store.experiments():
+        spec, _, study = experiment.partition("/")
+        if spec == name and study in STUDIES:
+            found.append(StudyRow(experiment, name, study, study, STUDIES.get(study).family))  # type: ignore[attr-defined]
+    return found
+
+
 def headline_seeds(store: ResultsStore, name: str) -> dict[Expected, list[float]]:
-    """Each headline number of experiment ``name`` with its value on every training seed: every
-    row's CA / ASR-like metrics of the grid and the sections, and Hit@10 / MinRank of every text
-    point."""
+    """Each headline number of experiment ``name`` with its value on every training seed: the
+    metrics each part's kind names (:data:`GRID_HEADLINE`, ``Study.headline``) of every results row
+    and every point of the grid and the studies."""
     out: dict[Expected, list[float]] = {}
-    for suffix, metrics in HEADLINE.items():
-        for (attack, row), values in sorted(store.spread(name + suffix).items()):
+    for part in store.studies(name) or legacy_parts(store, name):
+        kind = STUDIES.get(part.kind) if part.kind != GRID else None
+        metrics = kind.headline if kind else GRID_HEADLINE  # type: ignore[attr-defined]
+        for (attack, row), values in sorted(store.spread(part.experiment).items()):
             for metric in metrics:
                 if metric in values and not any(math.isnan(v) for v in values[metric].values):
-                    out[Expected(name + suffix, attack, row, metric, 0.0, 0.0)] = list(values[metric].values)
-    for p in store.points(name + "/text"):
-        for metric in POINT_METRICS:
-            if metric in p.metrics:
-                out.setdefault(Expected(name + "/text", p.attack, p.condition, metric, 0.0, 0.0, p.dose),
-                               []).append(p.metrics[metric])
+                    out[Expected(part.experiment, attack, row, metric, 0.0, 0.0)] = list(values[metric].values)
+        for p in store.points(part.experiment):
+            for metric in kind.headline_points if kind else ():  # type: ignore[attr-defined]
+                if metric in p.metrics:
+                    out.setdefault(Expected(part.experiment, p.attack, p.condition, metric, 0.0, 0.0, p.dose),
+                                   []).append(p.metrics[metric])
     return out
 
 

@@ -10,13 +10,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from poisonlab.bench.store import ResultsStore, Spread
+from poisonlab.bench.store import CLEAN_MODEL, UNDEFENDED, ResultsStore, Spread
 from poisonlab.metrics.der import defense_effectiveness
 from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
 from poisonlab.report.spread import UNSTABLE, cell, ordering_rows, seeded_cells, spread_rows
 from poisonlab.utils.io import atomic_write
 
-BASELINES = ("clean model", "none")
+BASELINES = (CLEAN_MODEL, UNDEFENDED)
 CAPTIONS = {
     "triggers.png": "Each trigger of the grid on the same clean test images (top row: clean).",
     "ca_vs_asr.png": "Clean accuracy against attack success rate, one panel per attack: the poisoned model, the "
@@ -51,7 +51,7 @@ def ca_asr_scatter(table: dict[tuple[str, str], dict[str, Spread]], attacks: lis
             if a != attack or "asr" not in m:
                 continue
             ca, asr = m["ca"], m["asr"]
-            if defense == "clean model":
+            if defense == CLEAN_MODEL:
                 ax.axhline(100 * asr.mean, ls=":", lw=0.8, color="grey")
             marker = BASELINE_MARKERS.get(defense, "o")
             ax.errorbar(100 * ca.mean, 100 * asr.mean, xerr=100 * ca.sd or None, yerr=100 * asr.sd or None,
@@ -154,8 +154,9 @@ def _html_table(rows: list[list[str]]) -> str:
 def write_report(store: ResultsStore, experiment: str, attacks: list[str], defenses: list[str], out: Path,
                  extra: dict[str, Any] | None = None,
                  more: list[tuple[str, list[list[str]], str]] | None = None,
-                 images: list[str] | None = None) -> Path:
-    """Write ``out/README.md``, ``out/index.html`` and ``out/ca_vs_asr.png``; returns the HTML path."""
+                 images: list[tuple[str, str]] | None = None) -> Path:
+    """Write ``out/README.md``, ``out/index.html`` and ``out/ca_vs_asr.png``; returns the HTML path.
+    ``images``: more figures of the report folder, each ``(file, caption)``."""
     out.mkdir(parents=True, exist_ok=True)
     table, spread = store.table(experiment), store.spread(experiment)
     if attacks:
@@ -194,14 +195,14 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     md = [f"# poisonlab report: {experiment}", ""]
     if extra:
         md += [f"- {k}: {v}" for k, v in extra.items()] + [""]
-    pictures = [*(["triggers.png", "ca_vs_asr.png"] if attacks else []), *(images or [])]
-    for p in pictures:
-        md += [f"![{p[:-4]}]({p})", "", f"*{CAPTIONS.get(p, p)}*", ""]
+    pictures = [*((p, CAPTIONS[p]) for p in ("triggers.png", "ca_vs_asr.png") if attacks), *(images or [])]
+    for p, caption in pictures:
+        md += [f"![{p[:-4]}]({p})", "", f"*{caption}*", ""]
     body = [f"<h1>poisonlab report: {html.escape(experiment)}</h1>"]
     if extra:
         body.append("<ul>" + "".join(f"<li>{html.escape(f'{k}: {v}')}</li>" for k, v in extra.items()) + "</ul>")
-    body += [f'<figure><img src="{p}" alt="{p[:-4]}"><figcaption>{html.escape(CAPTIONS.get(p, p))}</figcaption>'
-             "</figure>" for p in pictures]
+    body += [f'<figure><img src="{p}" alt="{p[:-4]}"><figcaption>{html.escape(caption)}</figcaption>'
+             "</figure>" for p, caption in pictures]
     for title, rows, note in sections:
         md += [f"## {title}", "", markdown_table(rows), "", note, ""]
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows), f"<p>{html.escape(note)}</p>"]

@@ -12,10 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from poisonlab.bench.store import CLEAN_MODEL, UNDEFENDED
 from poisonlab.utils.io import atomic_write  # noqa: E402
 
 # Markers of the two reference models every CA-vs-ASR picture draws beside the defenses.
-BASELINE_MARKERS = {"none": "x", "clean model": "*"}
+BASELINE_MARKERS = {UNDEFENDED: "x", CLEAN_MODEL: "*"}
 
 
 def attack_panels(attacks: list[str]) -> tuple[Any, list[Any]]:

@@ -8,16 +8,21 @@ classifier repairs, the SSL probes, the text-modality defenses) with the machine
 
 from __future__ import annotations
 
-from poisonlab.bench.spec import ExperimentSpec
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from poisonlab.bench.spec import ExperimentSpec, study_specs
 from poisonlab.bench.store import ResultsStore
+from poisonlab.bench.study import experiment_name
 from poisonlab.errors import InputError
 from poisonlab.report.experiment import BASELINES, grid_rows, markdown_table
-from poisonlab.report.sections import classifier_sections, ssl_sections
-from poisonlab.report.text import text_sections
+from poisonlab.report.studies import render
 from poisonlab.utils.machine import one_line
 
 BEGIN = "<!-- result tables: written from a run by benchmarks/readme_headline.py -->"
 END = "<!-- end of result tables -->"
+HEADLINE_SECTION = {"classifier": 0, "ssl": 0, "text": 1}
+"""The study kinds the README leads with, and which of their report sections it shows."""
 
 
 def headline_block(store: ResultsStore, spec: ExperimentSpec, command: str) -> str:
@@ -31,18 +36,13 @@ def headline_block(store: ResultsStore, spec: ExperimentSpec, command: str) -> s
     if spread and spec.attacks:
         tables.append(("CLIP, clean accuracy / ASR (%)",
                        grid_rows(spread, [a.name for a in spec.attacks], [*BASELINES, *(d.name for d in spec.defenses)])))
-    if spec.classifier is not None and store.spread(f"{name}/classifier"):
-        c = spec.classifier
-        title, rows, _ = classifier_sections(store, name, [a.name for a in c.attacks], [r.name for r in c.repairs],
-                                             c.trusted_share)[0]
-        tables.append((title, rows))
-    if spec.ssl is not None and store.spread(f"{name}/ssl"):
-        title, rows, _ = ssl_sections(store, name, spec.ssl.target)[0]
-        tables.append((title, rows))
-    if spec.text is not None:
-        text = text_sections(store, name, spec.text.n)
-        if len(text) > 1:
-            tables.append((text[1][0], text[1][1]))
+    for study in study_specs(spec):
+        experiment = experiment_name(name, study.name)
+        if study.kind in HEADLINE_SECTION and (store.spread(experiment) or store.points(experiment)):
+            with TemporaryDirectory() as figures:  # the tables only
+                sections, _ = render(store, study.kind, study.name, experiment, study.spec, Path(figures))
+            title, rows, _ = sections[HEADLINE_SECTION[study.kind]]
+            tables.append((title, rows))
     if not tables:
         raise InputError(f"the store has no results of experiment {name!r}")
     for title, rows in tables:

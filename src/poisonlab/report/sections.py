@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from poisonlab.bench.store import ResultsStore, Spread
+from poisonlab.bench.store import CLEAN_MODEL, UNDEFENDED, ResultsStore, Spread
+from poisonlab.bench.study import experiment_name
 from poisonlab.metrics.der import defense_effectiveness
 from poisonlab.report.experiment import pct, ra_der_rows
 from poisonlab.report.spread import UNSTABLE, cell, ordering_rows, seeded_cells, spread_rows
@@ -14,8 +15,8 @@ Section = tuple[str, list[list[str]], str]
 
 def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str], repairs: list[str],
                         share: float) -> list[Section]:
-    table = store.spread(f"{experiment}/classifier")
-    cols = ["clean model", "none", *repairs]
+    table = store.spread(experiment)
+    cols = [CLEAN_MODEL, UNDEFENDED, *repairs]
     rows = [["attack"] + [f"{c} CA / ASR / ARR" for c in cols]]
     for a in attacks:
         rows.append([a] + [" / ".join(cell(table.get((a, c), {}).get(k)) for k in ("ca", "asr", "arr")) for c in cols])
@@ -23,7 +24,7 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
             "ARR (RA): accuracy on triggered non-target test images against their true labels. 'none' is the "
             "poisoned classifier, 'clean model' one trained on clean data. With several seeds: mean±sd."),
            ("Classifiers: robust accuracy and defense effectiveness (%)",
-            ra_der_rows(store.table(f"{experiment}/classifier"), attacks, repairs),
+            ra_der_rows(store.table(experiment), attacks, repairs),
             "DER (BackdoorBench): [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 of each repair against the poisoned "
             "classifier, from the seed means; 50 changes nothing, 100 removes the whole ASR at no cost in CA.")]
     if seeded_cells(table):
@@ -31,7 +32,7 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
                  f"'unstable': the ASR of the cell spans more than {100 * UNSTABLE:g} points over the seeds."),
                 ("Classifiers: orderings of ASR over the seeds", ordering_rows(table, attacks, cols),
                  "Stated only where the two rows' ranges over the seeds do not overlap.")]
-    scores = store.spread(f"{experiment}/detect")
+    scores = store.spread(experiment_name(experiment, "detect"))
     if scores:
         detectors = sorted({d for d, _ in scores})
         models = ["clean", *attacks]
@@ -40,7 +41,7 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
             grid.append([m] + [_verdict(scores.get((d, m)), clean=m == "clean") for d in detectors])
         out.append(("Classifiers: is it backdoored? Each detector on the clean and the poisoned classifiers", grid,
                     "Each detector sees the model and the trusted share only; the verdict is at its own threshold."))
-    det = store.table(f"{experiment}/detection")
+    det = store.table(experiment_name(experiment, "detection"))
     if det:
         auc = [["detector", "ROC AUC"]] + [[d, f"{m['auc']:.3f}"] for (d, _), m in sorted(det.items())]
         out.append(("Classifiers: detection over a population of clean and backdoored models", auc,
@@ -64,29 +65,30 @@ def verdicts(s: Spread, clean: bool = False) -> str:
     return f"{said}: false positive" if clean and flagged else said
 
 
-def ssl_sections(store: ResultsStore, experiment: str, target: str) -> list[Section]:
-    table = store.spread(f"{experiment}/ssl")
-    means = store.table(f"{experiment}/ssl")
+def ssl_sections(store: ResultsStore, experiment: str, target: str, defenses: list[str],
+                 detectors: list[str]) -> list[Section]:
+    """The linear probes of the clean, poisoned and each defended encoder (with DER), each filter's
+    catch and each detector's verdicts."""
+    table = store.spread(experiment)
+    means = store.table(experiment)
     poisoned = means.get(("poisoned", "probe"), {})
     rows = [["encoder", "probe clean acc (%)", f"FP({target})", "ASR (%)", "RA (%)", "DER (%)"]]
-    for label in ("clean", "poisoned", "distill", "patchsearch"):
+    for label in ("clean", "poisoned", *defenses):
         m = table.get((label, "probe"))
         if m:
             mean = means[(label, "probe")]
             der = defense_effectiveness(*(v.get(k, math.nan) for v in (poisoned, mean) for k in ("clean_acc", "asr"))) \
-                if label in ("distill", "patchsearch") and poisoned else math.nan
+                if label in defenses and poisoned else math.nan
             rows.append([label, cell(m["clean_acc"]), cell(m["fp"], 1, 0), cell(m["asr"]), cell(m.get("ra")), pct(der)])
-    ps = table.get(("patchsearch", "filter"), {})
-    filt = [["removed", "poisons caught", "precision", "recall"]]
-    if ps:
-        filt.append([cell(ps["removed"], 1, 0), f"{cell(ps['caught'], 1, 0)} / {cell(ps['poisoned'], 1, 0)}",
-                     cell(ps["precision"], 1, 2), cell(ps["recall"], 1, 2)])
-    dec = [["encoder", "PL1 (normalised mask size)", "similarity reached", "verdict"]]
+    filt = [["defense", "removed", "poisons caught", "precision", "recall"]]
+    for label in defenses:
+        ps = table.get((label, "filter"))
+        if ps:
+            filt.append([label, cell(ps["removed"], 1, 0), f"{cell(ps['caught'], 1, 0)} / {cell(ps['poisoned'], 1, 0)}",
+                         cell(ps["precision"], 1, 2), cell(ps["recall"], 1, 2)])
+    dec = [["encoder", *(f"{d} score (verdict)" for d in detectors)]]
     for label in ("clean", "poisoned"):
-        m = table.get((label, "decree"))
-        if m:
-            dec.append([label, cell(m["pl1"], 1, 3), cell(m["similarity"], 1, 3),
-                        verdicts(m["backdoored"], clean=label == "clean")])
+        dec.append([label, *(_verdict(table.get((label, d)), clean=label == "clean") for d in detectors)])
     seeded = {k: v for k, v in seeded_cells(table).items() if k[1] == "probe"}
     spread = [("SSL: seed spread of the linear probes", spread_rows(seeded, ("clean_acc", "asr")),
                f"Mean ± sd [min, max] (%) over the training seeds; 'unstable': ASR spans more than "
@@ -94,9 +96,12 @@ def ssl_sections(store: ResultsStore, experiment: str, target: str) -> list[Sect
     return [
         ("SSL encoders: linear probe on frozen features", rows,
          "FP: patched test images of other classes that the probe assigns to the target class; RA: those the "
-         "probe assigns to their true class; DER (BackdoorBench) of distillation and PatchSearch against the "
-         "poisoned encoder, from the seed means (50: no change, 100: the whole ASR removed at no cost)."),
-        ("SSL: PatchSearch on the poisoned training set", filt, "The 'patchsearch' encoder is retrained on the kept images."),
-        ("SSL: DECREE", dec, "A small PL1 (a small inverted trigger collapses the embeddings) flags a backdoor."),
+         "probe assigns to their true class; DER (BackdoorBench) of each defense against the poisoned encoder, "
+         "from the seed means (50: no change, 100: the whole ASR removed at no cost)."),
+        *([("SSL: filters on the poisoned training set", filt,
+            "A filter's encoder is trained again on the images it keeps.")] if len(filt) > 1 else []),
+        *([("SSL: detectors on the clean and the poisoned encoder", dec,
+            "Each detector at its own threshold (DECREE's score: PL1, the normalised size of the inverted "
+            "trigger; small flags a backdoor).")] if detectors else []),
         *spread,
     ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from itertools import combinations
 
-from poisonlab.bench.store import Spread
+from poisonlab.bench.store import CLEAN_MODEL, Spread
 
 UNSTABLE = 0.2  # an ASR-like rate whose seeds span more than this is reported as unstable
 
@@ -58,7 +58,7 @@ def ordering_rows(table: dict[tuple[str, str], dict[str, Spread]], attacks: list
     never-poisoned 'clean model' is the reference, not a contender: it is left out."""
     rows = [["attack", f"lower {metric}", f"higher {metric}", "seeds", "holds?"]]
     for attack in attacks:
-        have = [(c, table[(attack, c)][metric]) for c in conditions if c != "clean model"
+        have = [(c, table[(attack, c)][metric]) for c in conditions if c != CLEAN_MODEL
                 if metric in table.get((attack, c), {}) and table[(attack, c)][metric].n > 1]
         for (a, sa), (b, sb) in combinations(have, 2):
             lo, hi = ((a, sa), (b, sb)) if sa.mean <= sb.mean else ((b, sb), (a, sa))

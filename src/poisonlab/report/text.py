@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import fmean, stdev
 
-from poisonlab.bench.store import ResultsStore
+from poisonlab.bench.store import CLEAN_MODEL, UNDEFENDED, ResultsStore
 from poisonlab.report.figure import plt, save_png
 
 Section = tuple[str, list[list[str]], str]
@@ -21,9 +21,9 @@ PAPER = ("Paper (Flickr-PASCAL, Attack II): Hit@10 0.94 at 0.08% poisoned pairs 
 
 
 def series(store: ResultsStore, experiment: str) -> dict[tuple[str, str], dict[float, list[dict[str, float]]]]:
-    """``{(attack, condition): {dose: [metrics of each seed]}}`` of ``<experiment>/text``."""
+    """``{(attack, condition): {dose: [metrics of each seed]}}`` of a text study's points."""
     out: dict[tuple[str, str], dict[float, list[dict[str, float]]]] = {}
-    for p in store.points(f"{experiment}/text"):
+    for p in store.points(experiment):
         out.setdefault((p.attack, p.condition), {}).setdefault(p.dose, []).append(p.metrics)
     return out
 
@@ -91,16 +91,16 @@ def text_sections(store: ResultsStore, experiment: str, pairs: int) -> list[Sect
                  "filter precision / recall"]]
     notes = []
     for attack in attacks:
-        conditions = [c for a, c in data if a == attack and c not in ("none", "clean model")]
+        conditions = [c for a, c in data if a == attack and c not in (UNDEFENDED, CLEAN_MODEL)]
         if not conditions:
             continue
         dose = max(d for c in conditions for d in data[(attack, c)])
-        rows = [("clean model", 0.0), ("none", 0.0), ("none", dose), *((c, dose) for c in conditions)]
+        rows = [(CLEAN_MODEL, 0.0), (UNDEFENDED, 0.0), (UNDEFENDED, dose), *((c, dose) for c in conditions)]
         for condition, d in rows:
             runs = data.get((attack, condition), {}).get(d)
             if not runs:
                 continue
-            label = {"none": "poisoned fine-tune" if d else "clean fine-tune", "clean model": "clean pre-trained",
+            label = {UNDEFENDED: "poisoned fine-tune" if d else "clean fine-tune", CLEAN_MODEL: "clean pre-trained",
                      "filter": "filter, then fine-tune"}.get(condition, f"{condition} after the poisoned fine-tune")
             filt = f"{_cell(runs, 'precision')} / {_cell(runs, 'recall')}" if condition == "filter" else ""
             defended.append([attack, label, f"{d:.0f}", _cell(runs, "hit@10"), _cell(runs, "min_rank", 1),
@@ -128,7 +128,7 @@ def _note(attack: str, dose: float, pairs: int, data: dict[tuple[str, str], dict
     hit, base = first("none", "hit@10"), first("none", "baseline_hit@10")
     parts = [f"{attack} at {dose:.0f} pairs ({100 * dose / pairs:.2g}%): Hit@10 {hit:.2f} (random {base:.2f})"
              if hit is not None and base is not None else f"{attack}"]
-    for condition in sorted(c for a, c in data if a == attack and c not in ("none", "clean model")):
+    for condition in sorted(c for a, c in data if a == attack and c not in (UNDEFENDED, CLEAN_MODEL)):
         h, r = first(condition, "hit@10"), first(condition, "min_rank")
         if h is not None and r is not None:
             parts.append(f"{condition} {h:.2f} (MinRank {r:.1f})")

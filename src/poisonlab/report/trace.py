@@ -13,6 +13,7 @@ from pathlib import Path
 from statistics import fmean
 
 from poisonlab.bench.store import ResultsStore
+from poisonlab.bench.study import experiment_name
 from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
 
 Point = tuple[int, float, float]
@@ -22,7 +23,7 @@ def repair_paths(store: ResultsStore, experiment: str) -> dict[str, dict[str, li
     """``{attack: {repair: [(step, ca, asr), ...]}}`` from the ``repair-trace`` points, by step (the
     mean over the seeds traced at that step)."""
     steps: dict[str, dict[str, dict[int, list[tuple[float, float]]]]] = {}
-    for p in store.points(f"{experiment}/repair-trace"):
+    for p in store.points(experiment_name(experiment, "repair-trace")):
         at = steps.setdefault(p.attack, {}).setdefault(p.condition, {}).setdefault(int(p.dose), [])
         at.append((p.metrics["ca"], p.metrics["asr"]))
     return {attack: {repair: [(step, fmean(v[0] for v in vs), fmean(v[1] for v in vs)) for step, vs in sorted(by.items())]
@@ -35,7 +36,7 @@ def repair_curves(store: ResultsStore, experiment: str, attacks: list[str], repa
     paths = repair_paths(store, experiment)
     if not paths:
         return None
-    final = store.table(f"{experiment}/classifier")
+    final = store.table(experiment)
     fig, axes = attack_panels(attacks)
     for ax, attack in zip(axes, attacks, strict=True):
         start = final.get((attack, "none"))

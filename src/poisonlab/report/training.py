@@ -27,7 +27,7 @@ def _mean(metrics: dict[str, float | None], key: str) -> float:
 
 
 def training_sections(store: ResultsStore, experiment: str, attacks: list[str], defenses: list[str]) -> list[Section]:
-    name = f"{experiment}/training"
+    name = experiment
     spread, means = store.spread(name), store.table(name)
     cols = [*BASE, *defenses]
     grid = [["attack", "success"] + [f"{c} CA / success" for c in cols]]
@@ -80,7 +80,7 @@ def safeclip_splits(store: ResultsStore, experiment: str, path: Path, first_seed
     """``path``: recall of SafeCLIP's risky set against the poisoned pairs and the safe share over
     the epochs, one line per (attack, seed; ``first_seed``: the seed whose stages carry no tag);
     ``False`` when nothing was split."""
-    docs = store.documents(f"{experiment}/training", "splits:")
+    docs = store.documents(experiment, "splits:")
     if not docs:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
