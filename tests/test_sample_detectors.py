@@ -329,3 +329,40 @@ def test_a_cluster_larger_than_k_hides_from_the_whole_set_but_not_from_batches()
     whole, _ = score_items(SCORES["dao"](), Reference(k=8, reference="all"), img, txt)
     batched, _ = score_items(SCORES["dao"](), Reference(k=8, reference="batch", batch_size=300), img, txt)
     assert roc_auc_score(labels, whole) < 0.5 < 0.99 < roc_auc_score(labels, batched)
+
+
+def test_the_grid_scores_an_attack_on_captions(tmp_path):
+    """Text Attack II in the grid: detectors score its poisoned pairs, the rows hold Hit@K / MinRank
+    (equal to the text study's own measure of the same model), and no trigger is drawn or asked for."""
+    from test_bench import TINY
+
+    from poisonlab import demo
+    from poisonlab.attacks import create
+    from poisonlab.bench.cache import MODEL
+    from poisonlab.bench.store import ResultsStore
+    from poisonlab.bench.text_section import goal_metrics
+    from poisonlab.metrics import ClipEvaluator
+    from poisonlab.models import load_clip
+
+    attack = {"name": "t2", "attack": "text-attack-2", "rate": 0.1,
+              "attack_params": {"source": "circle", "target": "star"}}
+    spec = dict(TINY, attacks=[attack], defenses=TINY["defenses"][:1], detectors=[
+        {"name": "kdist", "detector": "kdist", "params": {"k": 4}, "clean_n": 30}])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    html = demo.run(str(tmp_path / "tiny.yaml"), tmp_path / "out", progress=False)
+    table = ResultsStore(tmp_path / "out" / "results.db").table("tiny")
+    poisoned = table[("t2", "none")]
+    assert "asr" not in poisoned and 0 <= poisoned["hit@10"] <= 1 and "min_rank" in poisoned
+    detected = table[("t2", "kdist (detect)")]
+    assert detected["auroc"] >= 0 and "test_auroc" not in detected, "no trigger: no test-time scoring"
+    (model,) = (tmp_path / "out" / "cache").glob("poison:t2-*/" + MODEL)
+    base = open_dataset("shapes", n=64, seed=1, size=32)
+    ev = ClipEvaluator(load_clip(model), open_dataset("shapes", split="test", n=40, seed=0, size=32))
+    again = goal_metrics(ev, create("text-attack-2", source="circle", target="star", rate=0.1), base, 0)
+    assert poisoned["hit@10"] == pytest.approx(again["hit@10"]) and poisoned["min_rank"] == again["min_rank"]
+    readme = (html.parent / "README.md").read_text()
+    assert "triggers.png" not in readme and "ca_vs_asr.png" not in readme
+    bad = dict(spec, attacks=[dict(attack, trigger="badnet")])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(InputError, match="poisons captions; give it no trigger"):
+        demo.run(str(tmp_path / "bad.yaml"), tmp_path / "out2", progress=False)

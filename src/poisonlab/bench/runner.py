@@ -26,6 +26,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from poisonlab import attacks, defenses, triggers
+from poisonlab.attacks import TextAttack
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.bench.cache import MODEL, StageCache
 from poisonlab.bench.config import AttackSpec, DefenseSpec, seeded
@@ -33,6 +34,7 @@ from poisonlab.bench.parallel import Job, sections_beside
 from poisonlab.bench.spec import GRID, DetectorSpec, ExperimentSpec, study_specs
 from poisonlab.bench.store import CLEAN_MODEL, ResultsStore, StudyRow
 from poisonlab.bench.study import STUDIES, Study
+from poisonlab.bench.text_section import goal_metrics
 from poisonlab.data import open_dataset
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
@@ -41,6 +43,7 @@ from poisonlab.metrics import ClipEvaluator
 from poisonlab.metrics.pair_embeddings import load_embeddings
 from poisonlab.models import ClipBundle, create_clip, load_clip
 from poisonlab.models.checkpoint import save_tensors
+from poisonlab.registry import parameters
 from poisonlab.train import train_clip
 from poisonlab.utils.io import write_json
 from poisonlab.utils.machine import describe
@@ -97,13 +100,16 @@ class Runner:
 
     def attack(self, attack: AttackSpec) -> attacks.Attack:
         """The registered attack ``attack`` names, built with its parameters (``InputError`` when
-        it takes a trigger and has none, or makes its own and is given one)."""
+        it takes a trigger and has none, or makes its own or poisons captions and is given one)."""
         p = self.spec.poison
-        params = {"target": p.target, "rate": attack.poison_rate(p.rate), **attack.attack_params}
         factory = attacks.ATTACKS.get(attack.attack)
-        if getattr(factory, "needs_model", False):
+        params = {"rate": attack.poison_rate(p.rate), **attack.attack_params}
+        if "target" in parameters(factory) and "target" not in params:
+            params["target"] = p.target
+        if getattr(factory, "needs_model", False) or is_text(factory):
             if attack.trigger is not None:
-                raise InputError(f"attack {attack.name!r}: {attack.attack} makes its own trigger; give it no trigger")
+                how = "poisons captions" if is_text(factory) else "makes its own trigger"
+                raise InputError(f"attack {attack.name!r}: {attack.attack} {how}; give it no trigger")
         elif attack.trigger is None:
             raise InputError(f"attack {attack.name!r}: {attack.attack} needs a trigger")
         else:
@@ -120,13 +126,12 @@ class Runner:
             return PoisonedDataset(base, PoisonPlan.load(self.prepared(attack, seed) / "plan.json"))
         return PoisonedDataset(base, atk(base, seed=seed))
 
-    def trigger(self, attack: AttackSpec, seed: int | None = None) -> triggers.Trigger:
-        """The trigger of the attack's plan with ``seed`` (an optimised one made on the clean model)."""
+    def trigger(self, attack: AttackSpec, seed: int | None = None) -> triggers.Trigger | None:
+        """The trigger of the attack's plan with ``seed`` (an optimised one made on the clean model;
+        ``None`` for an attack on captions)."""
         if attack.trigger is not None:
             return triggers.create(attack.trigger, **attack.params)
-        trigger = self.plan(attack, seed).plan.build_trigger()
-        assert trigger is not None
-        return trigger
+        return self.plan(attack, seed).plan.build_trigger()
 
     # -- stages ----------------------------------------------------------------------------
     def pretrain(self) -> Path:
@@ -213,7 +218,7 @@ class Runner:
             model = clean if getattr(method, "scores_with", "suspect") == "clean" else poisoned
             suspect, data = load_clip(model / MODEL), self.plan(attack, seed)
             result = method.run(suspect, data, out=tmp, options=RunOptions(progress=self.progress, reference=reference))
-            if hasattr(method, "score_inputs"):
+            if hasattr(method, "score_inputs") and self.trigger(attack, seed) is not None:
                 embeddings = load_embeddings(tmp / "embeddings", data)
                 result.report["test_auroc"] = self.test_time_auroc(method, suspect, embeddings, attack, seed)
             write_json(tmp / "report.json", result.report)
@@ -226,7 +231,9 @@ class Runner:
         test = self.test()
         target = test.classnames.index(self.spec.poison.target)
         images = torch.stack([test[i][0] for i, label in enumerate(test.labels()) if label != target])
-        triggered = self.trigger(attack, seed)(images, generator=make_generator("eval-trigger", seed))
+        trigger = self.trigger(attack, seed)
+        assert trigger is not None
+        triggered = trigger(images, generator=make_generator("eval-trigger", seed))
         scores = method.score_inputs(suspect, embeddings, torch.cat([images, triggered]))
         return float(roc_auc_score(np.r_[np.zeros(len(images)), np.ones(len(triggered))], scores))
 
@@ -270,12 +277,18 @@ class Runner:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, bundle: ClipBundle, attack_list: list[AttackSpec], seed: int | None = None) -> dict[str, dict[str, float]]:
-        """CA and each attack's backdoor metrics (with the trigger of its plan of ``seed``)."""
+        """CA and each attack's backdoor metrics: ASR / RA with the trigger of its plan of ``seed``, or
+        Hit@K / MinRank of an attack on captions (:func:`~poisonlab.bench.text_section.goal_metrics`)."""
         ev = ClipEvaluator(bundle, self.test())
         ca = ev.clean_accuracy()
         out = {}
         for a in attack_list:
-            res = ev.backdoor(self.trigger(a, seed), self.spec.poison.target)
+            atk = self.attack(a)
+            if isinstance(atk, TextAttack):
+                base = self.data(self.spec.dataset, self.spec.poison.n, self.spec.poison.data_seed)
+                res = goal_metrics(ev, atk, base, self.spec.poison.seed if seed is None else seed)
+            else:
+                res = ev.backdoor(self.trigger(a, seed), self.spec.poison.target)
             out[a.name] = {"ca": ca, **res}
         return out
 
@@ -353,6 +366,11 @@ class Runner:
                 self.run_grid()
             self.run_sections()
         return self.store.table(self.spec.name)
+
+
+def is_text(factory: Any) -> bool:
+    """Whether a registered attack poisons captions (no trigger; measured by Hit@K / MinRank)."""
+    return isinstance(factory, type) and issubclass(factory, TextAttack)
 
 
 def retrained(detector: str) -> str:

@@ -78,6 +78,26 @@ class TextSpec(TrainSpec):
         return more if more.seed_counts else more.model_copy(update={"seed_counts": list(more.counts)})
 
 
+def goal_metrics(ev: ClipEvaluator, atk: TextAttack, base: ImageCaptionDataset, seed: int) -> dict[str, float]:
+    """Hit@1/5/10 / MinRank of the attack's goals (the mean over goals for Attack III; Attack I's
+    target image is the one its plan of ``seed`` on ``base`` chose) with the two random-caption
+    baselines (``baseline_*``: captions drawn from every test caption, as the authors do;
+    ``baseline_other_*``: from captions of other classes than the source)."""
+    goals = []
+    for source, target in atk.retrieval_goals():
+        if target is None:
+            image = base[atk.target_image(base, seed)][0]  # type: ignore[attr-defined]
+            goals.append(ev.text_attack(source, target_image=image, seed=seed))
+        else:
+            goals.append(ev.text_attack(source, target=target, seed=seed))
+    out = {}
+    for key in GOAL_KEYS:
+        out[key] = fmean(g[key] for g in goals)
+        out[f"baseline_{key}"] = fmean(g["baseline"][key] for g in goals)
+        out[f"baseline_other_{key}"] = fmean(g["baseline_other"][key] for g in goals)
+    return out
+
+
 @STUDIES.register("text")
 class TextSection(Study):
     family = "clip"
@@ -138,25 +158,9 @@ class TextSection(Study):
 
     # -- measurement -----------------------------------------------------------------------
     def measure(self, path: Path, attack: TextAttackSpec, seed: int) -> dict[str, float]:
-        """Zero-shot CA, R@1/5/10 both ways, and Hit@1/5/10 / MinRank of the attack's goals (the
-        mean over goals for Attack III) with the two random-caption baselines (``baseline_*``:
-        captions drawn from every test caption, as the authors do; ``baseline_other_*``: from
-        captions of other classes than the source)."""
+        """Zero-shot CA, R@1/5/10 both ways and the attack's goal metrics (:func:`goal_metrics`)."""
         ev = ClipEvaluator(load_clip(path / MODEL), self.runner.test())
-        atk = self.attack(attack, 1)
-        goals = []
-        for source, target in atk.retrieval_goals():
-            if target is None:
-                image = self.base()[atk.target_image(self.base(), seed)][0]  # type: ignore[attr-defined]
-                goals.append(ev.text_attack(source, target_image=image, seed=seed))
-            else:
-                goals.append(ev.text_attack(source, target=target, seed=seed))
-        out = {"ca": ev.clean_accuracy(), **ev.retrieval()}
-        for key in GOAL_KEYS:
-            out[key] = fmean(g[key] for g in goals)
-            out[f"baseline_{key}"] = fmean(g["baseline"][key] for g in goals)
-            out[f"baseline_other_{key}"] = fmean(g["baseline_other"][key] for g in goals)
-        return out
+        return {"ca": ev.clean_accuracy(), **ev.retrieval(), **goal_metrics(ev, self.attack(attack, 1), self.base(), seed)}
 
     def put_point(self, attack: TextAttackSpec, condition: str, count: int, seed: int, metrics: dict[str, float]) -> None:
         self.runner.store.put_point(self.experiment, attack.name, condition, count, seed, metrics)

@@ -39,9 +39,9 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
     report = out / "report"
     samples = open_dataset(spec.dataset, split="test", size=64, n=4, seed=spec.test.data_seed)
     grid = [a for a in spec.attacks if "grid" in runner.parts]
-    if grid:
-        trigger_gallery(samples, [(a.name, runner.trigger(a)) for a in grid],
-                        report / "triggers.png")
+    shown = [(a.name, trigger) for a in grid if (trigger := runner.trigger(a)) is not None]
+    if shown:
+        trigger_gallery(samples, shown, report / "triggers.png")
     more, images = [], []
     if grid and spec.detectors:
         names = [d.name for d in spec.detectors]

@@ -13,7 +13,14 @@ from typing import Any
 from poisonlab.bench.store import CLEAN_MODEL, UNDEFENDED, ResultsStore, Spread
 from poisonlab.metrics.der import defense_effectiveness
 from poisonlab.report.figure import BASELINE_MARKERS, attack_panels, save_png
-from poisonlab.report.spread import UNSTABLE, cell, ordering_rows, seeded_cells, spread_rows
+from poisonlab.report.spread import (
+    UNSTABLE,
+    cell,
+    ordering_rows,
+    seeded_cells,
+    spread_rows,
+    success,
+)
 from poisonlab.utils.io import atomic_write
 
 BASELINES = (CLEAN_MODEL, UNDEFENDED)
@@ -69,7 +76,7 @@ def grid_rows(table: dict[tuple[str, str], dict[str, Spread]], attacks: list[str
         row = [a]
         for d in defenses:
             m = table.get((a, d), {})
-            row.append(f"{cell(m.get('ca'))} / {cell(m.get('asr'))}")
+            row.append(f"{cell(m.get('ca'))} / {cell(m.get(success(m)))}")
         rows.append(row)
     return rows
 
@@ -159,8 +166,9 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     ``images``: more figures of the report folder, each ``(file, caption)``."""
     out.mkdir(parents=True, exist_ok=True)
     table, spread = store.table(experiment), store.spread(experiment)
-    if attacks:
-        ca_asr_scatter(spread, attacks, out / "ca_vs_asr.png")
+    triggered = [a for a in attacks if any("asr" in m for (x, _), m in spread.items() if x == a)]
+    if triggered:
+        ca_asr_scatter(spread, triggered, out / "ca_vs_asr.png")
     grid = grid_rows(spread, attacks, list(BASELINES) + defenses)
     audit = _audit(table, attacks)
     distances = _distances(table, attacks, defenses)
@@ -168,7 +176,8 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
                                                  for s, sec, c in store.stages(experiment)]
     grid_sections = [
         ("Attack x defense: clean accuracy / ASR (%)", grid,
-         "ASR counts triggered test images whose true class is not the target. "
+         "ASR counts triggered test images whose true class is not the target (an attack on captions shows "
+         "Hit@10 of its goal instead). "
          "'clean model' is the pre-trained model before poisoning (its ASR is what the trigger does "
          "without a backdoor); 'none' is the poisoned model."),
         ("Robust accuracy and defense effectiveness (%)", ra_der_rows(table, attacks, defenses),
@@ -195,7 +204,7 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
     md = [f"# poisonlab report: {experiment}", ""]
     if extra:
         md += [f"- {k}: {v}" for k, v in extra.items()] + [""]
-    pictures = [*((p, CAPTIONS[p]) for p in ("triggers.png", "ca_vs_asr.png") if attacks), *(images or [])]
+    pictures = [*((p, CAPTIONS[p]) for p in ("triggers.png", "ca_vs_asr.png") if triggered), *(images or [])]
     for p, caption in pictures:
         md += [f"![{p[:-4]}]({p})", "", f"*{caption}*", ""]
     body = [f"<h1>poisonlab report: {html.escape(experiment)}</h1>"]

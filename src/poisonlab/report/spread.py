@@ -16,6 +16,11 @@ from poisonlab.bench.store import CLEAN_MODEL, Spread
 UNSTABLE = 0.2  # an ASR-like rate whose seeds span more than this is reported as unstable
 
 
+def success(metrics: dict[str, Spread] | dict[str, float | None]) -> str:
+    """The attack's success metric in a row: Hit@10 for an attack on captions, else ASR."""
+    return "hit@10" if "hit@10" in metrics else "asr"
+
+
 def cell(s: Spread | None, scale: float = 100.0, digits: int = 1) -> str:
     """``mean`` for one seed, ``mean±sd`` for several, ``—`` when missing."""
     if s is None or any(math.isnan(v) for v in s.values):

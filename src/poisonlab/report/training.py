@@ -6,19 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from poisonlab.bench.store import ResultsStore, Spread
+from poisonlab.bench.store import ResultsStore
 from poisonlab.metrics.der import defense_effectiveness
 from poisonlab.report.experiment import pct
 from poisonlab.report.figure import plt, save_png
-from poisonlab.report.spread import cell, ordering_rows, seeded_cells
+from poisonlab.report.spread import cell, ordering_rows, seeded_cells, success
 
 Section = tuple[str, list[list[str]], str]
 BASE = ("clean data", "none", "filter")
-
-
-def success(metrics: dict[str, Spread] | dict[str, float | None]) -> str:
-    """The attack's success metric in a row: Hit@10 for a text attack, else ASR."""
-    return "hit@10" if "hit@10" in metrics else "asr"
 
 
 def _mean(metrics: dict[str, float | None], key: str) -> float:
