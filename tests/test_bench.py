@@ -112,7 +112,7 @@ def test_attack_rate_overrides_the_poison_rate_and_keeps_old_cache_keys(tmp_path
     spec = dict(TINY, attacks=[{"name": "a", "trigger": "badnet"}, {"name": "b", "trigger": "badnet", "rate": 0.25}])
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
-    plain, strong = (runner.plan(a).plan for a in runner.spec.attacks)
+    plain, strong = (runner.grid.plan(a).plan for a in runner.spec.attacks)
     assert len(plain.indices) == round(0.1 * 64) and len(strong.indices) == 16
     assert "rate" not in runner.spec.attacks[0].model_dump(exclude_none=True)  # no override: same stage key as before
 
@@ -152,7 +152,7 @@ def test_section_jobs_are_claimed_once_and_stages_built_once(tmp_path):
     spec = dict(TINY, ssl=TINY_SSL)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     first = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
-    assert [name for name, _ in first.section_jobs()] == ["ssl:poisoned", "ssl:clean"]
+    assert [name for name, _ in first.section_jobs()] == ["ssl:poisoned", "ssl:clean", "grid:clean model", "grid:stripes"]
     ran = []
     first.section_jobs = lambda: [(n, lambda n=n: ran.append(n)) for n in ("a", "b", "c")]
     (tmp_path / "out" / ".claims" / first.run_id).mkdir(parents=True)
@@ -191,7 +191,7 @@ def test_training_seeds_keep_one_row_each_and_the_first_seed_keeps_its_stages(tm
     assert spread.mean == pytest.approx(mean) and store.table("tiny")[("stripes", "none")]["asr"] == pytest.approx(mean)
     assert spread.sd == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
     runner = Runner(load_spec(tmp_path / "two.yaml"), tmp_path / "out", progress=False)
-    assert runner.plan(runner.spec.attacks[0], 0).plan.indices != runner.plan(runner.spec.attacks[0], 3).plan.indices
+    assert runner.grid.plan(runner.spec.attacks[0], 0).plan.indices != runner.grid.plan(runner.spec.attacks[0], 3).plan.indices
     assert store.spread("tiny")[("stripes", "clean model")]["ca"].n == 1, "one clean model for every seed"
     readme = (html.parent / "README.md").read_text()
     assert "Seed spread of the grid" in readme and "Orderings of ASR over the seeds" in readme
@@ -202,7 +202,7 @@ def test_only_runs_the_named_parts(tmp_path):
     spec = dict(TINY, ssl=TINY_SSL)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grid"])
-    assert runner.parts == {"grid"} and runner.section_jobs() == []
+    assert runner.parts == {"grid"} and [name for name, _ in runner.section_jobs()] == ["grid:clean model", "grid:stripes"]
     with pytest.raises(InputError, match="no part 'grids' .it has: grid, ssl"):
         Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grids"])
     with pytest.raises(InputError, match="no part 'text' .it has: grid, ssl"):

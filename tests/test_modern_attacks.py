@@ -258,7 +258,7 @@ def test_badclip_in_a_spec_grid_has_its_own_plan_stage_and_side_by_side_row(tmp_
     }
     runner = Runner(ExperimentSpec.model_validate(tiny), tmp_path / "out", progress=False)
     table = runner.run()
-    plan = runner.plan(runner.spec.attacks[1]).plan
+    plan = runner.grid.plan(runner.spec.attacks[1]).plan
     stage = next((tmp_path / "out" / "cache").glob("attack:badclip-*"))
     saved = load_file(stage / "trigger.safetensors")["patch"]
     assert plan.attack == "badclip" and torch.equal(saved, torch.tensor(plan.trigger["params"]["values"]))
@@ -268,7 +268,7 @@ def test_badclip_in_a_spec_grid_has_its_own_plan_stage_and_side_by_side_row(tmp_
     assert rows[0] == ["ASR under", "badnet", "badclip"] and rows[3][0] == "ft" and rows[3][2] == f"{100 * asr:.1f}"
     bad = dict(tiny, attacks=[{"name": "x", "attack": "badclip", "trigger": "badnet"}])
     with pytest.raises(InputError, match="makes its own trigger"):
-        Runner(ExperimentSpec.model_validate(bad), tmp_path / "o2", progress=False).attack(
+        Runner(ExperimentSpec.model_validate(bad), tmp_path / "o2", progress=False).grid.attack(
             ExperimentSpec.model_validate(bad).attacks[0])
 
 

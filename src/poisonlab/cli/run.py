@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
+from poisonlab.bench.grid import retrained
 from poisonlab.bench.parallel import configure_logging
-from poisonlab.bench.runner import Runner, retrained
-from poisonlab.bench.spec import PRESETS, load_spec, with_seeds
+from poisonlab.bench.runner import Runner
+from poisonlab.bench.spec import GRID, PRESETS, load_spec, with_seeds
 from poisonlab.data import open_dataset
 from poisonlab.report.check import check, load_expected, range_table
 from poisonlab.report.detectors import detector_figures, detector_sections
@@ -39,7 +40,7 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
     report = out / "report"
     samples = open_dataset(spec.dataset, split="test", size=64, n=4, seed=spec.test.data_seed)
     grid = [a for a in spec.attacks if "grid" in runner.parts]
-    shown = [(a.name, trigger) for a in grid if (trigger := runner.trigger(a)) is not None]
+    shown = [(a.name, trigger) for a in grid if (trigger := runner.grid.trigger(a)) is not None]
     if shown:
         trigger_gallery(samples, shown, report / "triggers.png")
     more, images = [], []
@@ -48,7 +49,7 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
         more += detector_sections(runner.store, spec.name, [a.name for a in grid], names)
         images += [(f, CAPTIONS[f]) for f in detector_figures(runner.store, spec.name, [a.name for a in grid], names, report)]
     for name, study in runner.studies.items():
-        if name in runner.parts:
+        if name in runner.parts and name != GRID:
             sections, figures = render(runner.store, study.kind, name, study.experiment, study.spec, report)
             more += sections
             images += figures
