@@ -152,14 +152,14 @@ def test_section_jobs_are_claimed_once_and_stages_built_once(tmp_path):
     spec = dict(TINY, ssl=TINY_SSL)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     first = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False)
-    assert [name for name, _ in first.section_jobs()] == ["ssl:poisoned", "ssl:clean", "grid:clean model", "grid:stripes"]
+    assert [name for name, _ in first.all_jobs()] == ["ssl:poisoned", "ssl:clean", "grid:clean model", "grid:stripes"]
     ran = []
-    first.section_jobs = lambda: [(n, lambda n=n: ran.append(n)) for n in ("a", "b", "c")]
+    first.all_jobs = lambda: [(n, lambda n=n: ran.append(n)) for n in ("a", "b", "c")]
     (tmp_path / "out" / ".claims" / first.run_id).mkdir(parents=True)
     (tmp_path / "out" / ".claims" / first.run_id / "b").touch()  # the other process holds job b
-    first.run_sections(shared=True, reverse=True)
+    first.run_jobs(shared=True, reverse=True)
     assert ran == ["c", "a"]
-    first.run_sections(shared=True)
+    first.run_jobs(shared=True)
     assert ran == ["c", "a"], "claimed jobs are not run again"
     # a stage built by another process of the same run is not 'cached'; for a later run it is
     builds = []
@@ -202,7 +202,7 @@ def test_only_runs_the_named_parts(tmp_path):
     spec = dict(TINY, ssl=TINY_SSL)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     runner = Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grid"])
-    assert runner.parts == {"grid"} and [name for name, _ in runner.section_jobs()] == ["grid:clean model", "grid:stripes"]
+    assert runner.parts == {"grid"} and [name for name, _ in runner.all_jobs()] == ["grid:clean model", "grid:stripes"]
     with pytest.raises(InputError, match="no part 'grids' .it has: grid, ssl"):
         Runner(load_spec(tmp_path / "s.yaml"), tmp_path / "out", progress=False, only=["grids"])
     with pytest.raises(InputError, match="no part 'text' .it has: grid, ssl"):

@@ -1,4 +1,4 @@
-"""The classifier section of an experiment: poisoned classifiers, repairs, detection AUC.
+"""The classifier study: poisoned classifiers, repairs with a trusted share, detection.
 
 Stages (cached like the CLIP stages): train one clean and one poisoned classifier per attack;
 repair each poisoned classifier with each repair method on the trusted share; score the clean and
@@ -59,7 +59,7 @@ class PopulationSpec(Strict):
 class ClassifierSpec(TrainSpec):
     """Poisoned classifiers, their repair with a trusted share, and detection.
 
-    ``detect`` scores the section's own clean and poisoned classifiers with each named detector
+    ``detect`` scores the study's own clean and poisoned classifiers with each named detector
     (cheap: nothing new is trained); ``population`` trains ``n`` clean + ``n`` backdoored models
     and reports each of its detectors' ROC AUC. ``trace_every`` measures test CA / ASR along each
     repair every so many steps (the report's CA-vs-ASR curves; 0 turns it off).
@@ -150,7 +150,7 @@ class ClassifierSection(Study):
                                                          self.spec.target)}
 
     def detect(self, label: str, path: Path, seed: int) -> None:
-        """Score one of the section's classifiers (trained with ``seed``) with every ``detect`` detector (cached)."""
+        """Score one of the study's classifiers (trained with ``seed``) with every ``detect`` detector (cached)."""
         tag = self.spec.tag(seed)
         inputs = {"stage": "detect", "parent": self.runner.keys[f"classifier:{label}{tag}"], "detect": self.spec.detect,
                   "share": self.spec.trusted_share, "seed": self.spec.trusted_seed}

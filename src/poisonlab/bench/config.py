@@ -71,7 +71,7 @@ class TrainSpec(Seeded):
 
 
 class AttackSpec(Strict):
-    """One attack of the grid; ``rate`` overrides the poison rate of its section for this attack.
+    """One attack of the grid or a study; ``rate`` overrides the poison rate of its part for this attack.
 
     ``attack`` is a registered attack (default ``clip-dirty``), ``trigger`` and ``params`` its
     trigger and the trigger's parameters, ``attack_params`` the attack's own. An attack that
@@ -85,9 +85,9 @@ class AttackSpec(Strict):
     attack: Name = "clip-dirty"
     attack_params: dict[str, Any] = Field(default_factory=dict)
 
-    def poison_rate(self, section_rate: float) -> float:
-        """This attack's poison rate: its own ``rate`` if set, else its section's."""
-        return self.rate if self.rate is not None else section_rate
+    def poison_rate(self, default: float) -> float:
+        """This attack's poison rate: its own ``rate`` if set, else ``default`` (its part's)."""
+        return self.rate if self.rate is not None else default
 
 
 class DefenseSpec(Strict):

@@ -1,7 +1,7 @@
-"""Run an experiment's classifier, SSL and text jobs in a second process beside the CLIP grid.
+"""Run an experiment's jobs in two processes: a second one beside the main one.
 
-The second process works through the section jobs from the first; the main process, once its
-CLIP grid is done, takes the rest from the last, so neither waits idle while the other has work.
+The second process works through the jobs from the first (the studies' longest chains); the main
+process takes them from the last (the CLIP grid's), so neither waits idle while the other has work.
 The two share the cache folder (a lock per stage: a stage is built once) and the results store
 (SQLite serialises the two writers). On the tiny CPU models a training step is too small to keep
 two threads busy, so two one-thread processes get more done than one two-thread process
@@ -24,7 +24,7 @@ import torch
 from poisonlab.errors import InputError
 
 Job = tuple[str, Callable[[], object]]
-"""A named unit of section work; every job computes the same numbers whichever process runs it."""
+"""A named unit of a study's work; every job computes the same numbers whichever process runs it."""
 log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 
@@ -36,7 +36,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def _worker(work: Callable[[], object], threads: int, level: int, errors: Any) -> None:
-    """Child process: ``work`` (the unclaimed section jobs) with ``threads`` intra-op threads."""
+    """Child process: ``work`` (the unclaimed jobs) with ``threads`` intra-op threads."""
     torch.set_num_threads(threads)
     configure_logging(level)
     try:
@@ -47,12 +47,12 @@ def _worker(work: Callable[[], object], threads: int, level: int, errors: Any) -
 
 
 @contextlib.contextmanager
-def sections_beside(work: Callable[[], object]) -> Iterator[None]:
+def jobs_beside(work: Callable[[], object]) -> Iterator[None]:
     """Run ``work`` (picklable: a module-level function or a partial of one) in a child process
     while the body runs; each gets half the threads.
 
     Raises:
-        InputError: the sections stopped on bad input (the child's message).
+        InputError: the second process stopped on bad input (its message).
         RuntimeError: the child failed otherwise (its traceback is on stderr).
     """
     total = torch.get_num_threads()
@@ -60,9 +60,9 @@ def sections_beside(work: Callable[[], object]) -> Iterator[None]:
     errors = ctx.SimpleQueue()
     level = logging.getLogger("poisonlab").getEffectiveLevel()
     child = ctx.Process(target=_worker, args=(work, total // 2, level, errors),
-                        name="poisonlab-sections")
+                        name="poisonlab-jobs")
     child.start()
-    log.info("section jobs start in process %d; %d of %d threads each", child.pid, total // 2, total)
+    log.info("jobs start in a second process %d; %d of %d threads each", child.pid, total // 2, total)
     torch.set_num_threads(total // 2)
     try:
         yield
@@ -75,4 +75,4 @@ def sections_beside(work: Callable[[], object]) -> Iterator[None]:
     if child.exitcode == 2 and not errors.empty():
         raise InputError(errors.get())
     if child.exitcode != 0:
-        raise RuntimeError(f"the section process failed (exit code {child.exitcode}); see its traceback above")
+        raise RuntimeError(f"the second process failed (exit code {child.exitcode}); see its traceback above")

@@ -24,7 +24,7 @@ from poisonlab import defenses
 from poisonlab.bench.cache import MODEL, StageCache
 from poisonlab.bench.config import DefenseSpec
 from poisonlab.bench.grid import ClipGrid
-from poisonlab.bench.parallel import Job, sections_beside
+from poisonlab.bench.parallel import Job, jobs_beside
 from poisonlab.bench.spec import GRID, ExperimentSpec, study_specs
 from poisonlab.bench.store import ResultsStore
 from poisonlab.bench.study import STUDIES, Study
@@ -110,26 +110,26 @@ class Runner:
 
         return self.cached(stage, inputs, build)
 
-    def has_sections(self) -> bool:
+    def has_studies(self) -> bool:
         return bool(self.parts - {GRID})
 
-    def section_jobs(self) -> list[Job]:
+    def all_jobs(self) -> list[Job]:
         """The jobs of every part that runs, studies of a higher ``rank`` (longer chains) first, the
         CLIP grid's last."""
         chosen = sorted((s for name, s in self.studies.items() if name in self.parts), key=lambda s: -s.rank)
         return [job for study in chosen for job in study.jobs()]
 
-    def run_sections(self, shared: bool = False, reverse: bool = False) -> None:
+    def run_jobs(self, shared: bool = False, reverse: bool = False) -> None:
         """Run the jobs in order (``reverse``: last first).
 
         ``shared``: another process of this run works through the same list, so take only the jobs
         nobody has claimed yet. Every job computes the same numbers whichever process runs it
         (both processes have the same thread count).
         """
-        jobs = self.section_jobs()
+        jobs = self.all_jobs()
         for name, job in reversed(jobs) if reverse else jobs:
             if not shared or claim(self.out / ".claims" / self.run_id / name):
-                log.info("section job %s", name)
+                log.info("job %s", name)
                 job()
 
     def run(self, parallel: bool = False) -> dict[tuple[str, str], dict[str, float]]:
@@ -140,20 +140,20 @@ class Runner:
         threads, until every job is claimed (:mod:`poisonlab.bench.parallel`); ignored with one thread
         or without a study beside the grid. Serial, the grid's jobs come first.
         """
-        self.processes = 2 if parallel and self.has_sections() and torch.get_num_threads() >= 2 else 1
+        self.processes = 2 if parallel and self.has_studies() and torch.get_num_threads() >= 2 else 1
         threads = torch.get_num_threads() // self.processes
         self.store.put_document(self.spec.name, "machine", describe(self.processes, threads))
         for name in sorted(self.parts):
             self.store.put_study(self.studies[name].row())
         if self.processes == 2:
             try:
-                with sections_beside(functools.partial(shared_sections, self.spec.model_dump_json(), str(self.out),
+                with jobs_beside(functools.partial(shared_jobs, self.spec.model_dump_json(), str(self.out),
                                                        self.run_id, sorted(self.parts))):
-                    self.run_sections(shared=True, reverse=True)
+                    self.run_jobs(shared=True, reverse=True)
             finally:
                 shutil.rmtree(self.out / ".claims" / self.run_id, ignore_errors=True)
         else:
-            self.run_sections(reverse=True)
+            self.run_jobs(reverse=True)
         return self.store.table(self.spec.name)
 
     @property
@@ -164,7 +164,7 @@ class Runner:
         return self.studies[GRID]  # type: ignore[return-value]
 
 
-def shared_sections(spec_json: str, out: str, run_id: str, parts: list[str]) -> None:
-    """The second process of a parallel run: the section jobs nobody has claimed yet."""
+def shared_jobs(spec_json: str, out: str, run_id: str, parts: list[str]) -> None:
+    """The second process of a parallel run: the jobs nobody has claimed yet."""
     Runner(ExperimentSpec.model_validate_json(spec_json), out, progress=False, run_id=run_id,
-           only=parts).run_sections(shared=True)
+           only=parts).run_jobs(shared=True)

@@ -130,7 +130,7 @@ COLUMNS = {"results": {"experiment", "attack", "defense", "metric", "value"},
 class ResultsStore:
     """Thin wrapper over ``sqlite3``; every write is its own committed transaction.
 
-    Two processes may write at once (the sections of a parallel run): a writer waits up to
+    Two processes may write at once (a parallel run): a writer waits up to
     ``timeout`` seconds for the other's transaction.
     """
 
@@ -232,7 +232,7 @@ class ResultsStore:
         return [StudyRow(*r) for r in rows]
 
     def experiments(self) -> list[str]:
-        """The experiments with any row, sorted (a spec's sections are ``NAME/section``)."""
+        """The experiment names with any row, sorted (the ``studies`` table says what each is)."""
         rows = self.conn.execute("SELECT experiment FROM results UNION SELECT experiment FROM points ORDER BY 1")
         return [r[0] for r in rows]
 

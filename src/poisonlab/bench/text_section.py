@@ -1,4 +1,4 @@
-"""The text-modality section: dose-response of Attacks I-III and the paper's two defenses.
+"""The text-modality study: dose-response of Attacks I-III and the paper's two defenses.
 
 Paper: Yang et al., "Data Poisoning Attacks Against Multimodal Encoders", ICML 2023
 (arXiv:2209.15266): captions of a source class are paired with images the attacker chose; the

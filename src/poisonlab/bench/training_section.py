@@ -1,12 +1,12 @@
-"""The training-time section of an experiment: CLIP pre-trained from scratch on poisoned pairs.
+"""The training-time study: CLIP pre-trained from scratch on poisoned pairs.
 
-For each training seed a model is pre-trained from random weights with the section's budget on
+For each training seed a model is pre-trained from random weights with the study's budget on
 the clean pairs (``clean data``, the reference), and for each attack on the pairs it poisons at
-the section's rate: undefended (``none``), on the pairs the cosine filter keeps (``filter``: the
+the study's rate: undefended (``none``), on the pairs the cosine filter keeps (``filter``: the
 clean model of the same seed scores them, as Yang et al.'s pair filter), and with each
 training-time defense (SafeCLIP, RoCLIP). Every model is measured with the same test split (CA,
-the trigger's ASR and RA; Hit@K / MinRank for a text attack). Results go to the store under
-``<experiment>/training``; SafeCLIP's split of every epoch as a document.
+the trigger's ASR and RA; Hit@K / MinRank for a text attack). Results go to the store under the
+study's experiment name; SafeCLIP's split of every epoch as a document.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class TrainingSpec(TrainSpec):
 
     Every model is pre-trained from random weights with this budget (``n`` pairs of ``data_seed``)
     and each training seed: on the clean pairs (the reference), and per attack on the pairs
-    poisoned at its ``rate`` (default the section's; target ``poison.target``) undefended, on the
+    poisoned at its ``rate`` (default the study's; target ``poison.target``) undefended, on the
     pairs the cosine filter keeps (scored by the clean model of the same seed, the trusted model
     the filter assumes; ``filter_fraction`` dropped, default twice the rate), and with each of
     ``defenses`` (registered training-time defenses and their parameters).
@@ -121,7 +121,7 @@ class TrainingSection(Study):
         return self.runner.cached(f"training:{attack.name}:{condition}{s.tag(seed)}", inputs, build)
 
     def filter_fraction(self, attack: AttackSpec) -> float:
-        """The share of pairs the filter drops: the section's, else twice the attack's rate (the grid's audit)."""
+        """The share of pairs the filter drops: the study's, else twice the attack's rate (the grid's audit)."""
         return self.spec.filter_fraction or min(2 * attack.poison_rate(self.spec.rate), 0.99)
 
     def measure(self, path: Path, attack: AttackSpec) -> dict[str, float]:
