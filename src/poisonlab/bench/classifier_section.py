@@ -135,7 +135,7 @@ class ClassifierSection(Study):
         return lambda clf: self.scores(ev.with_model(clf), attack)
 
     def put_trace(self, attack: str, repair: str, path: Path, seed: int) -> None:
-        """Each traced point as a point (attack, repair, step, seed) of ``<experiment>/repair-trace``."""
+        """Each traced point as a point (attack, repair, step, seed) of the study's ``repair-trace`` table."""
         for point in json.loads((path / "report.json").read_text()).get("trace", []):
             metrics = {k: v for k, v in point.items() if k != "step"}
             self.runner.store.put_point(self.table("repair-trace"), attack, repair, point["step"],

@@ -5,11 +5,11 @@ Paper: Yang et al., "Data Poisoning Attacks Against Multimodal Encoders", ICML 2
 defenses are pair filtering before training and clean fine-tuning after it.
 
 Stages (cached like the CLIP grid's): for each attack and poison count, the grid's clean
-pre-trained model fine-tuned on the section's pairs with ``count`` of them poisoned (count 0: the
+pre-trained model fine-tuned on the study's pairs with ``count`` of them poisoned (count 0: the
 same fine-tune on clean pairs, shared by every attack). At the defended count also: the same
 fine-tune on the pairs that survive filtering with the clean model, and each cleaning defense of
-the section applied to the poisoned model. Every model is measured on the clean test split by
-:meth:`TextSection.measure`; each measurement is a point of ``<experiment>/text`` in the store
+the study applied to the poisoned model. Every model is measured on the clean test split by
+:meth:`TextSection.measure`; each measurement is a point of the study in the store
 (condition ``clean model``, ``none``, ``filter`` or a defense's name; dose = poisoned pairs).
 """
 
