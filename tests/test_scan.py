@@ -82,7 +82,7 @@ def test_target_probe_finds_the_patch_backdoor_and_its_target():
     assert bad.details["suspected_target"] == 2 and bad.details["location"] == "bottom-right"
     # the gain is the target's share among patched held-out images minus its clean share
     assert bad.score > 0.8 and bad.score > clean.score + 0.3
-    assert bad.details["_trigger"].shape == (3, 16, 16)
+    assert bad.trigger is not None and bad.trigger.shape == (3, 16, 16)
 
 
 def test_max_margin_singles_out_the_class_with_a_shortcut():

@@ -197,8 +197,8 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
                  inputs=(model_path, dataset))
     found = {name: d(suspect, trusted) for name, d in built.items()}
     for name, det in found.items():
-        if "_trigger" in det.details:
-            save_png(det.details["_trigger"], out / f"{name}-trigger.png")
+        if det.trigger is not None:
+            save_png(det.trigger, out / f"{name}-trigger.png")
     results = {name: det.to_dict() for name, det in found.items()}
     write_json(out / "detection.json", results)
     emit(results, as_json, [f"{name}: score {r['score']:.3f} (threshold {r['threshold']}) -> "

@@ -81,9 +81,10 @@ def trigger_picture(detections: dict[str, Any], data: LabelTensors, path: Path, 
     row = list(x)
     if "decree" in detections:
         d = detections["decree"]
-        row += [*stamp(x, d), d.details["_trigger"], d.details["_mask"].expand(3, -1, -1)]
-    if "target-probe" in detections:
-        patch = detections["target-probe"].details["_trigger"].cpu()
+        assert d.trigger is not None and d.mask is not None
+        row += [*stamp(x, d), d.trigger, d.mask.expand(3, -1, -1)]
+    if "target-probe" in detections and detections["target-probe"].trigger is not None:
+        patch = detections["target-probe"].trigger.cpu()
         where = (patch.sum(0, keepdim=True) > 0).float()
         row += [patch, *((1 - where) * xi + patch for xi in x)]
     save_picture(row, path)

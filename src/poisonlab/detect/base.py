@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from poisonlab.registry import Registry
 
 DETECTORS: Registry[Any] = Registry("detector")
@@ -20,7 +22,10 @@ class Detection:
     """A score, the threshold, and the verdict at it.
 
     ``verdict`` is ``score > threshold``, or ``score < threshold`` when ``low_is_suspicious``
-    (DECREE: a small inverted trigger means a backdoor).
+    (DECREE: a small inverted trigger means a backdoor). ``details`` are reported (JSON values);
+    ``trigger`` (and its ``mask``) is the trigger a detector recovered, as an image (``[C, H, W]``
+    in ``[0, 1]``); ``internals`` are values a caller may use that are not reported (per-class
+    gains, margins).
     """
 
     method: str
@@ -28,6 +33,9 @@ class Detection:
     threshold: float
     details: dict[str, Any] = field(default_factory=dict)
     low_is_suspicious: bool = False
+    trigger: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    internals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def verdict(self) -> bool:
@@ -39,6 +47,5 @@ class Detection:
         return -self.score if self.low_is_suspicious else self.score
 
     def to_dict(self) -> dict[str, Any]:
-        public = {k: v for k, v in self.details.items() if not k.startswith("_")}
         return {"method": self.method, "score": self.score, "threshold": self.threshold,
-                "backdoored": self.verdict, **public}
+                "backdoored": self.verdict, **self.details}

@@ -92,13 +92,14 @@ class Decree:
             best = self.invert(model, x)
         det = Detection("decree", best["pl1"], self.threshold,
                         {"similarity": best["similarity"], "params": asdict(self)}, low_is_suspicious=True)
-        det.details["_trigger"] = (best["mask"] * best["pattern"]).cpu()[0]
-        det.details["_mask"] = best["mask"].cpu()[0]
+        det.trigger = (best["mask"] * best["pattern"]).cpu()[0]
+        det.mask = best["mask"].cpu()[0]
         return det
 
 
 def stamp(x: torch.Tensor, det: Detection) -> torch.Tensor:
     """Images ``x`` (``[..., C, H, W]`` in ``[0, 1]``) stamped with a DECREE detection's inverted
     trigger, as the inversion applied it: ``(1 - mask) * x + mask * pattern``."""
-    mask, trigger = det.details["_mask"].to(x.device), det.details["_trigger"].to(x.device)
+    assert det.mask is not None and det.trigger is not None
+    mask, trigger = det.mask.to(x.device), det.trigger.to(x.device)
     return (1 - mask) * x + trigger

@@ -107,5 +107,5 @@ class MaxMargin:
         det = Detection("max-margin", score, self.threshold,
                         {"suspected_target": classes[top], "margin": float(stats[top]),
                          "median_margin": float(others.median()), "params": asdict(self)})
-        det.details["_margins"] = dict(zip(classes, stats.tolist(), strict=True))
+        det.internals["margins"] = dict(zip(classes, stats.tolist(), strict=True))
         return det

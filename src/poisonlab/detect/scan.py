@@ -125,7 +125,7 @@ def gather(model: Any, data: LabelTensors, params: dict[str, dict[str, Any]] | N
         torch.manual_seed(0)
         detector = DETECTORS.create(name, **params.get(name, {}))
         if name == "max-margin":
-            gains = dets["target-probe"].details.get("_gains", []) if "target-probe" in dets else []
+            gains = dets["target-probe"].internals.get("gains", []) if "target-probe" in dets else []
             dets[name] = detector(model, data, candidates=np.argsort(gains)[::-1][:32].tolist())
         else:
             dets[name] = detector(model, data)

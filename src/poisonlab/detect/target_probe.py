@@ -130,6 +130,6 @@ class TargetClassProbe:
         det = Detection("target-probe", best["gain"], self.threshold,
                         {"suspected_target": best["target"], "location": best["location"], "target_share": best["share"],
                          "params": asdict(self)})
-        det.details["_gains"] = best["gains"]
-        det.details["_trigger"] = best["patch"]
+        det.internals["gains"] = best["gains"]
+        det.trigger = best["patch"]
         return det
