@@ -361,7 +361,7 @@ def test_the_grid_scores_an_attack_on_captions(tmp_path):
     again = goal_metrics(ev, create("text-attack-2", source="circle", target="star", rate=0.1), base, 0)
     assert poisoned["hit@10"] == pytest.approx(again["hit@10"]) and poisoned["min_rank"] == again["min_rank"]
     readme = (html.parent / "README.md").read_text()
-    assert "triggers.png" not in readme and "ca_vs_asr.png" not in readme
+    assert "triggers.png" not in readme and "ca_vs_asr.png" not in readme and "Robust accuracy" not in readme
     bad = dict(spec, attacks=[dict(attack, trigger="badnet")])
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(InputError, match="poisons captions; give it no trigger"):

@@ -180,14 +180,16 @@ def write_report(store: ResultsStore, experiment: str, attacks: list[str], defen
          "Hit@10 of its goal instead). "
          "'clean model' is the pre-trained model before poisoning (its ASR is what the trigger does "
          "without a backdoor); 'none' is the poisoned model."),
-        ("Robust accuracy and defense effectiveness (%)", ra_der_rows(table, attacks, defenses),
-         "RA: triggered test images whose true class is not the target, classified as their true class. DER "
-         "(BackdoorBench): [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 against the poisoned model ('none'), from the seed "
-         "means: 100 removes the whole ASR at no cost in CA, 50 changes nothing."),
-        ("Attacks side by side: ASR (%) under each defense", side_by_side_rows(spread, attacks, list(BASELINES) + defenses),
-         "The grid's ASR read across: every attack under the same defense, mean ± sd over the training seeds. "
-         "The hard case is an attack whose ASR stays high where the others fall (BadCLIP's optimised patch beside "
-         "BadNet's random one); 'clean model' is what each trigger does without a backdoor."),
+        *([("Robust accuracy and defense effectiveness (%)", ra_der_rows(table, triggered, defenses),
+            "RA: triggered test images whose true class is not the target, classified as their true class. DER "
+            "(BackdoorBench): [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 against the poisoned model ('none'), from the "
+            "seed means: 100 removes the whole ASR at no cost in CA, 50 changes nothing."),
+           ("Attacks side by side: ASR (%) under each defense",
+            side_by_side_rows(spread, triggered, list(BASELINES) + defenses),
+            "The grid's ASR read across: every attack under the same defense, mean ± sd over the training seeds. "
+            "The hard case is an attack whose ASR stays high where the others fall (BadCLIP's optimised patch "
+            "beside BadNet's random one); 'clean model' is what each trigger does without a backdoor.")]
+          if triggered else []),
         ("Pair filtering of each poisoned fine-tuning set (audit with the clean model)", audit, ""),
         *([("Distance from the suspect at the end of cleaning", distances,
             "S = mean squared distance between the cleaned and the suspect model's unit embeddings of the last "
