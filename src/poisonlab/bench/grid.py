@@ -30,7 +30,7 @@ from poisonlab.bench.cache import MODEL
 from poisonlab.bench.config import AttackSpec, DefenseSpec, seeded
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.spec import GRID, DetectorSpec, ExperimentSpec
-from poisonlab.bench.store import CLEAN_MODEL, StudyRow
+from poisonlab.bench.store import CLEAN_MODEL
 from poisonlab.bench.study import Study
 from poisonlab.bench.text_section import goal_metrics
 from poisonlab.data.base import Subset
@@ -63,9 +63,6 @@ class ClipGrid(Study):
     @property
     def kind(self) -> str:
         return GRID
-
-    def row(self, experiment: str | None = None) -> StudyRow:
-        return StudyRow(self.experiment, self.spec.name, GRID, GRID, self.family)
 
     def attack(self, attack: AttackSpec) -> attacks.Attack:
         """The registered attack ``attack`` names, built with its parameters (``InputError`` when
