@@ -10,6 +10,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from poisonlab import attacks
+from poisonlab.attacks import TextAttack
+from poisonlab.errors import InputError
+from poisonlab.registry import parameters
 from poisonlab.train.loop import TrainConfig
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
@@ -85,6 +89,24 @@ class AttackSpec(Strict):
     attack: Name = "clip-dirty"
     attack_params: dict[str, Any] = Field(default_factory=dict)
 
+    def build(self, target: str, rate: float) -> attacks.Attack:
+        """The registered attack this names, toward ``target`` (when it takes one) at ``rate``, with
+        its trigger; ``InputError`` when it takes a trigger and has none, or makes its own or poisons
+        captions and is given one."""
+        factory = attacks.ATTACKS.get(self.attack)
+        params = {"rate": rate, **self.attack_params}
+        if "target" in parameters(factory) and "target" not in params:
+            params["target"] = target
+        if getattr(factory, "needs_model", False) or is_text(factory):
+            if self.trigger is not None:
+                how = "poisons captions" if is_text(factory) else "makes its own trigger"
+                raise InputError(f"attack {self.name!r}: {self.attack} {how}; give it no trigger")
+        elif self.trigger is None:
+            raise InputError(f"attack {self.name!r}: {self.attack} needs a trigger")
+        else:
+            params.update(trigger=self.trigger, trigger_params=self.params)
+        return attacks.create(self.attack, **params)
+
     def poison_rate(self, default: float) -> float:
         """This attack's poison rate: its own ``rate`` if set, else ``default`` (its part's)."""
         return self.rate if self.rate is not None else default
@@ -113,3 +135,6 @@ def seeded_params(params: dict[str, Any], seed: int, base: int) -> dict[str, Any
     return params if seed == base or "seed" in params else {**params, "seed": seed}
 
 
+def is_text(factory: Any) -> bool:
+    """Whether a registered attack poisons captions (no trigger; measured by Hit@K / MinRank)."""
+    return isinstance(factory, type) and issubclass(factory, TextAttack)

@@ -27,20 +27,18 @@ from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks import TextAttack
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
 from poisonlab.bench.cache import MODEL
-from poisonlab.bench.config import AttackSpec, DefenseSpec, seeded
+from poisonlab.bench.config import AttackSpec, DefenseSpec, is_text, seeded
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.spec import GRID, DetectorSpec, ExperimentSpec
-from poisonlab.bench.store import CLEAN_MODEL
+from poisonlab.bench.store import CLEAN_MODEL, UNDEFENDED
 from poisonlab.bench.study import Study
 from poisonlab.bench.text_section import goal_metrics
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
-from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.metrics.pair_embeddings import load_embeddings
 from poisonlab.models import ClipBundle, load_clip
 from poisonlab.models.checkpoint import save_tensors
-from poisonlab.registry import parameters
 from poisonlab.train import train_clip
 from poisonlab.utils.io import write_json
 from poisonlab.utils.seeding import make_generator
@@ -65,22 +63,9 @@ class ClipGrid(Study):
         return GRID
 
     def attack(self, attack: AttackSpec) -> attacks.Attack:
-        """The registered attack ``attack`` names, built with its parameters (``InputError`` when
-        it takes a trigger and has none, or makes its own or poisons captions and is given one)."""
+        """The registered attack ``attack`` names, toward the grid's target at its poison rate."""
         p = self.spec.poison
-        factory = attacks.ATTACKS.get(attack.attack)
-        params = {"rate": attack.poison_rate(p.rate), **attack.attack_params}
-        if "target" in parameters(factory) and "target" not in params:
-            params["target"] = p.target
-        if getattr(factory, "needs_model", False) or is_text(factory):
-            if attack.trigger is not None:
-                how = "poisons captions" if is_text(factory) else "makes its own trigger"
-                raise InputError(f"attack {attack.name!r}: {attack.attack} {how}; give it no trigger")
-        elif attack.trigger is None:
-            raise InputError(f"attack {attack.name!r}: {attack.attack} needs a trigger")
-        else:
-            params.update(trigger=attack.trigger, trigger_params=attack.params)
-        return attacks.create(attack.attack, **params)
+        return attack.build(p.target, attack.poison_rate(p.rate))
 
     def plan(self, attack: AttackSpec, seed: int | None = None) -> PoisonedDataset:
         """The attack's poisoned fine-tuning set; ``seed`` (default ``poison.seed``) picks the poisoned pairs."""
@@ -97,6 +82,8 @@ class ClipGrid(Study):
         ``None`` for an attack on captions)."""
         if attack.trigger is not None:
             return triggers.create(attack.trigger, **attack.params)
+        if is_text(attacks.ATTACKS.get(attack.attack)):
+            return None
         return self.plan(attack, seed).plan.build_trigger()
 
     def prepared(self, attack: AttackSpec, seed: int) -> Path:
@@ -141,7 +128,7 @@ class ClipGrid(Study):
         seed = p.seed if seed is None else seed
         tag = p.tag(seed)
         return self.runner.cleaned(f"clean:{attack.name}:{defense.name}{tag}", self.runner.keys[f"poison:{attack.name}{tag}"],
-                            seeded(defense, seed, p.seed), poisoned)
+                                   seeded(defense, seed, p.seed), poisoned)
 
     def detect(self, attack: AttackSpec, detector: DetectorSpec, clean: Path, poisoned: Path, seed: int) -> Path:
         """``detector`` run on the attack's poisoned fine-tuning set (of ``seed``) with the model
@@ -158,21 +145,22 @@ class ClipGrid(Study):
             model = clean if getattr(method, "scores_with", "suspect") == "clean" else poisoned
             suspect, data = load_clip(model / MODEL), self.plan(attack, seed)
             result = method.run(suspect, data, out=tmp, options=RunOptions(progress=self.runner.progress, reference=reference))
-            if hasattr(method, "score_inputs") and self.trigger(attack, seed) is not None:
+            trigger = self.trigger(attack, seed)
+            if hasattr(method, "score_inputs") and trigger is not None:
                 embeddings = load_embeddings(tmp / "embeddings", data)
-                result.report["test_auroc"] = self.test_time_auroc(method, suspect, embeddings, attack, seed)
+                result.report["test_auroc"] = self.test_time_auroc(method, suspect, embeddings, trigger, seed)
             write_json(tmp / "report.json", result.report)
 
         return self.runner.cached(f"detect:{attack.name}:{detector.name}{tag}", inputs, build)
 
-    def test_time_auroc(self, method: Any, suspect: ClipBundle, embeddings: Any, attack: AttackSpec, seed: int) -> float:
-        """AUROC of ``method``'s scores separating the triggered test images (non-target classes)
-        from the same images clean, each scored against the poisoned set (Huang et al.'s test-time use)."""
+    def test_time_auroc(self, method: Any, suspect: ClipBundle, embeddings: Any, trigger: triggers.Trigger,
+                        seed: int) -> float:
+        """AUROC of ``method``'s scores separating the test images (non-target classes) stamped with
+        ``trigger`` from the same images clean, each scored against the poisoned set (Huang et al.'s
+        test-time use)."""
         test = self.runner.test()
         target = test.classnames.index(self.spec.poison.target)
         images = torch.stack([test[i][0] for i, label in enumerate(test.labels()) if label != target])
-        trigger = self.trigger(attack, seed)
-        assert trigger is not None
         triggered = trigger(images, generator=make_generator("eval-trigger", seed))
         scores = method.score_inputs(suspect, embeddings, torch.cat([images, triggered]))
         return float(roc_auc_score(np.r_[np.zeros(len(images)), np.ones(len(triggered))], scores))
@@ -194,20 +182,19 @@ class ClipGrid(Study):
     def run_detectors(self, attack: AttackSpec, clean: Path, poisoned: Path, seed: int) -> None:
         """Each detector of the spec on one poisoned set: its detection numbers (and the scores, as a
         document for the report's curves), and the retrained model's CA / ASR where asked."""
-        name, tag = self.spec.name, self.spec.poison.tag(seed)
+        tag = self.spec.poison.tag(seed)
         poisoned_items = sorted(self.plan(attack, seed).plan.indices) if self.spec.detectors else []
         for det in self.spec.detectors:
             detected = self.detect(attack, det, clean, poisoned, seed)
             report = json.loads((detected / "report.json").read_text())
-            self.runner.store.put(name, attack.name, f"{det.name} (detect)",
-                           {k: report[k] for k in DETECTION_KEYS if k in report}, seed)
-            self.runner.store.put_document(name, f"scores:{attack.name}:{det.name}{tag}",
-                                    {"scores": report["scores"], "poisoned": poisoned_items,
-                                     "threshold": report["threshold"]})
+            self.put(attack.name, f"{det.name} (detect)", {k: report[k] for k in DETECTION_KEYS if k in report}, seed)
+            self.runner.store.put_document(self.experiment, f"scores:{attack.name}:{det.name}{tag}",
+                                           {"scores": report["scores"], "poisoned": poisoned_items,
+                                            "threshold": report["threshold"]})
             if det.retrain:
                 model = self.retrain(attack, det, clean, detected, seed)
-                self.runner.store.put(name, attack.name, retrained(det.name),
-                               self.evaluate(load_clip(model / MODEL), [attack], seed)[attack.name], seed)
+                self.put(attack.name, retrained(det.name),
+                         self.evaluate(load_clip(model / MODEL), [attack], seed)[attack.name], seed)
 
     def audit(self, attack: AttackSpec, clean: Path, seed: int | None = None) -> dict[str, Any]:
         """Pair filtering of the poisoned fine-tuning set (of ``seed``) with the clean pre-trained model."""
@@ -247,24 +234,17 @@ class ClipGrid(Study):
 
     def run_cell(self, attack: AttackSpec, seed: int) -> None:
         """One attack with one training seed: its poisoned model, the audit, every defense of it."""
-        name = self.spec.name
         clean = self.runner.pretrain()
         poisoned = self.poison(attack, clean, seed)
-        self.runner.store.put(name, attack.name, "none", self.evaluate(load_clip(poisoned / MODEL), [attack], seed)[attack.name],
-                       seed)
-        self.runner.store.put(name, attack.name, "filter (audit)", self.audit(attack, clean, seed), seed)
+        self.put(attack.name, UNDEFENDED, self.evaluate(load_clip(poisoned / MODEL), [attack], seed)[attack.name], seed)
+        self.put(attack.name, "filter (audit)", self.audit(attack, clean, seed), seed)
         self.run_detectors(attack, clean, poisoned, seed)
         for defense in self.spec.defenses:
             cleaned = self.clean(attack, defense, poisoned, seed)
             metrics = self.evaluate(load_clip(cleaned / MODEL), [attack], seed)[attack.name]
             report = json.loads((cleaned / "report.json").read_text())
             metrics.update({k: v for k, v in report.items() if k.startswith("final_s_")})
-            self.runner.store.put(name, attack.name, defense.name, metrics, seed)
-
-
-def is_text(factory: Any) -> bool:
-    """Whether a registered attack poisons captions (no trigger; measured by Hit@K / MinRank)."""
-    return isinstance(factory, type) and issubclass(factory, TextAttack)
+            self.put(attack.name, defense.name, metrics, seed)
 
 
 def retrained(detector: str) -> str:

@@ -148,7 +148,7 @@ class Runner:
         if self.processes == 2:
             try:
                 with jobs_beside(functools.partial(shared_jobs, self.spec.model_dump_json(), str(self.out),
-                                                       self.run_id, sorted(self.parts))):
+                                                   self.run_id, sorted(self.parts))):
                     self.run_jobs(shared=True, reverse=True)
             finally:
                 shutil.rmtree(self.out / ".claims" / self.run_id, ignore_errors=True)

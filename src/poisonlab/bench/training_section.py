@@ -64,10 +64,7 @@ class TrainingSection(Study):
 
     def attack(self, attack: AttackSpec) -> attacks.Attack:
         """The registered attack ``attack`` names at its rate (a trigger attack or a text attack)."""
-        params = {"target": self.target, "rate": attack.poison_rate(self.spec.rate), **attack.attack_params}
-        if attack.trigger is not None:
-            params.update(trigger=attack.trigger, trigger_params=attack.params)
-        return attacks.create(attack.attack, **params)
+        return attack.build(self.target, attack.poison_rate(self.spec.rate))
 
     def base(self) -> Any:
         return self.runner.data(self.runner.spec.dataset, self.spec.n, self.spec.data_seed)
