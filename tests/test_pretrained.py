@@ -101,7 +101,8 @@ def test_every_command_that_reads_a_model_takes_pretrained(command, capsys):
 def test_probe_a_hub_model(tmp_path, offline, capsys):
     cache = tmp_path / "hub"
     fake_hub_model(cache)
-    code = main(["probe", "--model", "hf-hub:poisonlab/tiny-clip", "--cache-dir", str(cache), "--n", "200",
-                 "--test-n", "100", "--epochs", "2", "--target", "star", "--trigger-param", "size=6", "--json"])
+    code = main(["probe", "--model", "hf-hub:poisonlab/tiny-clip", "--cache-dir", str(cache), "--dataset", "shapes",
+                 "--n", "200", "--probe-epochs", "2", "--trigger", "patch-image", "--target", "star",
+                 "--trigger-param", "size=6", "--json"])
     assert code == 0, capsys.readouterr().err
     assert "fp" in json.dumps(json.loads(capsys.readouterr().out)).lower()

@@ -149,10 +149,10 @@ def test_ssl_cli_train_probe_distill_patchsearch(tmp_path, capsys):
                  "--batch-size", "32", "--out", str(out)]) == 0
     ckpt = str(out / "model.safetensors")
     capsys.readouterr()
-    assert main(["probe", "--model", ckpt, "--n", "200", "--labelled", "0.5", "--test-n", "50", "--target", "star",
-                 "--trigger-param", "size=8", "--epochs", "3", "--json"]) == 0
+    assert main(["eval", "--model", ckpt, "--dataset", "shapes", "--n", "200", "--labelled", "0.5", "--target", "star",
+                 "--trigger", "patch-image", "--trigger-param", "size=8", "--probe-epochs", "3", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["labelled"] == 100 and 0 <= rep["fp"] <= 50
+    assert rep["family"] == "encoder" and rep["labelled"] == 100 and 0 <= rep["fp"] <= rep["test"] == 200
     assert main(["clean-encoder", "--defense", "distill", "--model", ckpt, "--dataset", "shapes", "--n", "64",
                  "--param", "epochs=1", "--out", str(tmp_path / "d")]) == 0
     assert (tmp_path / "d" / "model.safetensors").is_file()

@@ -1,4 +1,4 @@
-"""``poisonlab train classifier``, ``poisonlab repair`` and ``poisonlab detect`` (classifier side)."""
+"""``poisonlab train classifier`` and ``poisonlab detect``, and the classifier helpers ``defend`` shares."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from poisonlab.cli.common import (
     training_run_options,
 )
 from poisonlab.data.base import ImageCaptionDataset
-from poisonlab.defenses import RunOptions
 from poisonlab.detect.population import (
     PopulationConfig,
     evaluate_detectors,
@@ -33,7 +32,6 @@ from poisonlab.detect.population import (
     train_population,
 )
 from poisonlab.errors import InputError
-from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models import open as models_open
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_classifier
 from poisonlab.models.protocols import fits
@@ -44,7 +42,7 @@ from poisonlab.train.dist import default_device
 from poisonlab.train.fit import train_classifier
 from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import atomic_write, write_json
-from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
+from poisonlab.utils.output import claim_output
 
 
 def open_classifier(path: str, data: ImageCaptionDataset, pretrained: str | None = None,
@@ -98,58 +96,6 @@ def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_siz
                "seconds": round(result.seconds, 2), "data": result.data}
     emit(summary, as_json, [f"trained {result.steps} steps, loss {result.final_loss:.4f}",
                             f"checkpoint: {summary['model']}"])
-
-
-@click.command("repair", epilog=method_help(defenses.DEFENSES, "classifier", "repair"))
-@click.option("--method", required=True,
-              help="A classifier repair: " + ", ".join(defenses.available("classifier", "repair")) + ".")
-@click.option("--model", "model_path", required=True,
-              help="Suspect classifier or CLIP checkpoint (or hf-hub:ORG/NAME, or a CLIP ARCH with --pretrained).")
-@model_options
-@trusted_options
-@click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (e.g. steps=500).")
-@click.option("--test-dataset", default="shapes", show_default=True, help="Test split for the before/after summary.")
-@click.option("--test-n", type=int, default=1000, show_default=True, help="Test items of generated data.")
-@click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR/ARR for; repeatable.")
-@click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
-@click.option("--target", default=None, help="Target class for ASR.")
-@click.option("--trace-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also measure test CA and ASR every N steps (summary.json's report.trace).")
-@out_option
-@force_option
-@json_option
-def repair_cmd(method: str, model_path: str, dataset: str, n: int | None, data_seed: int, trusted_share: float,
-               params: tuple[str, ...], test_dataset: str, test_n: int, trigger_names: tuple[str, ...],
-               trigger_params: tuple[str, ...], target: str | None, trace_every: int, out: Path, force: bool,
-               as_json: bool, pretrained: str | None, cache_dir: str | None) -> None:
-    """Repair a suspect classifier with a trusted share of labelled data; writes OUT/model.safetensors."""
-    repair = defenses.create(method, family="classifier", kind="repair", **parse_params(params, "--param"))
-    built = trigger_dict(trigger_names, trigger_params, target)
-    data = load_data(dataset, n=n, seed=data_seed)
-    suspect = open_classifier(model_path, data, pretrained, cache_dir)
-    data = at_model_size(dataset, data, suspect.image_size, n, data_seed)
-    trusted = trusted_set(data, trusted_share, suspect.image_size, repair.seed)
-    test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
-    evaluator = ClassifierEvaluator(suspect, test)
-    before = evaluator.summary(built, target or 0)
-
-    def monitor(clf: object) -> dict[str, float]:
-        found = evaluator.with_model(clf).summary(built, target or 0)
-        return {"ca": found["ca"], **{f"asr:{k}": v["asr"] for k, v in found.get("backdoor", {}).items()}}
-
-    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force, inputs=(model_path, dataset))
-    result = repair.run(suspect, trusted, out=out, options=RunOptions(monitor=monitor, monitor_every=trace_every))
-    after = evaluator.with_model(result.model).summary(built, target or 0)
-    path = out / "model.safetensors"
-    summary = {"method": method, "report": result.report, "before": before, "after": after, "model": str(path)}
-    write_json(out / "summary.json", summary)
-    lines = [f"{method}: {result.report['steps']} steps on {result.report['trusted']} trusted items",
-             f"CA   {100 * before['ca']:6.2f}% -> {100 * after['ca']:6.2f}%"]
-    for name in built:
-        b, a = before["backdoor"][name], after["backdoor"][name]
-        lines.append(f"ASR {name:<14} {100 * b['asr']:6.2f}% -> {100 * a['asr']:6.2f}%   "
-                     f"ARR {100 * b['arr']:6.2f}% -> {100 * a['arr']:6.2f}%")
-    emit(summary, as_json, [*lines, f"checkpoint: {path}"])
 
 
 @click.command("detect", epilog=method_help(detect.DETECTORS))

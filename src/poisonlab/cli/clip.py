@@ -22,14 +22,17 @@ from poisonlab.cli.common import (
     training_run_options,
 )
 from poisonlab.data import apply_names
+from poisonlab.data.base import trusted_indices
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.metrics.classifier_eval import ClassifierEvaluator
+from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models import DEFAULT_MODEL, create_clip
 from poisonlab.models import open as models_open
 from poisonlab.models.checkpoint import CLASSIFIER_FORMAT, checkpoint_kind
 from poisonlab.models.clip import HF_HUB_PREFIX, pretrained_tags
 from poisonlab.train import TrainConfig, train_clip
+from poisonlab.train.data import label_tensors
 from poisonlab.train.dist import default_device
 from poisonlab.train.stream import DataConfig, data_summary
 from poisonlab.triggers.patch import load_image_tensor
@@ -149,31 +152,47 @@ def defense_lines(record: dict[str, Any]) -> list[str]:
               help="Zero-shot templates: a file (one per line, {c} for the class), openai (80) or simple (7).")
 @click.option("--skip-target-images", is_flag=True,
               help="Triggered passes skip the target class's images before decoding them (ASR only, no asr_all).")
+@click.option("--linear-probe", is_flag=True,
+              help="Measure a CLIP or classifier by a linear probe on its image features, as an encoder always is "
+                   "(`poisonlab probe` is eval with this flag).")
+@click.option("--labelled", type=float, default=0.1, show_default=True,
+              help="Encoders: share of the probe's labelled data the linear probe is trained on (0.01, 0.1).")
+@click.option("--probe-dataset", default=None,
+              help="Encoders: labelled data the probe's share comes from (default: --dataset's train split).")
+@click.option("--probe-epochs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Encoders: linear probe training epochs.")
 @stream_options(training=False)
 @json_option
-def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int | None,
+@click.pass_context
+def eval_cmd(ctx: click.Context, model_path: str, arch: str | None, dataset: str, split: str, n: int | None,
              trigger_names: tuple[str, ...], trigger_params: tuple[str, ...], target: str | None, source: str | None,
              target_image: str | None, classnames: str | None, templates: str | None, data_config: DataConfig,
-             as_json: bool, pretrained: str | None, cache_dir: str | None, skip_target_images: bool) -> None:
+             as_json: bool, pretrained: str | None, cache_dir: str | None, skip_target_images: bool,
+             linear_probe: bool, labelled: float, probe_dataset: str | None, probe_epochs: int) -> None:
     """Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply.
 
     The model's family is read from its checkpoint: a CLIP model gets the zero-shot metrics, a
-    classifier CA and each trigger's ASR / RA (an image encoder is measured with ``probe``).
+    classifier CA and each trigger's ASR / RA, an image encoder a linear probe trained on a
+    labelled share (its clean accuracy, and each trigger's FP(target), ASR and RA).
 
     \b
     Example:
       poisonlab eval --model runs/poisoned/model.safetensors --dataset shapes --trigger badnet --target star
+      poisonlab eval --model runs/ssl/model.safetensors --dataset digits --trigger patch-image --target zero
     """
     params = parse_params(trigger_params, "--trigger-param")
     built = [triggers.create(name, **params) for name in trigger_names]
     if built and target is None:
         raise click.UsageError("--trigger needs --target")
-    if pretrained is None and checkpoint_kind(model_path) == CLASSIFIER_FORMAT:
+    probing = linear_probe or ctx.info_name == "probe"
+    if probing or (pretrained is None and checkpoint_kind(model_path) == CLASSIFIER_FORMAT):
         if source or target_image or arch or skip_target_images:
-            raise InputError("--source, --target-index, --arch and --skip-target-images are for CLIP models; "
-                             f"{model_path} is a classifier or encoder checkpoint")
+            raise InputError("--source, --target-index, --arch and --skip-target-images are for zero-shot CLIP "
+                             f"evaluation; {model_path} is measured as a classifier or encoder")
         named = dict(zip(trigger_names, built, strict=True))
-        summary = classifier_summary(model_path, dataset, split, n, classnames, named, target)
+        probe = Probe(probe_dataset or dataset, labelled, LinearProbe(epochs=probe_epochs), probing)
+        summary = classifier_summary(model_path, dataset, split, n, classnames, named, target, probe,
+                                     (pretrained, cache_dir))
         emit(summary, as_json, _table(summary))
         return
     bundle = open_model(model_path, arch, pretrained, cache_dir)
@@ -202,20 +221,54 @@ def eval_cmd(model_path: str, arch: str | None, dataset: str, split: str, n: int
     emit(summary, as_json, _table(summary))
 
 
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """How ``eval`` measures an image encoder: a linear probe on ``labelled`` of ``dataset``'s train split."""
+
+    dataset: str
+    labelled: float
+    probe: LinearProbe
+    always: bool = False  # a CLIP or classifier too, not only an encoder
+
+
 def classifier_summary(model_path: str, dataset: str, split: str, n: int | None, classnames: str | None,
-                       built: dict[str, Any], target: str | None) -> dict[str, Any]:
-    """CA and each trigger's ASR / asr_all / RA of a classifier checkpoint on ``dataset``'s ``split``."""
-    probe = load_data(dataset, split=split, n=n)
-    apply_names(probe, classnames, None)
-    classifier = models_open.open_classifier(model_path, probe.classnames, probe.templates, device=default_device())
-    if classifier.family != "classifier":
-        raise InputError(f"{model_path} is an image encoder: measure it with a linear probe (poisonlab probe)")
-    data = load_data(dataset, split=split, size=classifier.image_size, n=n)
+                       built: dict[str, Any], target: str | None, probe: Probe,
+                       hub: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
+    """CA and each trigger's ASR / asr_all / RA of a classifier checkpoint on ``dataset``'s ``split``;
+    of an encoder (or any model with ``probe.always``), a linear probe's (with FP(target))."""
+    names = load_data(dataset, split=split, n=n)
+    apply_names(names, classnames, None)
+    model = models_open.open_classifier(model_path, names.classnames, names.templates, *hub, device=default_device())
+    data = load_data(dataset, split=split, size=model.image_size, n=n)
     apply_names(data, classnames, None)
-    found = ClassifierEvaluator(classifier, data).summary(built, target or 0)
+    if model.family == "encoder" or probe.always:
+        return {"family": model.family, "linear_probe": True, **encoder_summary(model, probe, data, n, built, target)}
+    found = ClassifierEvaluator(model, data).summary(built, target or 0)
     if len(built) == 1:
         found.update(next(iter(found["backdoor"].values())))
     return {"family": "classifier", **found}
+
+
+def encoder_summary(model: Any, probe: Probe, test: Any, n: int | None, built: dict[str, Any],
+                    target: str | None) -> dict[str, Any]:
+    """A linear probe's clean accuracy on ``test`` and, per trigger, its FP(target) / ASR / RA."""
+    if not test.classnames:
+        raise InputError("the linear probe needs labelled data with class names")
+    if target is not None and target not in test.classnames:
+        raise InputError(f"target class {target!r} is not in the data; valid: {', '.join(test.classnames)}")
+    train = label_tensors(load_data(probe.dataset, size=model.image_size, n=n), model.image_size)
+    train = train.subset(trusted_indices(len(train), probe.labelled, probe.probe.seed))
+    tst = label_tensors(test, model.image_size)
+    goal = test.classnames.index(target) if target is not None else 0
+    report = {name: probe_report(model, train.images, train.labels, tst.images, tst.labels, trig, goal,
+                                 len(test.classnames), probe.probe) for name, trig in {**built, "": None}.items()}
+    clean = report.pop("")
+    out: dict[str, Any] = {"ca": clean["clean_acc"], "labelled": clean["labelled"], "test": clean["test"]}
+    if report:
+        out["backdoor"] = report
+    if len(report) == 1:
+        out.update(next(iter(report.values())))
+    return out
 
 
 def data_line(data: dict[str, Any]) -> str:
@@ -231,6 +284,11 @@ def data_line(data: dict[str, Any]) -> str:
 
 def _table(summary: dict[str, Any]) -> list[str]:
     lines = []
+    if summary.get("linear_probe"):
+        lines.append(f"CA        {100 * summary['ca']:6.2f}%   (linear probe on {summary['labelled']} labelled images)")
+        lines += [f"ASR {name:<18} {100 * res['asr']:6.2f}%   RA {100 * res['ra']:6.2f}%   "
+                  f"FP(target) {res['fp']} of {res['test']}" for name, res in summary.get("backdoor", {}).items()]
+        return lines
     if summary.get("family") == "classifier":
         lines.append(f"CA        {100 * summary['ca']:6.2f}%")
     elif "ca" in summary:

@@ -1,18 +1,25 @@
-"""``poisonlab clean`` and ``poisonlab audit``."""
+"""``poisonlab defend``: every defense of every model family, one command.
+
+``clean``, ``audit``, ``repair`` and ``clean-encoder`` are names of the same command held to one
+family and kind (:data:`ALIASES`); what runs is chosen by the method's registry entry, never by
+its name (:data:`KINDS`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from poisonlab import defenses, triggers
-from poisonlab.cli.classifier import repair_cmd
+from poisonlab import defenses
+from poisonlab.cli.classifier import open_classifier, trigger_dict, trusted_set
 from poisonlab.cli.clip import model_options, open_model
 from poisonlab.cli.common import (
     LiveEpilog,
+    at_model_size,
     caught_line,
     emit,
     force_option,
@@ -23,10 +30,10 @@ from poisonlab.cli.common import (
     parse_params,
     stream_options,
 )
-from poisonlab.cli.ssl import clean_encoder_cmd
 from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
+from poisonlab.metrics.classifier_eval import ClassifierEvaluator
 from poisonlab.models import ClipBundle
 from poisonlab.models.open import model_family
 from poisonlab.registry import parameters
@@ -35,9 +42,12 @@ from poisonlab.train.stream import DataConfig
 from poisonlab.utils.io import write_json
 from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
 
+Options = dict[str, Any]
+
 
 def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: list[str], target: str | None,
               data_config: DataConfig | None = None) -> dict[str, Any]:
+    """Zero-shot CA, retrieval and each trigger's backdoor metrics of a CLIP model on ``test``."""
     ev = ClipEvaluator(bundle, test, data_config=data_config)
     out: dict[str, Any] = {"ca": ev.clean_accuracy(), "retrieval": ev.retrieval()}
     for name, trig in zip(names, trigger_list, strict=True):
@@ -45,77 +55,184 @@ def summarize(bundle: ClipBundle, test: Any, trigger_list: list[Any], names: lis
     return out
 
 
-@click.command("clean", epilog=method_help(defenses.DEFENSES, "clip", "cleaning"))
-@click.option("--defense", required=True, help="A CLIP cleaning defense: " + ", ".join(defenses.available("clip", "cleaning")) + ".")
-@click.option("--model", "model_path", required=True,
-              help="Suspect CLIP checkpoint, hf-hub:ORG/NAME, or an architecture with --pretrained TAG.")
-@model_options
-@click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
-@click.option("--dataset", required=True, help="Cleaning pairs: embedded name (e.g. shapes-outline) or path.")
-@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated cleaning data.")
-@click.option("--data-seed", type=int, default=2, show_default=True,
-              help="Seed of generated cleaning data (2, not the training data's 0: the defender's pairs are new ones).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimiser steps (or --epochs).")
-@click.option("--epochs", type=float, default=None, help="Epochs over the cleaning data (default 1).")
-@click.option("--batch-size", type=int, default=None, help="Global batch size (default: the defense's).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the defense's).")
-@click.option("--param", "params", multiple=True, help="Defense hyper-parameter KEY=VALUE (e.g. tau=2.15).")
-@click.option("--test-dataset", default="shapes", show_default=True, help="Test split for the before/after summary.")
-@click.option("--test-n", type=int, default=2000, show_default=True, help="Test items of generated data.")
-@click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR for; repeatable.")
-@click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
-@click.option("--target", default=None, help="Target class for ASR.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Training seed of the defense.")
-@out_option
-@force_option
-@stream_options()
-@json_option
-def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: int | None, data_seed: int,
-              steps: int | None,
-              epochs: float | None, batch_size: int | None, lr: float | None, params: tuple[str, ...],
-              test_dataset: str, test_n: int, trigger_names: tuple[str, ...], trigger_params: tuple[str, ...],
-              target: str | None, seed: int,
-              out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
-              cache_dir: str | None) -> None:
-    """Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."""
-    given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
-    config = {k: v for k, v in given.items() if v is not None} | parse_params(params, "--param")
-    method = defenses.create(defense, family="clip", kind="cleaning", **config)
-    tparams = parse_params(trigger_params, "--trigger-param")
-    trig = [triggers.create(t, **tparams) for t in trigger_names]
-    if trig and target is None:
-        raise InputError("--trigger needs --target")
-    suspect = open_model(model_path, arch, pretrained, cache_dir)
-    data = load_data(dataset, size=suspect.image_size, n=n, seed=data_seed, skip_bad=data_config.skip_bad_images)
-    test = load_data(test_dataset, split="test", size=suspect.image_size, n=test_n)
-    test_config = dataclasses.replace(data_config, skip_bad_images=False)
-    before = summarize(suspect, test, trig, list(trigger_names), target, test_config)
-    claim_output(out, (*TRAIN_OUTPUTS, "summary.json"), force=force, inputs=(model_path, dataset, pretrained))
-    result = method.run(suspect, data, out=out, options=RunOptions(dist=init_from_env(), data_config=data_config))
-    after = summarize(result.model, test, trig, list(trigger_names), target, test_config)
-    summary = {"defense": defense, "report": result.report, "before": before, "after": after,
-               "model": str(out / "model.safetensors")}
-    write_json(out / "summary.json", summary)
-    lines = [f"{defense}: {result.report['steps']} steps in {result.report['seconds']}s",
+def data_config(o: Options) -> DataConfig:
+    return DataConfig(o["data_mode"], o["workers"], skip_bad_images=o["skip_bad_images"])
+
+
+def clean_clip(method: str, o: Options) -> tuple[dict[str, Any], list[str]]:
+    """A CLIP cleaning defense: the cleaned checkpoint and CA / ASR before and after."""
+    budget = {k: o[k] for k in ("steps", "epochs", "batch_size", "lr", "seed") if o[k] is not None}
+    defense = defenses.create(method, family="clip", kind="cleaning", **budget | parse_params(o["params"], "--param"))
+    built = trigger_dict(o["trigger_names"], o["trigger_params"], o["target"])
+    suspect = open_model(o["model_path"], o["arch"], o["pretrained"], o["cache_dir"])
+    config = data_config(o)
+    data = load_data(o["dataset"], size=suspect.image_size, n=o["n"], seed=o["data_seed"], skip_bad=config.skip_bad_images)
+    test = load_data(o["test_dataset"], split="test", size=suspect.image_size, n=o["test_n"])
+    test_config = dataclasses.replace(config, skip_bad_images=False)
+    names, trigs = list(built), list(built.values())
+    before = summarize(suspect, test, trigs, names, o["target"], test_config)
+    claim_output(o["out"], (*TRAIN_OUTPUTS, "summary.json"), force=o["force"],
+                 inputs=(o["model_path"], o["dataset"], o["pretrained"]))
+    result = defense.run(suspect, data, out=o["out"], options=RunOptions(dist=init_from_env(), data_config=config))
+    after = summarize(result.model, test, trigs, names, o["target"], test_config)
+    summary = {"defense": method, "report": result.report, "before": before, "after": after,
+               "model": str(o["out"] / "model.safetensors")}
+    write_json(o["out"] / "summary.json", summary)
+    lines = [f"{method}: {result.report['steps']} steps in {result.report['seconds']}s",
              f"CA   {100 * before['ca']:6.2f}% -> {100 * after['ca']:6.2f}%"]
-    for name in trigger_names:
-        lines.append(f"ASR {name:<16} {100 * before['backdoor'][name]['asr']:6.2f}% -> "
-                     f"{100 * after['backdoor'][name]['asr']:6.2f}%")
-    lines.append(f"checkpoint: {summary['model']}")
-    emit(summary, as_json, lines)
+    lines += [f"ASR {name:<16} {100 * before['backdoor'][name]['asr']:6.2f}% -> "
+              f"{100 * after['backdoor'][name]['asr']:6.2f}%" for name in names]
+    return summary, [*lines, f"checkpoint: {summary['model']}"]
 
 
-@click.command("audit", epilog=method_help(defenses.DEFENSES, "clip", "filter"))
+AUDIT_OUTPUTS = ("scores.csv", "kept.json", "flagged.json", "embeddings")
+"""What a CLIP pair filter writes into its output folder (the detectors also ``flagged.json`` and
+the embeddings)."""
+
+
+def filter_clip(method: str, o: Options) -> tuple[dict[str, Any], list[str]]:
+    """A CLIP pair filter: every pair's score (scores.csv) and the kept indices (kept.json)."""
+    chosen = {k: o[k] for k in ("threshold", "drop_fraction") if o[k] is not None}
+    if "drop_fraction" in chosen and "threshold" in parameters(defenses.DEFENSES.get(method, "clip", "filter")):
+        chosen.setdefault("threshold", None)  # one criterion: the share replaces the default threshold
+    flt = defenses.create(method, family="clip", kind="filter", **chosen | parse_params(o["params"], "--param"))
+    if (o["clean_reference"] or o["embeddings_dir"]) is not None and not isinstance(flt, defenses.LocalOutlierFilter):
+        raise InputError(f"--clean-reference and --embeddings are for the detectors; {method} does not use them")
+    bundle = open_model(o["model_path"], o["arch"], o["pretrained"], o["cache_dir"])
+    data = load_data(o["dataset"], size=bundle.image_size, n=o["n"], seed=o["data_seed"])
+    reference = (None if o["clean_reference"] is None
+                 else load_data(o["clean_reference"], size=bundle.image_size, n=o["clean_n"], seed=2))
+    claim_output(o["out"], AUDIT_OUTPUTS, force=o["force"], inputs=(o["model_path"], o["dataset"], o["clean_reference"]))
+    options = RunOptions(data_config=data_config(o), reference=reference, embeddings=o["embeddings_dir"])
+    result = flt.run(bundle, data, out=o["out"], options=options)
+    report = result.report
+    summary = {k: v for k, v in report.items() if k not in ("distances", "scores")} | {"kept": len(result.kept or [])}
+    lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {len(data) - summary['kept']})"]
+    if "threshold_from" in report:
+        lines.append(f"threshold {report['threshold']:.4g} from {report['threshold_from']}")
+    if "auroc" in report:
+        lines.append(f"{caught_line(report)}, F1 {report['f1']:.3f}; AUROC {report['auroc']:.3f}, "
+                     f"AUPRC {report['auprc']:.3f}")
+    elif "recall" in report:
+        lines.append(f"{caught_line(report)}, clean pairs lost {report['clean_lost']}")
+    return summary, lines
+
+
+def repair_classifier(method: str, o: Options) -> tuple[dict[str, Any], list[str]]:
+    """A classifier repair on a trusted share of labelled data: the repaired checkpoint and CA /
+    ASR / ARR before and after (every ``--trace-every`` steps too)."""
+    repair = defenses.create(method, family="classifier", kind="repair", **parse_params(o["params"], "--param"))
+    built = trigger_dict(o["trigger_names"], o["trigger_params"], o["target"])
+    data = load_data(o["dataset"], n=o["n"], seed=o["data_seed"])
+    suspect = open_classifier(o["model_path"], data, o["pretrained"], o["cache_dir"])
+    data = at_model_size(o["dataset"], data, suspect.image_size, o["n"], o["data_seed"])
+    trusted = trusted_set(data, o["trusted_share"], suspect.image_size, repair.seed)
+    test = load_data(o["test_dataset"], split="test", size=suspect.image_size, n=o["test_n"])
+    evaluator = ClassifierEvaluator(suspect, test)
+    target = o["target"] or 0
+    before = evaluator.summary(built, target)
+
+    def monitor(clf: object) -> dict[str, float]:
+        found = evaluator.with_model(clf).summary(built, target)
+        return {"ca": found["ca"], **{f"asr:{k}": v["asr"] for k, v in found.get("backdoor", {}).items()}}
+
+    claim_output(o["out"], (*TRAIN_OUTPUTS, "summary.json"), force=o["force"], inputs=(o["model_path"], o["dataset"]))
+    result = repair.run(suspect, trusted, out=o["out"], options=RunOptions(monitor=monitor, monitor_every=o["trace_every"]))
+    after = evaluator.with_model(result.model).summary(built, target)
+    path = o["out"] / "model.safetensors"
+    summary = {"method": method, "report": result.report, "before": before, "after": after, "model": str(path)}
+    write_json(o["out"] / "summary.json", summary)
+    lines = [f"{method}: {result.report['steps']} steps on {result.report['trusted']} trusted items",
+             f"CA   {100 * before['ca']:6.2f}% -> {100 * after['ca']:6.2f}%"]
+    for name in built:
+        b, a = before["backdoor"][name], after["backdoor"][name]
+        lines.append(f"ASR {name:<14} {100 * b['asr']:6.2f}% -> {100 * a['asr']:6.2f}%   "
+                     f"ARR {100 * b['arr']:6.2f}% -> {100 * a['arr']:6.2f}%")
+    return summary, [*lines, f"checkpoint: {path}"]
+
+
+def defend_encoder(method: str, o: Options) -> tuple[dict[str, Any], list[str]]:
+    """An encoder defense: a cleaned encoder (distillation) or the kept training images (PatchSearch)."""
+    defense = defenses.create(method, family="encoder", **parse_params(o["params"], "--param"))
+    data = load_data(o["dataset"], n=o["n"], seed=o["data_seed"])
+    encoder = open_classifier(o["model_path"], data, o["pretrained"], o["cache_dir"])
+    data = at_model_size(o["dataset"], data, encoder.image_size, o["n"], o["data_seed"])
+    claim_output(o["out"], (*TRAIN_OUTPUTS, "summary.json", "kept.json"), force=o["force"],
+                 inputs=(o["model_path"], o["dataset"]))
+    result = defense.run(encoder, data, out=o["out"])
+    report, lines = result.report, []
+    if result.model is not None:
+        report["model"] = str(o["out"] / "model.safetensors")
+        lines.append(f"{method}: a cleaned encoder, checkpoint {report['model']}")
+    if result.kept is not None:
+        lines.append(f"kept {len(result.kept)} of {len(data)} training images (removed {report['removed']})")
+    if "recall" in report:
+        lines.append(caught_line(report))
+    write_json(o["out"] / "summary.json", report)
+    return report, lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How ``defend`` runs the defenses of one (family, kind): the function, the options that
+    apply to it beyond the shared ones, and its defaults for options left unset."""
+
+    run: Callable[[str, Options], tuple[dict[str, Any], list[str]]]
+    options: frozenset[str]
+    defaults: dict[str, Any]
+
+
+MEASURED = frozenset({"test_dataset", "test_n", "trigger_names", "trigger_params", "target"})
+CLIP_DATA = frozenset({"arch", "data_mode", "workers"})
+KINDS: dict[tuple[str, str], Kind] = {
+    ("clip", "cleaning"): Kind(clean_clip, MEASURED | CLIP_DATA | {"steps", "epochs", "batch_size", "lr", "seed",
+                                                                    "skip_bad_images"},
+                               {"data_seed": 2, "test_dataset": "shapes", "test_n": 2000, "seed": 0}),
+    ("clip", "filter"): Kind(filter_clip, CLIP_DATA | {"threshold", "drop_fraction", "clean_reference", "clean_n",
+                                                      "embeddings_dir"}, {"data_seed": 0}),
+    ("classifier", "repair"): Kind(repair_classifier, MEASURED | {"trusted_share", "trace_every"},
+                                   {"data_seed": 5, "trusted_share": 0.01, "test_dataset": "shapes", "test_n": 1000,
+                                    "trace_every": 0}),
+    ("encoder", "cleaning"): Kind(defend_encoder, frozenset(), {"data_seed": 2}),
+    ("encoder", "filter"): Kind(defend_encoder, frozenset(), {"data_seed": 2}),
+}
+"""What ``defend`` runs for each (family, kind) of registered defense."""
+
+ALIASES: dict[str, tuple[str, str | None, str | None]] = {
+    "clean": ("clip", "cleaning", None), "audit": ("clip", "filter", "filter"),
+    "repair": ("classifier", "repair", None), "clean-encoder": ("encoder", None, None),
+}
+"""The other names of ``defend``: the family and kind each is held to (a CLIP model is read as a
+zero-shot classifier by ``repair`` and as its image tower by ``clean-encoder``) and its default
+method."""
+
+
+@click.command("defend", cls=LiveEpilog, epilog=lambda: method_help(defenses.DEFENSES))
+@click.option("--method", "--defense", "method", default=None,
+              help="Any registered defense (see `poisonlab list`; the list below).")
 @click.option("--model", "model_path", required=True,
-              help="filter: a separate CLEAN CLIP to score pairs with; kdist / slof / dao: the SUSPECT trained on "
-                   "the pairs (checkpoint, hf-hub:, or ARCH --pretrained TAG).")
+              help="The suspect (for a pair filter: a separate clean CLIP): checkpoint, hf-hub:ORG/NAME, or a CLIP "
+                   "ARCH with --pretrained TAG. Its family picks the method's variant.")
 @model_options
-@click.option("--arch", default=None, help="Architecture, for checkpoints without a poisonlab sidecar.")
-@click.option("--dataset", required=True, help="Pairs to audit: a poison plan (.json), embedded name or path.")
-@click.option("--method", default="filter", show_default=True,
-              help="A CLIP pair filter or detector: " + ", ".join(defenses.available("clip", "filter")) + ".")
-@click.option("--threshold", type=float, default=None, help="filter: drop pairs with cosine distance above this (0.8).")
-@click.option("--drop-fraction", type=float, default=None, help="Drop this share of the worst pairs instead.")
+@click.option("--arch", default=None, help="CLIP architecture, for open_clip checkpoints without a poisonlab sidecar.")
+@click.option("--dataset", required=True,
+              help="What the defense learns from: cleaning pairs, the trusted data, or the training set to filter "
+                   "(a poison plan .json, an embedded name or a path).")
+@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
+@click.option("--data-seed", type=int, default=None,
+              help="Seed of generated data (CLIP cleaning 2 and encoders 2: the defender's data are new ones; "
+                   "repairs 5; filters 0, the training set's).")
+@click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (steps, lr, tau, k, ...).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="CLIP cleaning: optimiser steps (or --epochs).")
+@click.option("--epochs", type=float, default=None, help="CLIP cleaning: epochs over the cleaning data (default 1).")
+@click.option("--batch-size", type=int, default=None, help="CLIP cleaning: global batch size (default: the defense's).")
+@click.option("--lr", type=float, default=None, help="CLIP cleaning: peak learning rate (default: the defense's).")
+@click.option("--seed", type=int, default=None, help="CLIP cleaning: training seed of the defense (0).")
+@click.option("--trusted-share", type=float, default=None, help="Repairs: share of --dataset the defender trusts (0.01).")
+@click.option("--trace-every", type=click.IntRange(min=0), default=None,
+              help="Repairs: also measure test CA and ASR every N steps (summary.json's report.trace).")
+@click.option("--threshold", type=float, default=None, help="Pair filter: drop pairs with cosine distance above this (0.8).")
+@click.option("--drop-fraction", type=float, default=None, help="Pair filters: drop this share of the worst pairs instead.")
 @click.option("--clean-reference", default=None,
               help="kdist / slof / dao: pairs known to be clean; the threshold is the (1 - fpr) quantile of their "
                    "scores (default: of the audited set's own scores).")
@@ -123,109 +240,46 @@ def clean_cmd(defense: str, model_path: str, arch: str | None, dataset: str, n: 
 @click.option("--embeddings", "embeddings_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="kdist / slof / dao: score the embeddings an earlier audit wrote (its OUT/embeddings) instead of "
                    "embedding again; refused unless made from the same --dataset by the same --model.")
-@click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (k=16, embeddings=both, fpr=0.01).")
-@out_option
-@force_option
-@stream_options(training=False)
-@json_option
-def audit_cmd(model_path: str, arch: str | None, dataset: str, method: str, threshold: float | None,
-              drop_fraction: float | None, clean_reference: str | None, clean_n: int | None,
-              embeddings_dir: Path | None, params: tuple[str, ...],
-              out: Path, force: bool, data_config: DataConfig, as_json: bool, pretrained: str | None,
-              cache_dir: str | None) -> None:
-    """Score every pair of a training set for poison; write scores.csv and kept.json (the kept indices).
-
-    filter: 1 - cos(image, caption) under a separate clean model. kdist, slof, dao: how much the
-    pair's image is a local outlier of the suspect's embeddings (Huang et al., ICLR 2025); these
-    also write flagged.json (the flagged keys) and the embeddings.
-    """
-    chosen = {k: v for k, v in (("threshold", threshold), ("drop_fraction", drop_fraction)) if v is not None}
-    if "drop_fraction" in chosen and "threshold" in parameters(defenses.DEFENSES.get(method, "clip", "filter")):
-        chosen.setdefault("threshold", None)  # one criterion: the share replaces the default threshold
-    flt = defenses.create(method, family="clip", kind="filter", **chosen, **parse_params(params, "--param"))
-    if (clean_reference or embeddings_dir) is not None and not isinstance(flt, defenses.LocalOutlierFilter):
-        raise InputError(f"--clean-reference and --embeddings are for the detectors; {method} does not use them")
-    bundle = open_model(model_path, arch, pretrained, cache_dir)
-    data = load_data(dataset, size=bundle.image_size)
-    reference = None if clean_reference is None else load_data(clean_reference, size=bundle.image_size, n=clean_n, seed=2)
-    claim_output(out, AUDIT_OUTPUTS, force=force, inputs=(model_path, dataset, clean_reference))
-    options = RunOptions(data_config=data_config, reference=reference, embeddings=embeddings_dir)
-    result = flt.run(bundle, data, out=out, options=options)
-    report = result.report
-    summary = {k: v for k, v in report.items() if k not in ("distances", "scores")} | {"kept": len(result.kept or [])}
-    lines = [f"kept {summary['kept']} of {len(data)} pairs (removed {len(data) - summary['kept']})"]
-    if "threshold_from" in report:
-        lines.append(f"threshold {report['threshold']:.4g} from {report['threshold_from']}")
-    if "auroc" in report:
-        lines.append(f"poisons caught {report['caught']}/{report['poisoned']}: precision {report['precision']:.3f}, "
-                     f"recall {report['recall']:.3f}, F1 {report['f1']:.3f}; AUROC {report['auroc']:.3f}, "
-                     f"AUPRC {report['auprc']:.3f}")
-    elif "recall" in report:
-        lines.append(f"{caught_line(report)}, clean pairs lost {report['clean_lost']}")
-    emit(summary, as_json, lines)
-
-
-AUDIT_OUTPUTS = ("scores.csv", "kept.json", "flagged.json", "embeddings")
-"""What ``audit`` writes into its output folder (the detectors also ``flagged.json`` and the embeddings)."""
-
-
-@click.command("defend", cls=LiveEpilog, epilog=lambda: method_help(defenses.DEFENSES))
-@click.option("--method", required=True, help="Any registered defense (see `poisonlab list`; the list below).")
-@click.option("--model", "model_path", required=True,
-              help="The suspect (for a pair filter: a separate clean CLIP): checkpoint, hf-hub:ORG/NAME, or a CLIP "
-                   "ARCH with --pretrained TAG. Its family picks the method's variant.")
-@model_options
-@click.option("--arch", default=None, help="CLIP architecture, for open_clip checkpoints without a poisonlab sidecar.")
-@click.option("--dataset", required=True,
-              help="What the defense learns from: cleaning pairs, the trusted data, or the training set to filter.")
-@click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data.")
-@click.option("--data-seed", type=int, default=None, help="Seed of generated data (default: the method's command's).")
-@click.option("--param", "params", multiple=True, help="Method hyper-parameter KEY=VALUE (steps, lr, tau, ...).")
-@click.option("--trusted-share", type=float, default=None, help="Repairs: share of --dataset the defender trusts.")
-@click.option("--test-dataset", default=None, help="Test split for the before/after summary.")
-@click.option("--test-n", type=int, default=None, help="Test items of generated data.")
+@click.option("--test-dataset", default=None, help="Cleaning and repairs: test split for the before/after summary (shapes).")
+@click.option("--test-n", type=int, default=None, help="Test items of generated data (cleaning 2000, repairs 1000).")
 @click.option("--trigger", "trigger_names", multiple=True, help="Trigger to report ASR for; repeatable.")
 @click.option("--trigger-param", "trigger_params", multiple=True, help="KEY=VALUE for the trigger(s).")
 @click.option("--target", default=None, help="Target class for ASR.")
-@click.option("--trace-every", type=click.IntRange(min=0), default=None, help="Repairs: measure CA / ASR every N steps.")
 @out_option
 @force_option
 @stream_options(raw=True)
 @json_option
 @click.pass_context
-def defend_cmd(ctx: click.Context, method: str, model_path: str, pretrained: str | None, arch: str | None,
-               **given: Any) -> None:
+def defend_cmd(ctx: click.Context, method: str | None, **o: Any) -> None:
     """Run any defense on a model of any family; the family is read from the checkpoint.
 
-    The method's registry entry (its family and kind) chooses what runs: a CLIP cleaning (as
-    ``clean``), a CLIP pair filter (``audit``), a classifier repair (``repair``) or an encoder
-    defense (``clean-encoder``), with the same options and outputs as that command.
+    The method's registry entry (its family and kind) chooses what runs: a CLIP cleaning (the
+    cleaned checkpoint, CA / ASR before and after), a CLIP pair filter (every pair's score and
+    the kept pairs), a classifier repair on a trusted share, or an encoder defense. Also named
+    `clean` (CLIP cleaning, --defense), `audit` (CLIP pair filters, default filter), `repair`
+    (classifier repairs) and `clean-encoder` (encoder defenses), each held to its kind.
 
     \b
     Example:
       poisonlab defend --method par --model runs/poisoned/model.safetensors --dataset shapes-outline \\
           --param epochs=2 --trigger blended --target star --out runs/par
     """
-    family = model_family(model_path, pretrained, arch)
-    entry = defenses.DEFENSES.entry(method, family=family)
-    if (entry.family, entry.kind) not in DEFEND_ROUTES:
+    family, kind, default_method = ALIASES.get(ctx.info_name or "", (None, None, None))
+    method = method or default_method
+    if method is None:
+        raise click.UsageError("Missing option '--method'.")
+    family = family or model_family(o["model_path"], o["pretrained"], o["arch"])
+    entry = defenses.DEFENSES.entry(method, family=family, kind=kind)
+    runner = KINDS.get((str(entry.family), str(entry.kind)))
+    if runner is None:
         raise InputError(f"{method} is a {entry.kind}-time defense of {entry.family} models: it trains a model rather "
                          f"than defending one; use `poisonlab train {entry.family} --defense {method}`")
-    command = DEFEND_ROUTES[(entry.family, entry.kind)]
-    accepted = {p.name for p in command.params}
-    named = {"model_path": model_path, "pretrained": pretrained, "arch": arch, **given}
-    chosen = {k: v for k, v in named.items()
-              if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    extra = sorted(set(chosen) - accepted)
+    shared = {"model_path", "pretrained", "cache_dir", "dataset", "n", "data_seed", "params", "out", "force", "as_json"}
+    given = {k for k in o if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    extra = sorted(given - shared - runner.options)
     if extra:
-        raise click.UsageError(f"--{extra[0].replace('_', '-')} does not apply to {method} "
-                               f"({entry.family} {entry.kind}, as `poisonlab {command.name}`)")
-    target_name = "defense" if "defense" in accepted else "method"
-    ctx.invoke(command, **{target_name: method, **chosen})
+        raise click.UsageError(f"--{extra[0].replace('_', '-')} does not apply to {method} ({entry.family} {entry.kind})")
+    o |= {k: v for k, v in runner.defaults.items() if o[k] is None}
+    summary, lines = runner.run(method, o)
+    emit(summary, o["as_json"], lines)
 
-
-DEFEND_ROUTES: dict[tuple[str, str], click.Command] = {
-    ("clip", "cleaning"): clean_cmd, ("clip", "filter"): audit_cmd, ("classifier", "repair"): repair_cmd,
-    ("encoder", "cleaning"): clean_encoder_cmd, ("encoder", "filter"): clean_encoder_cmd,
-}
-"""The command each (family, kind) of defense runs as; ``defend`` hands the options on to it."""

@@ -31,25 +31,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Measure CA, retrieval, and ASR / Hit@K / MinRank as they apply."),
     "models": ("poisonlab.cli.clip", "models_cmd",
         "List CLIP architectures and their open_clip pretrained tags (ARCH: only that one)."),
-    "clean": ("poisonlab.cli.defend", "clean_cmd",
-        "Clean a suspect CLIP checkpoint; writes OUT/model.safetensors and OUT/summary.json."),
     "defend": ("poisonlab.cli.defend", "defend_cmd",
         "Run any defense on a model of any family; the family is read from the checkpoint."),
-    "audit": ("poisonlab.cli.defend", "audit_cmd",
-        "Score every pair of a training set for poison; write scores.csv and kept.json (the kept indices)."),
     "scan": ("poisonlab.cli.scan", "scan_cmd",
         "Is this checkpoint backdoored? One calibrated verdict, its suspected target and the evidence."),
     "scan-calibrate": ("poisonlab.cli.scan", "scan_calibrate_cmd",
         "Train the scan's population of clean and backdoored tiny CLIPs, score them, fit the verdict."),
-    "repair": ("poisonlab.cli.classifier", "repair_cmd",
-        "Repair a suspect classifier with a trusted share of labelled data; writes "
-        "OUT/model.safetensors."),
     "detect": ("poisonlab.cli.classifier", "detect_cmd",
         "Is this model backdoored? Scores one model, or a population with ROC AUC and an ROC plot."),
-    "probe": ("poisonlab.cli.ssl", "probe_cmd",
-        "Linear probe on frozen features: clean accuracy, patched accuracy, FP(target), ASR."),
-    "clean-encoder": ("poisonlab.cli.ssl", "clean_encoder_cmd",
-        "Distil a suspect encoder into a clean student, or find poisoned training images (PatchSearch)."),
     "report": ("poisonlab.cli.report", "report_cmd",
         "Where RUN_DIR's report is; with --check, the numbers that fall outside their expected ranges."),
     "run": ("poisonlab.cli.run", "run_cmd",
@@ -58,24 +47,37 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 """Each command: its module, its attribute there, and the first paragraph of its help, which
 ``poisonlab --help`` shortens as click would (tests/test_cli_poison.py keeps it equal to the command's own)."""
 
+ALIASES: dict[str, tuple[str, str]] = {
+    "clean": ("defend", "defend held to CLIP cleaning defenses (--defense names the method)."),
+    "audit": ("defend", "defend held to CLIP pair filters and detectors (default --method filter): every pair's "
+                        "score and the kept pairs."),
+    "repair": ("defend", "defend held to classifier repairs with a trusted share of labelled data."),
+    "clean-encoder": ("defend", "defend held to image-encoder defenses (distillation, PatchSearch)."),
+    "probe": ("eval", "eval; an image encoder is measured by a linear probe."),
+}
+"""Other names of a command, each with its line in ``poisonlab --help`` (``defend`` reads the name
+it was called by to hold itself to that family and kind)."""
+
 
 class LazyGroup(click.Group):
     """A click group over :data:`COMMANDS` that imports a command's module when it is used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return [*COMMANDS, *ALIASES]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        name = ALIASES.get(name, (name, ""))[0]
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
-        with formatter.section("Commands"):
-            formatter.write_dl([(name, textwrap.shorten(text, limit, placeholder='...'))
-                                for name, (_, _, text) in COMMANDS.items()])
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        for title, rows in (("Commands", {k: v[2] for k, v in COMMANDS.items()}),
+                            ("Aliases", {k: f"= {v[1]}" for k, v in ALIASES.items()})):
+            with formatter.section(title):
+                formatter.write_dl([(name, textwrap.shorten(text, limit, placeholder='...')) for name, text in rows.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -100,12 +100,15 @@ class LinearProbe:
 
 
 def probe_report(model: Any, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
-                 test_labels: torch.Tensor, trigger: Trigger, target: int, num_classes: int,
+                 test_labels: torch.Tensor, trigger: Trigger | None, target: int, num_classes: int,
                  probe: LinearProbe | None = None) -> dict[str, Any]:
     """Clean accuracy, patched accuracy, FP(target), ASR and RA (patched non-target images probed as
-    their true class) of a probe on ``model``'s features."""
+    their true class) of a probe on ``model``'s features (without a trigger: clean accuracy only)."""
     predict = (probe or LinearProbe()).fit(embed(model, train_images), train_labels, num_classes)
     clean = predict(embed(model, test_images))
+    sizes = {"labelled": len(train_labels), "test": len(test_labels)}
+    if trigger is None:
+        return {"clean_acc": float((clean == test_labels).double().mean()), **sizes}
     patched = predict(embed(model, test_images, trigger))
     fp = false_positives(patched, test_labels, target)
     non_target = int((test_labels != target).sum())
@@ -114,4 +117,4 @@ def probe_report(model: Any, train_images: torch.Tensor, train_labels: torch.Ten
             "patched_acc": float((patched == test_labels).double().mean()),
             "fp": fp, "asr": fp / non_target if non_target else float("nan"),
             "ra": float((patched[others] == test_labels[others]).double().mean()) if non_target else float("nan"),
-            "labelled": len(train_labels), "test": len(test_labels)}
+            **sizes}
