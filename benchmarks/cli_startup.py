@@ -1,9 +1,10 @@
-"""How long ``poisonlab --help`` takes to start, beside ``python -c pass`` in the same run.
+"""How long ``poisonlab --help``, ``--version`` and ``list`` take, beside ``python -c pass`` in the same run.
 
     python benchmarks/cli_startup.py [--repeat 10]
 
 Prints the median wall time of each and their ratio. The CLI imports a command's module only when
-that command runs, so ``--help`` and ``--version`` never import torch.
+that command runs, so ``--help`` and ``--version`` never import torch; ``list`` reads the
+registered names from the source (:func:`poisonlab.registry.declared`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
     python = median_seconds([sys.executable, "-c", "pass"], args.repeat)
-    for what in (["--help"], ["--version"]):
+    for what in (["--help"], ["--version"], ["list"]):
         cli = median_seconds([sys.executable, "-m", "poisonlab", *what], args.repeat)
         print(f"poisonlab {what[0]:<10} {cli:.3f} s   python -c pass {python:.3f} s   ratio {cli / python:.1f}x")
 

@@ -171,15 +171,28 @@ def test_the_lazy_command_table_matches_the_commands():
         assert text == " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split()), name
 
 
-def test_help_and_version_do_not_import_torch():
+def test_help_version_and_list_do_not_import_torch():
     import subprocess
     import sys
 
     code = ("import sys; from poisonlab.cli.main import main; rc = main(['--help']); rc2 = main(['--version']);"
-            " print('torch' in sys.modules, rc, rc2)")
+            " rc3 = main(['list']); print('torch' in sys.modules, rc, rc2, rc3)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "False 0 0"
-    assert "clean-encoder" in out and "poisonlab, version" in out
+    assert out.strip().splitlines()[-1] == "False 0 0 0"
+    assert "clean-encoder" in out and "poisonlab, version" in out and "pivotal-tuning   classifier  repair" in out
+
+
+def test_list_reads_from_the_source_what_the_registries_hold():
+    from poisonlab import attacks, data, defenses, detect, triggers
+    from poisonlab.bench import studies
+    from poisonlab.registry import declared
+
+    found = declared()
+    for variable, registry in (("TRIGGERS", triggers.TRIGGERS), ("ATTACKS", attacks.ATTACKS),
+                               ("DATASETS", data.DATASETS), ("DEFENSES", defenses.DEFENSES),
+                               ("DETECTORS", detect.DETECTORS), ("STUDIES", studies.STUDIES)):
+        held = {(e.name, e.family, e.kind) for e in registry.entries()}
+        assert found[variable] == held and len(held) >= 3, variable
 
 
 def test_every_option_of_every_command_has_help():

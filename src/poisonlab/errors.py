@@ -7,9 +7,16 @@ failure while running (exit code 1).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 
 class InputError(ValueError):
     """Bad user input; the message is one line that says what is wrong and how to fix it."""
+
+
+ALLOW_NONFINITE: ContextVar[bool] = ContextVar("allow_nonfinite", default=False)
+"""Open checkpoints whose weights hold NaN or infinity (``poisonlab --allow-nonfinite``); off by
+default (:mod:`poisonlab.models.finite`)."""
 
 
 class RunOffError(Exception):

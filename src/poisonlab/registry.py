@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import math
@@ -24,6 +25,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from poisonlab.errors import InputError
@@ -58,11 +60,12 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator that registers a class (or factory) under ``name``.
 
-        The factory's class attributes ``family`` and ``kind`` (when it has them) are the entry's.
+        The factory's class attributes ``family`` and ``kind`` (when it has them as strings) are the entry's.
         """
 
         def wrap(factory: Callable[..., T]) -> Callable[..., T]:
-            family, kind = getattr(factory, "family", None), getattr(factory, "kind", None)
+            family, kind = (value if isinstance(value := getattr(factory, key, None), str) else None
+                            for key in ("family", "kind"))
             if (name, family) in self._items:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
             self._items[(name, family)] = Entry(name, factory, family, kind)
@@ -189,3 +192,45 @@ def check_type(what: str, value: Any, hint: Any) -> None:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     expected = " or ".join(names[t] for t in (int, float, str, bool) if t in scalar)
     raise InputError(f"{what} must be {expected}, got {value!r}")
+
+
+def declared(root: Path = Path(__file__).parent) -> dict[str, set[tuple[str, str | None, str | None]]]:
+    """Every ``@REGISTRY.register("name")`` in the package's source under ``root``, by registry
+    variable (``DEFENSES``, ...): each name with the ``family`` and ``kind`` class attributes of
+    its class (its own or a base class's of the package), read with :mod:`ast`.
+
+    What ``poisonlab list`` shows without importing the methods, and with them torch;
+    ``tests/test_registry.py`` keeps it equal to the imported registries.
+    """
+    classes: dict[str, tuple[list[str], dict[str, str]]] = {}
+    found: list[tuple[str, str, str]] = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                values = {t.id: v.value for t, v in _assignments(node.body)
+                          if isinstance(t, ast.Name) and isinstance(v, ast.Constant) and isinstance(v.value, str)}
+                classes[node.name] = ([b.id for b in node.bases if isinstance(b, ast.Name)], values)
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                found += [(d.func.value.id, d.args[0].value, node.name) for d in node.decorator_list
+                          if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "register"
+                          and isinstance(d.func.value, ast.Name) and d.args and isinstance(d.args[0], ast.Constant)]
+
+    def attribute(cls: str, key: str) -> str | None:
+        bases, values = classes.get(cls, ([], {}))
+        return values.get(key) or next(filter(None, (attribute(b, key) for b in bases)), None)
+
+    out: dict[str, set[tuple[str, str | None, str | None]]] = {}
+    for registry, name, cls in found:
+        out.setdefault(registry, set()).add((name, attribute(cls, "family"), attribute(cls, "kind")))
+    return out
+
+
+def _assignments(body: list[ast.stmt]) -> list[tuple[ast.expr, ast.expr | None]]:
+    """``(target, value)`` of a class body's plain and annotated assignments."""
+    pairs: list[tuple[ast.expr, ast.expr | None]] = []
+    for stmt in body:
+        if isinstance(stmt, ast.Assign):
+            pairs += [(t, stmt.value) for t in stmt.targets]
+        elif isinstance(stmt, ast.AnnAssign):
+            pairs.append((stmt.target, stmt.value))
+    return pairs

@@ -1,31 +1,52 @@
 """``poisonlab list``: every registered name, with each defense's and detector's family and kind,
-and each study kind a spec may hold with its model family."""
+and each study kind a spec may hold with its model family.
+
+The names are read from the package's source (:func:`poisonlab.registry.declared`), so listing
+them imports neither the methods nor torch; methods registered at run time (a plugin's, a test's)
+are added from the registries once their packages are imported.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 import click
 
-from poisonlab import attacks, data, defenses, detect, triggers
-from poisonlab.bench.studies import STUDIES
-from poisonlab.cli.common import emit, json_option
+from poisonlab.registry import declared
+
+REGISTRIES = {"triggers": ("poisonlab.triggers", "TRIGGERS"), "attacks": ("poisonlab.attacks", "ATTACKS"),
+              "datasets": ("poisonlab.data", "DATASETS"), "defenses": ("poisonlab.defenses", "DEFENSES"),
+              "detectors": ("poisonlab.detect", "DETECTORS"), "studies": ("poisonlab.bench.study", "STUDIES")}
+"""What ``list`` shows: each title's package and registry variable."""
+
+
+def registered() -> dict[str, list[tuple[str, str | None, str | None]]]:
+    """Each title's ``(name, family, kind)`` entries: the declared ones and, where the registry's
+    package is imported, the registered ones, sorted by name and family."""
+    found = declared()
+    out = {}
+    for title, (module, variable) in REGISTRIES.items():
+        rows = set(found.get(variable, ()))
+        if module in sys.modules:
+            registry = getattr(sys.modules[module], variable)
+            rows |= {(e.name, e.family, e.kind) for e in registry.entries()}
+        out[title] = sorted(rows, key=lambda r: (r[0], str(r[1])))
+    return out
 
 
 @click.command("list")
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of lines.")
 def list_names(as_json: bool) -> None:
     """List the registered triggers, attacks, datasets, defenses (with the model family each works
     on and its kind), detectors and study kinds (the parts a spec for `poisonlab run` may hold)."""
-    names: dict[str, Any] = {"triggers": triggers.available(), "attacks": attacks.available(),
-                             "datasets": data.available()}
+    rows = registered()
+    names: dict[str, Any] = {title: sorted({r[0] for r in rows[title]}) for title in ("triggers", "attacks", "datasets")}
     lines = [f"{k}: {', '.join(v)}" for k, v in names.items()]
-    for title, registry in (("defenses", defenses.DEFENSES), ("detectors", detect.DETECTORS)):
-        rows = [{"name": e.name, "family": e.family, "kind": e.kind} for e in registry.entries()]
-        names[title] = rows
-        lines.append(f"{title}:")
-        lines += [f"  {r['name']:<16} {r['family']:<11} {r['kind']}" for r in rows]
-    names["studies"] = [{"name": e.name, "family": e.factory.family} for e in STUDIES.entries()]  # type: ignore[attr-defined]
-    lines.append("studies:")
-    lines += [f"  {r['name']:<16} {r['family']}" for r in names["studies"]]
-    emit(names, as_json, lines)
+    for title in ("defenses", "detectors"):
+        names[title] = [{"name": n, "family": f, "kind": k} for n, f, k in rows[title]]
+        lines += [f"{title}:", *(f"  {n:<16} {f:<11} {k}" for n, f, k in rows[title])]
+    names["studies"] = [{"name": n, "family": f} for n, f, _ in rows["studies"]]
+    lines += ["studies:", *(f"  {n:<16} {f}" for n, f, _ in rows["studies"])]
+    click.echo(json.dumps(names, sort_keys=True) if as_json else "\n".join(lines))

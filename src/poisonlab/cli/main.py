@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import click
 
-from poisonlab.errors import InputError, RunOffError, crash_log, one_line
+from poisonlab.errors import ALLOW_NONFINITE, InputError, RunOffError, crash_log, one_line
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("poisonlab.cli.listing", "list_names",
@@ -93,10 +93,6 @@ def cli(verbose: int, allow_nonfinite: bool) -> None:
       poisonlab run demo --out demo-out      # the whole attack x defense study on the embedded data
       poisonlab list                         # every trigger, attack, dataset, defense and detector
     """
-    from poisonlab.models.finite import (
-        ALLOW_NONFINITE,  # here, not above: --help and --version need no torch
-    )
-
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("poisonlab.progress").setLevel(min(level, logging.INFO))  # a run's progress, always shown

@@ -6,15 +6,11 @@ an attack success rate of 100% and a retrieval of 1.0; it is broken, not backdoo
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 
-from poisonlab.errors import InputError
-
-ALLOW_NONFINITE: ContextVar[bool] = ContextVar("allow_nonfinite", default=False)
-"""Open checkpoints whose weights hold NaN or infinity (``poisonlab --allow-nonfinite``); off by default."""
+from poisonlab.errors import ALLOW_NONFINITE, InputError
 
 
 def check_finite(state: dict[str, torch.Tensor], where: str | Path) -> None:
