@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
-from poisonlab import attacks, defenses, detect, triggers
+from poisonlab import defenses, detect, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.cache import MODEL
 from poisonlab.bench.config import (
@@ -56,6 +56,13 @@ class PopulationSpec(Strict):
     detectors: dict[Name, dict[str, Any]] = Field(default_factory=lambda: {"cti": {}, "neural-cleanse": {}})
 
 
+class ClassifierAttackSpec(AttackSpec):
+    """An attack on the classifier's training set: dirty-label poisoning (``label-flip``) unless it
+    names another registered attack."""
+
+    attack: Name = "label-flip"
+
+
 class ClassifierSpec(TrainSpec):
     """Poisoned classifiers, their repair with a trusted share, and detection.
 
@@ -68,7 +75,7 @@ class ClassifierSpec(TrainSpec):
     model: Name = "poisonlab-resnet-tiny"
     target: Name
     rate: float = Field(gt=0, le=1)
-    attacks: list[AttackSpec]
+    attacks: list[ClassifierAttackSpec]
     trusted_share: float = Field(default=0.01, gt=0, le=1)
     trusted_seed: Seed = 5
     repairs: list[RepairSpec]
@@ -95,9 +102,7 @@ class ClassifierSection(Study):
         def build(tmp: Path) -> None:
             data = self.runner.data(self.runner.spec.dataset, c.n, c.data_seed)
             if attack is not None:
-                atk = attacks.create("label-flip", target=c.target, trigger=attack.trigger,
-                                     trigger_params=attack.params, rate=attack.poison_rate(c.rate))
-                data = PoisonedDataset(data, atk(data, seed=seed))
+                data = PoisonedDataset(data, attack.build(c.target, attack.poison_rate(c.rate))(data, seed=seed))
             model = create_classifier(c.model, len(data.classnames), self.runner.spec.image_size, data.classnames,
                                       seed=seed)
             config = c.train_config(seed, weight_decay=RECIPES["classifier"]["weight_decay"])

@@ -45,7 +45,8 @@ class SslSpec(TrainSpec):
 
     A cleaning defense (distillation) gets clean copies of the first ``defense_n`` training images;
     a filter (PatchSearch) scans the poisoned training set and the encoder is trained again on
-    the images it keeps.
+    the images it keeps. ``attack`` poisons the training set (Saha et al.'s patch on ``rate`` of
+    the ``target`` class's images, ``ssl-patch``, unless it names another registered attack).
     """
 
     dataset: DataName = "shapes"
@@ -55,6 +56,7 @@ class SslSpec(TrainSpec):
     test_n: Count | None = None
     target: Name
     rate: float = Field(default=0.5, gt=0, le=1)
+    attack: Name = "ssl-patch"
     trigger: Name = "patch-image"
     trigger_params: dict[str, Any] = Field(default_factory=dict)
     probe_share: float = Field(default=0.1, gt=0, le=1)
@@ -77,13 +79,15 @@ class SslSection(Study):
         return self.runner.data(self.spec.dataset, self.spec.test_n, self.runner.spec.test.data_seed, "test")
 
     def base_inputs(self, seed: int) -> dict[str, Any]:
-        return {**self.spec.budget(exclude={"defenses", "defense_n", "detectors", "probe_share", "probe_seed",
-                                            "test_n"}), "seed": seed}
+        s = self.spec
+        default = {"attack"} if s.attack == SslSpec.model_fields["attack"].default else set()  # earlier stages' keys
+        return {**s.budget(exclude={"defenses", "defense_n", "detectors", "probe_share", "probe_seed", "test_n",
+                                    *default}), "seed": seed}
 
     def poisoned_data(self, seed: int) -> PoisonedDataset:
         s = self.spec
         data = self.runner.data(s.dataset, s.n, s.data_seed)
-        atk = attacks.create("ssl-patch", target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
+        atk = attacks.create(s.attack, target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
         return PoisonedDataset(data, atk(data, seed=seed))
 
     def _train(self, data: Any, tmp: Path, seed: int) -> None:
