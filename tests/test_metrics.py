@@ -91,3 +91,16 @@ def test_frontier_best_asr_within_and_pareto_front():
     assert best_asr_within(points, suspect_ca=0.82, allowance=0.30) == 0.05
     assert best_asr_within(points, suspect_ca=0.95, allowance=0.03) is None
     assert pareto_front(points) == [(0.80, 0.60), (0.75, 0.30), (0.60, 0.05)]  # (0.70, 0.35), (0.79, 0.70) dominated
+
+
+def test_classifier_table_says_which_repairs_the_accuracy_floor_stopped(tmp_path):
+    from poisonlab.bench.store import ResultsStore
+    from poisonlab.report.sections import classifier_sections
+
+    store = ResultsStore(tmp_path / "r.db")
+    store.put("e", "badnet", "none", {"ca": 0.8, "asr": 0.9, "arr": 0.05})
+    store.put("e", "badnet", "finetune", {"ca": 0.8, "asr": 0.9, "arr": 0.05, "stopped_at": 50})
+    store.put("e", "badnet", "pivotal-tuning", {"ca": 0.7, "asr": 0.2, "arr": 0.6})
+    (title, rows, note), *_ = classifier_sections(store, "e", ["badnet"], ["finetune", "pivotal-tuning"], 0.01)
+    assert note.endswith("badnet finetune at step 50.") and "pivotal-tuning at" not in note
+    assert rows[1][2] == rows[1][3] == "80.0 / 90.0 / 5.0"

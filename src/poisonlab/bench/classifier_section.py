@@ -218,7 +218,9 @@ class ClassifierSection(Study):
         self.put(attack.name, "none", self.evaluate(suspect, attack), seed)
         for repair in self.spec.repairs:
             path = self.repair(attack, repair, suspect, seed)
-            self.put(attack.name, repair.name, self.evaluate(path, attack), seed)
+            stopped = json.loads((path / "report.json").read_text()).get("stopped_at")
+            self.put(attack.name, repair.name, {**self.evaluate(path, attack),
+                                                **({"stopped_at": stopped} if stopped is not None else {})}, seed)
             self.put_trace(attack.name, repair.name, path, seed)
         if self.spec.detect:
             self.detect(attack.name, suspect, seed)

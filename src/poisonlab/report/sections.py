@@ -20,9 +20,14 @@ def classifier_sections(store: ResultsStore, experiment: str, attacks: list[str]
     rows = [["attack"] + [f"{c} CA / ASR / ARR" for c in cols]]
     for a in attacks:
         rows.append([a] + [" / ".join(cell(table.get((a, c), {}).get(k)) for k in ("ca", "asr", "arr")) for c in cols])
+    stopped = [f"{a} {r} at step {', '.join(f'{v:g}' for v in m['stopped_at'].values)}"
+               for (a, r), m in sorted(table.items()) if "stopped_at" in m]
+    floor = (" Stopped by the accuracy floor (held-out trusted accuracy fell more than the repair's max_drop below "
+             "the suspect's; the last weights above it kept: at the first check, those the repair started from): "
+             + "; ".join(stopped) + ".") if stopped else ""
     out = [(f"Classifiers: repair with {100 * share:g}% trusted data, CA / ASR / ARR (%)", rows,
             "ARR (RA): accuracy on triggered non-target test images against their true labels. 'none' is the "
-            "poisoned classifier, 'clean model' one trained on clean data. With several seeds: mean±sd."),
+            "poisoned classifier, 'clean model' one trained on clean data. With several seeds: mean±sd." + floor),
            ("Classifiers: robust accuracy and defense effectiveness (%)",
             ra_der_rows(store.table(experiment), attacks, repairs),
             "DER (BackdoorBench): [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 of each repair against the poisoned "
