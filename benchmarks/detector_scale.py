@@ -16,6 +16,15 @@ its scores:
 
     python benchmarks/detector_scale.py --n 1000000 --exact-n 50000 \\
         [--authors-repo /path/to/Detect-CLIP-Backdoor-Samples --released-n 200000]
+
+``--exact-blocks DIR`` measures the exact search at the full ``--n`` instead of extrapolating: the
+queries in blocks of ``--block`` items (a multiple of the search's 4,096-row chunk, so each query
+meets the same arithmetic as in one whole run), each block its own child process whose neighbours,
+wall time and peak memory are saved in DIR; a run stopped part way resumes from the saved blocks.
+When every block is there it scores DAO from the assembled neighbours, prints the summed time and
+the largest peak, and runs the authors' batched computation on the same embeddings for the ratio:
+
+    python benchmarks/detector_scale.py --n 1000000 --exact-blocks runs/exact-1m [--block 49152]
 """
 
 from __future__ import annotations
@@ -91,6 +100,57 @@ def child(method: str, path: str, n: int, repo: str | None) -> None:
                       "auroc": float(roc_auc_score(labels, scores))}))
 
 
+def exact_block(path: str, n: int, start: int, stop: int, out: Path) -> None:
+    """The exact whole-set neighbours of queries ``start:stop`` of the first ``n`` embeddings,
+    saved with the block's wall time and peak memory as ``out/block-START.npz``."""
+    from poisonlab.metrics.neighbours import nearest
+
+    images = np.load(path, mmap_mode="r")[:n]
+    groups = np.arange(n)
+    begin = time.perf_counter()
+    found = nearest(images[start:stop], images, 16, groups[start:stop], groups)
+    seconds = time.perf_counter() - begin
+    tmp = out / f".block-{start:08d}.tmp.npz"
+    np.savez(tmp, distances=found.distances, indices=found.indices, seconds=seconds, peak_mib=peak_mib())
+    tmp.rename(out / f"block-{start:08d}.npz")
+
+
+def exact_blocks(out: Path, n: int, dim: int, block: int) -> None:
+    """Every block of the exact search at ``n`` (skipping those saved), then DAO's AUROC, the summed
+    time, the largest peak and the ratio to the authors' batched run on the same embeddings."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from poisonlab.metrics.local_outliers import DAO
+    from poisonlab.metrics.neighbours import Neighbours
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"images-{n}x{dim}.npy"
+    if not path.exists():
+        make(out / "images.tmp.npy", n, dim)
+        (out / "images.tmp.npy").rename(path)
+    starts = range(0, n, block)
+    print(f"{n} x {dim} float16 embeddings, exact search in {len(starts)} blocks of {block}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    for start in starts:
+        if not (out / f"block-{start:08d}.npz").exists():
+            subprocess.run([sys.executable, __file__, "--block-child", str(path), str(n), str(start),
+                            str(min(start + block, n)), str(out)], check=True)
+        saved = np.load(out / f"block-{start:08d}.npz")
+        print(f"block {start:>8}: {float(saved['seconds']):7.1f} s  peak {float(saved['peak_mib']):6.0f} MiB", flush=True)
+    blocks = [np.load(out / f"block-{start:08d}.npz") for start in starts]
+    found = Neighbours(np.concatenate([b["distances"] for b in blocks]), np.concatenate([b["indices"] for b in blocks]))
+    auroc = float(roc_auc_score(poisoned(n), DAO().score(found, found)))
+    seconds, peak = sum(float(b["seconds"]) for b in blocks), max(float(b["peak_mib"]) for b in blocks)
+    line = subprocess.run([sys.executable, __file__, "--child", "authors", str(path), str(n)], check=True,
+                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    authors = json.loads(line)
+    print(f"exact             n={n:>8}  {seconds:8.1f} s  peak {peak:7.0f} MiB  AUROC {auroc:.4f}  (sum of the blocks)")
+    print(f"authors           n={n:>8}  {authors['seconds']:8.1f} s  peak {authors['peak_mib']:7.0f} MiB  "
+          f"AUROC {authors['auroc']:.4f}")
+    print(f"ratio to the authors' batched computation: exact {seconds / authors['seconds']:.1f}x (measured)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -98,10 +158,21 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--authors-repo", default=None)
     parser.add_argument("--released-n", type=int, default=None, help="Items for the released code (default --n).")
+    parser.add_argument("--exact-blocks", type=Path, default=None, metavar="DIR",
+                        help="Measure the exact search at --n block by block, resumable (see above).")
+    parser.add_argument("--block", type=int, default=12 * 4096, help="Queries per block of --exact-blocks.")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "PATH", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--block-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]), args.authors_repo)
+        return
+    if args.block_child:
+        path, n, start, stop, out = args.block_child
+        exact_block(path, int(n), int(start), int(stop), Path(out))
+        return
+    if args.exact_blocks:
+        exact_blocks(args.exact_blocks, args.n, args.dim, args.block)
         return
     import torch
 
