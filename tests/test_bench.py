@@ -6,7 +6,7 @@ import yaml
 
 from poisonlab import demo, detect
 from poisonlab.bench.runner import Runner
-from poisonlab.bench.spec import load_spec
+from poisonlab.bench.spec import PRESETS, load_spec
 from poisonlab.bench.store import ResultsStore
 from poisonlab.data import open_dataset
 from poisonlab.defenses import trusted_indices
@@ -33,6 +33,16 @@ TINY_SSL = {"n": 96, "epochs": 1, "lr": 1e-3, "batch_size": 32, "target": "star"
                          {"name": "patchsearch", "defense": "patchsearch",
                           "params": {"clusters": 4, "min_clusters": 2, "classifier_steps": 1}}],
             "defense_n": 64, "detectors": {"decree": {"steps": 2}}, "test_n": 40}
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS.glob("*.yaml") if not p.stem.endswith(".expected")))
+def test_every_bundled_preset_loads_and_builds_its_attacks(preset):
+    from poisonlab.bench.spec import study_specs
+
+    spec = load_spec(preset)
+    built = [a.build(spec.poison.target, a.poison_rate(spec.poison.rate)) for a in spec.attacks]
+    assert len(built) == len(spec.attacks) and all(callable(b) for b in built)
+    assert len(study_specs(spec)) == len(spec.studies) and (built or spec.studies)
 
 
 def test_spec_rejects_unknown_keys(tmp_path):
