@@ -213,3 +213,35 @@ def test_every_option_of_every_command_has_help():
         for path, command in leaves(getattr(importlib.import_module(module), attr), name):
             bare = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help]
             assert not bare, f"{path}: {bare}"
+
+
+def test_the_readme_defines_the_metrics_list_prints(capsys):
+    from pathlib import Path
+
+    from poisonlab.glossary import METRICS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## The metrics, once", 1)[1].split("\n\n", 2)[1]
+    rows = [line.strip("|").split(" | ", 1) for line in table.splitlines()[2:]]
+    assert {name.strip(): text.strip() for name, text in rows} == METRICS
+    assert main(["list", "--metrics"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"ASR: {METRICS['ASR']}"
+
+
+def test_every_command_shows_an_example():
+    import importlib
+
+    import click
+
+    from poisonlab.cli.main import COMMANDS
+
+    def leaves(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from leaves(sub, f"{path} {name}")
+        else:
+            yield path, command
+
+    for name, (module, attr, _) in COMMANDS.items():
+        for path, command in leaves(getattr(importlib.import_module(module), attr), name):
+            assert "Example" in (command.help or ""), path

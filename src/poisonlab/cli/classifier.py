@@ -85,7 +85,12 @@ def trusted_options(f: Any) -> Any:
 def train_classifier_cmd(dataset: str, arch: str, config: TrainConfig, image_size: int, n: int | None,
                          data_seed: int, resume: bool, out: Path, force: bool, data_config: DataConfig,
                          as_json: bool) -> None:
-    """Train a timm classifier on labelled (possibly poisoned) data."""
+    """Train a timm classifier on labelled (possibly poisoned) data.
+
+    \b
+    Example:
+      poisonlab train classifier --dataset runs/cls-plan/plan.json --epochs 12 --lr 3e-3 --out runs/cls
+    """
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
     if not data.classnames:
         raise InputError("classifier training needs labelled data with class names")
@@ -122,6 +127,11 @@ def detect_cmd(methods: tuple[str, ...], model_path: str | None, dataset: str, n
     cti and neural-cleanse need a classifier (or a CLIP model, as a zero-shot classifier over the
     data's classes); decree needs only an encoder (SSL backbone or CLIP image tower) and writes
     the inverted trigger as OUT/decree-trigger.png.
+
+    \b
+    Example:
+      poisonlab detect --method cti --method neural-cleanse --model runs/cls/model.safetensors --out runs/det
+      poisonlab detect --method cti --population 8 --out runs/pop      # ROC AUC over 8 + 8 models
     """
     extra = parse_params(params, "--param")
     built = {m: detect.create(m, **extra) for m in methods}

@@ -312,6 +312,11 @@ def _table(summary: dict[str, Any]) -> list[str]:
 @click.argument("arch", required=False)
 @json_option
 def models_cmd(arch: str | None, as_json: bool) -> None:
-    """List CLIP architectures and their open_clip pretrained tags (ARCH: only that one)."""
+    """List CLIP architectures and their open_clip pretrained tags (ARCH: only that one).
+
+    \b
+    Example:
+      poisonlab models RN50
+    """
     tags = pretrained_tags(arch)
     emit(tags, as_json, [f"{name:<40} {', '.join(t) or '-'}" for name, t in tags.items()])

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from poisonlab.glossary import METRICS
 from poisonlab.registry import declared
 
 REGISTRIES = {"triggers": ("poisonlab.triggers", "TRIGGERS"), "attacks": ("poisonlab.attacks", "ATTACKS"),
@@ -37,10 +38,20 @@ def registered() -> dict[str, list[tuple[str, str | None, str | None]]]:
 
 
 @click.command("list")
+@click.option("--metrics", is_flag=True, help="List the metrics poisonlab reports and what each counts instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of lines.")
-def list_names(as_json: bool) -> None:
+def list_names(metrics: bool, as_json: bool) -> None:
     """List the registered triggers, attacks, datasets, defenses (with the model family each works
-    on and its kind), detectors and study kinds (the parts a spec for `poisonlab run` may hold)."""
+    on and its kind), detectors and study kinds (the parts a spec for `poisonlab run` may hold).
+
+    \b
+    Example:
+      poisonlab list
+      poisonlab list --metrics     # CA, ASR, RA, DER, Hit@K, ... and what each counts
+    """
+    if metrics:
+        click.echo(json.dumps(METRICS) if as_json else "\n".join(f"{k}: {v}" for k, v in METRICS.items()))
+        return
     rows = registered()
     names: dict[str, Any] = {title: sorted({r[0] for r in rows[title]}) for title in ("triggers", "attacks", "datasets")}
     lines = [f"{k}: {', '.join(v)}" for k, v in names.items()]

@@ -145,7 +145,13 @@ def required_params(trigger: str) -> list[str]:
 @data_options
 def show(dataset: str, names: str | None, plan_path: Path | None, rows: int, out: Path, as_json: bool,
          split: str, image_size: int, n: int | None, data_seed: int) -> None:
-    """Write a PNG grid: clean images beside each trigger, or a plan's poisoned pairs."""
+    """Write a PNG grid: clean images beside each trigger, or a plan's poisoned pairs.
+
+    \b
+    Example:
+      poisonlab show --triggers badnet,blended,wanet,sig --out triggers.png
+      poisonlab show --plan runs/plan/plan.json --out poisoned.png
+    """
     if plan_path is not None:
         plan_gallery(open_plan(plan_path), out, n=rows)
         shown = [str(plan_path)]

@@ -21,7 +21,12 @@ from poisonlab.report.check import as_dict, check, expected_file, load_expected,
               help="An expected-ranges file (default: presets/<the run's preset>.expected.yaml).")
 @json_option
 def report_cmd(run_dir: Path, do_check: bool, expected: Path | None, as_json: bool) -> None:
-    """Where RUN_DIR's report is; with --check, the numbers that fall outside their expected ranges."""
+    """Where RUN_DIR's report is; with --check, the numbers that fall outside their expected ranges.
+
+    \b
+    Example:
+      poisonlab report --check demo-out
+    """
     db = run_dir / "results.db"
     if not db.is_file():
         raise InputError(f"{run_dir}: no results.db (not the output folder of `python -m poisonlab.demo`)")

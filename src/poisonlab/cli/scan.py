@@ -238,6 +238,10 @@ def scan_calibrate_cmd(out: Path, write_to: Path | None, as_json: bool) -> None:
     20 clean and 28 backdoored models (BadNet, Blended, WaNet, SIG, BadCLIP, text Attack II,
     BadEncoder; 8 targets); the verdict is fitted on the calibration half and measured on the
     held-out half (other seeds, data draws and targets).
+
+    \b
+    Example:
+      poisonlab scan-calibrate --out runs/scan-pop --write my-calibration.json
     """
     from poisonlab.bench.scan_population import Population, PopulationConfig
     from poisonlab.report.scan import scan_members, scan_roc

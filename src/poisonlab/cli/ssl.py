@@ -38,7 +38,12 @@ from poisonlab.train.stream import DataConfig
 def train_ssl_cmd(method: str, dataset: str, arch: str, config: TrainConfig, views: str, params: tuple[str, ...],
                   image_size: int, n: int | None, data_seed: int, resume: bool, out: Path, force: bool,
                   data_config: DataConfig, as_json: bool) -> None:
-    """Self-supervised training of an image encoder (labels are never read)."""
+    """Self-supervised training of an image encoder (labels are never read).
+
+    \b
+    Example:
+      poisonlab train ssl --method simclr --dataset runs/ssl-plan/plan.json --epochs 80 --out runs/ssl
+    """
     data = load_data(dataset, size=image_size, n=n, seed=data_seed)
     bundle = create_encoder(arch, image_size, seed=config.seed)
     dist = training_out(out, force, (dataset,))
