@@ -67,6 +67,25 @@ def test_seed_mean_and_missing_numbers(tmp_path):
     assert expected_file(store, presets) == presets / "demo.expected.yaml"
 
 
+def test_numbers_of_a_part_the_run_left_out_are_not_checked(tmp_path, capsys):
+    run = _run(tmp_path, asr=0.95)
+    path = _expected(tmp_path, [0.9, 1.0])
+    body = yaml.safe_load(path.read_text())
+    body["numbers"] += [{"experiment": "demo/classifier", "attack": "badnet", "row": "none", "metric": "asr",
+                         "range": [0.9, 1.0]},
+                        {"experiment": "demo", "attack": "wanet", "row": "par", "metric": "asr", "range": [0, 0.1]}]
+    path.write_text(yaml.safe_dump(body))
+    assert main(["report", "--check", str(run), "--expected", str(path)]) == 1  # wanet/par is missing from demo
+    out = capsys.readouterr().out
+    assert "OFF  demo: wanet / par / asr: missing" in out and "OFF  demo/classifier" not in out
+    assert "3 of 4 numbers inside their expected ranges; 1 off; 1 not checked: this run holds no demo/classifier" in out
+    body["numbers"].pop()
+    path.write_text(yaml.safe_dump(body))
+    assert main(["report", "--check", str(run), "--expected", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["check"]
+    assert summary["inside"] == summary["total"] == 3 and summary["not_run"] == 1
+
+
 def test_bad_expected_files_and_runs(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"numbers": [{"experiment": "demo", "attack": "a", "row": "r", "metric": "m",

@@ -57,8 +57,9 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
     if expected.is_file():
         parts = {row.experiment: row.study for row in runner.store.studies(spec.name)}
         findings = check(runner.store, [e for e in load_expected(expected) if parts.get(e.experiment) in runner.parts])
-        off = sum(not f.inside for f in findings)
-        more.append((f"Expected ranges ({len(findings) - off} of {len(findings)} inside)", range_table(findings),
+        checked = [f for f in findings if not f.not_run]
+        off = sum(f.off for f in checked)
+        more.append((f"Expected ranges ({len(checked) - off} of {len(checked)} inside)", range_table(findings),
                      f"From presets/{expected.name}: each headline number against the interval it was measured "
                      "in (the file names the runs); `poisonlab report --check` exits 1 when any is OFF."))
     extra = {"target class": spec.poison.target, "poison rate": spec.poison.rate,
