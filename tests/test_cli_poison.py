@@ -195,7 +195,8 @@ def test_list_reads_from_the_source_what_the_registries_hold():
         assert found[variable] == held and len(held) >= 3, variable
 
 
-def test_every_option_of_every_command_has_help():
+def leaf_commands():
+    """Every command the CLI runs (``train clip`` and its siblings one by one), with its path."""
     import importlib
 
     import click
@@ -210,9 +211,15 @@ def test_every_option_of_every_command_has_help():
             yield path, command
 
     for name, (module, attr, _) in COMMANDS.items():
-        for path, command in leaves(getattr(importlib.import_module(module), attr), name):
-            bare = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help]
-            assert not bare, f"{path}: {bare}"
+        yield from leaves(getattr(importlib.import_module(module), attr), name)
+
+
+def test_every_option_of_every_command_has_help():
+    import click
+
+    for path, command in leaf_commands():
+        bare = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help]
+        assert not bare, f"{path}: {bare}"
 
 
 def test_the_readme_defines_the_metrics_list_prints(capsys):
@@ -229,19 +236,5 @@ def test_the_readme_defines_the_metrics_list_prints(capsys):
 
 
 def test_every_command_shows_an_example():
-    import importlib
-
-    import click
-
-    from poisonlab.cli.main import COMMANDS
-
-    def leaves(command, path):
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
-                yield from leaves(sub, f"{path} {name}")
-        else:
-            yield path, command
-
-    for name, (module, attr, _) in COMMANDS.items():
-        for path, command in leaves(getattr(importlib.import_module(module), attr), name):
-            assert "Example" in (command.help or ""), path
+    for path, command in leaf_commands():
+        assert "Example" in (command.help or ""), path
