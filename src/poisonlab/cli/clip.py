@@ -287,7 +287,7 @@ def _table(summary: dict[str, Any]) -> list[str]:
     if summary.get("linear_probe"):
         lines.append(f"CA        {100 * summary['ca']:6.2f}%   (linear probe on {summary['labelled']} labelled images)")
         lines += [f"ASR {name:<18} {100 * res['asr']:6.2f}%   RA {100 * res['ra']:6.2f}%   "
-                  f"FP(target) {res['fp']} of {res['test']}" for name, res in summary.get("backdoor", {}).items()]
+                  f"FP(target) {res['fp']} of {res['test']} test images" for name, res in summary.get("backdoor", {}).items()]
         return lines
     if summary.get("family") == "classifier":
         lines.append(f"CA        {100 * summary['ca']:6.2f}%")
