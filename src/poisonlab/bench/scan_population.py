@@ -306,8 +306,3 @@ class Population:
         cal.save(self.out / "calibration.json")
         self.store.put_document(EXPERIMENT, "scan-calibration", {"metrics": metrics, "members": rows})
         return metrics
-
-
-def read_population(out: str | Path) -> dict[str, Any]:
-    """``population.json`` of a population folder."""
-    return json.loads((Path(out) / "population.json").read_text())

@@ -65,15 +65,6 @@ def trigger_dict(names: tuple[str, ...], params: tuple[str, ...], target: str | 
     return built
 
 
-def trusted_options(f: Any) -> Any:
-    f = click.option("--trusted-share", type=float, default=0.01, show_default=True,
-                     help="Share of the data the defender trusts, in (0, 1].")(f)
-    f = click.option("--data-seed", type=int, default=5, show_default=True, help="Seed of generated trusted data.")(f)
-    f = click.option("--n", "--items", "n", type=int, default=None, help="Items of generated data the share is of.")(f)
-    f = click.option("--dataset", required=True, help="Data the trusted share is drawn from: name or path.")(f)
-    return f
-
-
 @train_group.command("classifier")
 @click.option("--dataset", required=True, help="Embedded name, a path, or a poison plan (.json).")
 @click.option("--model", "arch", default=DEFAULT_CLASSIFIER, show_default=True, help="Bundled or timm architecture.")
