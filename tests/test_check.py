@@ -174,3 +174,16 @@ def test_readme_tables_are_written_from_the_store(tmp_path):
         replace_block("no markers", block)
     shipped = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert shipped.index(BEGIN) < shipped.index(END), "the README holds the generated block"
+
+
+def test_a_metric_without_a_value_is_stored_as_nan(tmp_path):
+    import math
+
+    store = ResultsStore(tmp_path / "r.db")
+    store.put("e", "text-attack-1", "cosine-filter (detect)", {"recall": 0.0, "precision": None}, seed=0)
+    store.put("e", "text-attack-1", "cosine-filter (detect)", {"recall": 0.5, "precision": 1.0}, seed=1)
+    store.put_point("e", "a", "none", 4, 0, {"hit@10": None})
+    spread = store.spread("e")[("text-attack-1", "cosine-filter (detect)")]
+    assert spread["recall"].values == (0.0, 0.5) and math.isnan(spread["precision"].values[0])
+    assert spread["precision"].values[1] == 1.0
+    assert math.isnan(store.points("e")[0].metrics["hit@10"])

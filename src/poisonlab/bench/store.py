@@ -160,12 +160,13 @@ class ResultsStore:
         except sqlite3.DatabaseError as err:
             raise InputError(f"{path}: not a poisonlab results store ({err})") from None
 
-    def put(self, experiment: str, attack: str, defense: str, metrics: dict[str, float], seed: int = 0) -> None:
-        """One cell's numbers for one training seed."""
+    def put(self, experiment: str, attack: str, defense: str, metrics: dict[str, float | None], seed: int = 0) -> None:
+        """One cell's numbers for one training seed (``None``, a number without a value such as the
+        precision of a filter that flagged nothing, is stored as NaN is: NULL)."""
         with self.conn:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                [(experiment, attack, defense, int(seed), k, float(v)) for k, v in metrics.items()],
+                [(experiment, attack, defense, int(seed), k, _number(v)) for k, v in metrics.items()],
             )
 
     def stage(self, experiment: str, stage: str, key: str, seconds: float | None, cached: bool) -> None:
@@ -174,11 +175,11 @@ class ResultsStore:
                               (experiment, stage, key, seconds, int(cached)))
 
     def put_point(self, experiment: str, attack: str, condition: str, dose: float, seed: int,
-                  metrics: dict[str, float]) -> None:
+                  metrics: dict[str, float | None]) -> None:
         with self.conn:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(experiment, attack, condition, float(dose), int(seed), k, float(v)) for k, v in metrics.items()],
+                [(experiment, attack, condition, float(dose), int(seed), k, _number(v)) for k, v in metrics.items()],
             )
 
     def points(self, experiment: str) -> list[Point]:
@@ -187,7 +188,7 @@ class ResultsStore:
                                  "ORDER BY attack, condition, dose, seed", (experiment,))
         out: dict[tuple[str, str, float, int], dict[str, float]] = {}
         for attack, condition, dose, seed, metric, value in rows:
-            out.setdefault((attack, condition, dose, seed), {})[metric] = value
+            out.setdefault((attack, condition, dose, seed), {})[metric] = math.nan if value is None else value
         return [Point(*key, metrics) for key, metrics in out.items()]
 
     def put_document(self, experiment: str, name: str, body: Any) -> None:
@@ -243,3 +244,8 @@ class ResultsStore:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _number(value: float | None) -> float | None:
+    """A metric as the store keeps it: a float, or ``None`` (NULL) for a number without a value."""
+    return None if value is None else float(value)
