@@ -43,8 +43,9 @@ def detector_sections(store: ResultsStore, experiment: str, attacks: list[str], 
              "Each pair scored by its image embedding under the model fine-tuned on the set (Huang et al., ICLR 2025). "
              "AUROC / AUPRC / FPR@95%TPR judge the ranking; precision, recall and F1 are at the threshold a defender "
              "can set without the poison labels: the (1 − fpr) quantile of clean pairs' scores. A detector that ranks "
-             "well can still flag mostly clean pairs there when poisons are rare. Test-time AUROC: the non-target test "
-             "images triggered against the same images clean, each scored against the poisoned set.")]
+             "well can still flag mostly clean pairs there when poisons are rare ('—': undefined on some seed, e.g. the "
+             "precision of a threshold that flagged nothing). Test-time AUROC: the non-target test images triggered "
+             "against the same images clean, each scored against the poisoned set.")]
 
 
 def _curves(store: ResultsStore, experiment: str, attack: str, detector: str) -> dict[str, Any] | None:
