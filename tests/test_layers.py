@@ -13,7 +13,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "poisonlab"
 LAYERS = [
-    {"errors", "registry", "utils"},
+    {"errors", "glossary", "registry", "utils"},
     {"models", "data", "triggers", "augment"},
     {"train"},
     {"metrics"},

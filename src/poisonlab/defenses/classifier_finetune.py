@@ -12,12 +12,13 @@ from typing import Any
 
 from poisonlab.defenses.base import DEFENSES
 from poisonlab.defenses.repair_base import RepairDefense, RepairObjective
+from poisonlab.models.protocols import Classifier
 from poisonlab.train.data import LabelTensors
 from poisonlab.train.objectives.supervised import SupervisedObjective
 
 
 class _FineTuneObjective(RepairObjective):
-    def __init__(self, classifier: Any, holdout: LabelTensors | None, floor: float, check_every: int,
+    def __init__(self, classifier: Classifier, holdout: LabelTensors | None, floor: float, check_every: int,
                  augment: bool) -> None:
         super().__init__(classifier, holdout, floor, check_every, augment)
         self._ce = SupervisedObjective(classifier)
@@ -34,6 +35,6 @@ class ClassifierFineTune(RepairDefense):
     lr: float = 3e-3
     weight_decay: float = 5e-4
 
-    def objective(self, classifier: Any, suspect: Any, holdout: LabelTensors | None, floor: float,
+    def objective(self, classifier: Classifier, suspect: Classifier, holdout: LabelTensors | None, floor: float,
                   context: dict[str, Any]) -> _FineTuneObjective:
         return _FineTuneObjective(classifier, holdout, floor, self.check_every, self.augment)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from torch import nn
 from poisonlab.augment.image import BatchViews
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions
-from poisonlab.models.classifier import create_encoder
+from poisonlab.models.classifier import ClassifierBundle, create_encoder
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.train.objectives.ssl import _Encoder
@@ -45,7 +45,7 @@ def compress_loss(teacher: torch.Tensor, student: torch.Tensor, bank_teacher: to
 
 
 class _DistillNet(nn.Module):
-    def __init__(self, teacher: Any, student: Any, bank_size: int) -> None:
+    def __init__(self, teacher: ClassifierBundle, student: ClassifierBundle, bank_size: int) -> None:
         super().__init__()
         self.teacher, self.student = _Encoder(teacher), _Encoder(student)
         self.teacher.requires_grad_(False)
@@ -68,7 +68,7 @@ class _DistillNet(nn.Module):
 
 
 class DistillObjective(Objective):
-    def __init__(self, teacher: Any, student: Any, bank_size: int, temperature: float, seed: int = 0) -> None:
+    def __init__(self, teacher: ClassifierBundle, student: ClassifierBundle, bank_size: int, temperature: float, seed: int = 0) -> None:
         with torch.random.fork_rng(devices=[]):  # the banks' random start comes from the seed
             torch.manual_seed(derive_seed("distill-banks", seed))
             self.model = _DistillNet(teacher, student, bank_size)
@@ -97,7 +97,7 @@ class Distill:
     student_arch: str | None = None
     seed: int = 0
 
-    def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *,
+    def run(self, suspect: ClassifierBundle, data: ImageCaptionDataset | LabelTensors, *,
             out: str | Path | None = None, options: RunOptions | None = None) -> Defended:
         """Train a student on the clean unlabeled images ``data`` (labels are never read) with the
         suspect as teacher; with ``out``, the student is written to ``out/model.safetensors``."""

@@ -12,7 +12,7 @@ The pruned model is then fine-tuned with cross-entropy; the cut stays in place d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -21,11 +21,13 @@ from poisonlab.defenses.classifier_finetune import _FineTuneObjective
 from poisonlab.defenses.repair_base import RepairDefense
 from poisonlab.metrics.classification import accuracy
 from poisonlab.metrics.classifier_eval import predict
+from poisonlab.models.classifier import ClassifierBundle
+from poisonlab.models.protocols import Classifier
 from poisonlab.train.data import LabelTensors
 
 
 @torch.no_grad()
-def mean_activation(classifier: Any, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def mean_activation(classifier: ClassifierBundle, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``[D]`` mean penultimate activation over ``images`` (uint8)."""
     classifier.module.eval()
     total = None
@@ -37,12 +39,12 @@ def mean_activation(classifier: Any, images: torch.Tensor, batch_size: int = 256
 
 
 class _PrunedFineTune(_FineTuneObjective):
-    def __init__(self, classifier: Any, keep: torch.Tensor, *args: Any) -> None:
+    def __init__(self, classifier: Classifier, keep: torch.Tensor, *args: Any) -> None:
         super().__init__(classifier, *args)
         self.keep = keep
 
     def after_step(self) -> None:
-        self.classifier.mask_features(self.keep)
+        cast(ClassifierBundle, self.classifier).mask_features(self.keep)
 
 
 @DEFENSES.register("fine-pruning")
@@ -56,7 +58,8 @@ class FinePruning(RepairDefense):
     max_prune: float = 0.9
     max_prune_drop: float = 0.05
 
-    def prepare(self, classifier: Any, data: LabelTensors) -> dict[str, Any]:
+    def prepare(self, model: Classifier, data: LabelTensors) -> dict[str, Any]:
+        classifier = cast(ClassifierBundle, model)  # pruning masks a timm classifier's penultimate units
         order = mean_activation(classifier, data.images).argsort()
         base = accuracy(predict(classifier, data.images), data.labels)
         keep = torch.ones(len(order), dtype=torch.bool)
@@ -72,6 +75,6 @@ class FinePruning(RepairDefense):
         classifier.mask_features(keep)
         return {"pruned_units": pruned, "units": len(order), "_keep": keep}
 
-    def objective(self, classifier: Any, suspect: Any, holdout: LabelTensors | None, floor: float,
+    def objective(self, classifier: Classifier, suspect: Classifier, holdout: LabelTensors | None, floor: float,
                   context: dict[str, Any]) -> _PrunedFineTune:
         return _PrunedFineTune(classifier, context["_keep"], holdout, floor, self.check_every, self.augment)

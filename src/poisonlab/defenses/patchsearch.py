@@ -36,8 +36,9 @@ from poisonlab.data.base import ImageCaptionDataset, poisoned_indices
 from poisonlab.defenses.base import DEFENSES, Defended, RunOptions, write_kept
 from poisonlab.metrics.classifier_eval import predict
 from poisonlab.metrics.probe import embed
-from poisonlab.models.classifier import create_classifier
+from poisonlab.models.classifier import ClassifierBundle, create_classifier
 from poisonlab.models.normalize import normalize_images
+from poisonlab.models.protocols import Classifier
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.train.objectives.supervised import SupervisedObjective
@@ -46,7 +47,7 @@ from poisonlab.utils.seeding import make_generator
 log = logging.getLogger(__name__)
 
 
-def grad_cam(encoder: Any, images: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+def grad_cam(encoder: ClassifierBundle, images: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """``[B, H, W]`` Grad-CAM maps of ``cos(f(x), center)`` for a timm backbone encoder."""
     model = encoder.model
     x = normalize_images(images, encoder.mean, encoder.std)
@@ -83,7 +84,7 @@ def paste(images: torch.Tensor, patch: torch.Tensor, generator: torch.Generator)
 class _PoisonClassifierObjective(Objective):
     """Half of each batch gets a random top-ranked patch pasted on it and the label 1."""
 
-    def __init__(self, classifier: Any, patches: torch.Tensor) -> None:
+    def __init__(self, classifier: Classifier, patches: torch.Tensor) -> None:
         self.ce = SupervisedObjective(classifier)
         self.model, self.patches = classifier.module, patches
 
@@ -118,7 +119,7 @@ class PatchSearch:
     def _window(self, size: int) -> int:
         return self.window or max(3, round(size * 60 / 224))  # the paper's 60 px at 224
 
-    def _score(self, encoder: Any, data: LabelTensors, idx: torch.Tensor, assign: np.ndarray,
+    def _score(self, encoder: ClassifierBundle, data: LabelTensors, idx: torch.Tensor, assign: np.ndarray,
                centers: torch.Tensor, kmeans: KMeans) -> tuple[torch.Tensor, torch.Tensor]:
         """Poison scores and candidate patches of the images ``idx``."""
         x = data.images[idx].float() / 255.0
@@ -138,7 +139,7 @@ class PatchSearch:
             patches.append(patch)
         return torch.tensor(scores), torch.stack(patches)
 
-    def search(self, encoder: Any, data: LabelTensors) -> dict[str, Any]:
+    def search(self, encoder: ClassifierBundle, data: LabelTensors) -> dict[str, Any]:
         """Steps 1-4: scores of the searched images and their candidate patches."""
         feats = F.normalize(embed(encoder, data.images), dim=1).numpy().astype(np.float32)
         k = min(self.clusters, len(feats))
@@ -163,7 +164,7 @@ class PatchSearch:
             alive = alive[: max(self.min_clusters, int(len(alive) * (1 - self.prune)))]
         return {"scores": scored, "patches": patches, "assign": assign, "alive": alive}
 
-    def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
+    def run(self, suspect: ClassifierBundle, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
             options: RunOptions | None = None) -> Defended:
         """Search, train the poison classifier, and flag images of the training set ``data``.
 

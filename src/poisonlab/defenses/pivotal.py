@@ -29,6 +29,7 @@ from torch import nn
 
 from poisonlab.defenses.base import DEFENSES
 from poisonlab.defenses.repair_base import RepairDefense, RepairObjective
+from poisonlab.models.protocols import Classifier
 from poisonlab.train.data import LabelTensors
 
 
@@ -85,7 +86,7 @@ def distillation(logits: torch.Tensor, pivot_logits: torch.Tensor, temperature: 
 
 
 class PivotalObjective(RepairObjective):
-    def __init__(self, classifier: Any, pivot: Any, cfg: PivotalTuning, holdout: LabelTensors | None,
+    def __init__(self, classifier: Classifier, pivot: Classifier, cfg: PivotalTuning, holdout: LabelTensors | None,
                  floor: float) -> None:
         super().__init__(classifier, holdout, floor, cfg.check_every, cfg.augment)
         self.pivot, self.cfg = pivot, cfg
@@ -125,6 +126,6 @@ class PivotalTuning(RepairDefense):
     use_labels: bool = True
     temperature: float = 1.0
 
-    def objective(self, classifier: Any, suspect: Any, holdout: LabelTensors | None, floor: float,
+    def objective(self, classifier: Classifier, suspect: Classifier, holdout: LabelTensors | None, floor: float,
                   context: dict[str, Any]) -> PivotalObjective:
         return PivotalObjective(classifier, suspect, self, holdout, floor)

@@ -24,6 +24,7 @@ from poisonlab.defenses.base import Defended, Monitor, RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics.classification import accuracy
 from poisonlab.metrics.classifier_eval import predict
+from poisonlab.models.protocols import Classifier
 from poisonlab.train.data import LabelTensors, label_tensors
 from poisonlab.train.loop import Objective, TrainConfig, Trainer
 from poisonlab.utils.seeding import make_generator
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class RepairObjective(Objective):
     """Base objective with the accuracy-floor early stop on held-out trusted data."""
 
-    def __init__(self, classifier: Any, holdout: LabelTensors | None, floor: float, check_every: int,
+    def __init__(self, classifier: Classifier, holdout: LabelTensors | None, floor: float, check_every: int,
                  augment: bool = False) -> None:
         self.classifier, self.model = classifier, classifier.module
         self.holdout, self.floor, self.check_every = holdout, floor, check_every
@@ -122,11 +123,11 @@ class RepairDefense:
         values["batch_size"] = min(self.batch_size, n)
         return TrainConfig(**values, schedule="constant", grad_clip=None)
 
-    def objective(self, classifier: Any, suspect: Any, holdout: LabelTensors | None, floor: float,
+    def objective(self, classifier: Classifier, suspect: Classifier, holdout: LabelTensors | None, floor: float,
                   context: dict[str, Any]) -> Objective:
         raise NotImplementedError
 
-    def prepare(self, classifier: Any, data: LabelTensors) -> dict[str, Any]:
+    def prepare(self, classifier: Classifier, data: LabelTensors) -> dict[str, Any]:
         """Change the copy before tuning (fine-pruning prunes here).
 
         Returns a context for :meth:`objective`; its keys without a leading ``_`` are reported.
@@ -139,7 +140,7 @@ class RepairDefense:
         hold = data.subset(perm[:n_hold]) if n_hold else None
         return data.subset(perm[n_hold:]), hold
 
-    def run(self, suspect: Any, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
+    def run(self, suspect: Classifier, data: ImageCaptionDataset | LabelTensors, *, out: str | Path | None = None,
             options: RunOptions | None = None) -> Defended:
         """Repair a copy of ``suspect`` (left untouched) with the trusted labelled ``data``; with
         ``out``, the repaired model is written to ``out/model.safetensors``.

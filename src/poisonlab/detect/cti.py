@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from poisonlab.defenses.pivotal import PivotalTuning
 from poisonlab.detect.base import DETECTORS, Detection
-from poisonlab.models.protocols import frozen
+from poisonlab.models.protocols import Classifier, frozen
 from poisonlab.train.data import LabelTensors
 from poisonlab.utils.seeding import make_generator
 
@@ -69,7 +69,7 @@ class CalibratedTriggerInversion:
     repair: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
-    def invert(self, suspect: Any, repaired: Any, x: torch.Tensor, y: torch.Tensor, target: int) -> torch.Tensor:
+    def invert(self, suspect: Classifier, repaired: Any, x: torch.Tensor, y: torch.Tensor, target: int) -> torch.Tensor:
         """The perturbation ``d`` ``[1, C, H, W]`` for ``target`` (``x + d`` clamped to ``[0, 1]``), L2-bounded."""
         d = torch.zeros_like(x[:1], requires_grad=True)
         opt = torch.optim.Adam([d], lr=self.lr)
@@ -86,10 +86,10 @@ class CalibratedTriggerInversion:
         return d.detach()
 
     @torch.no_grad()
-    def _asr(self, model: Any, x: torch.Tensor, target: int) -> float:
+    def _asr(self, model: Classifier, x: torch.Tensor, target: int) -> float:
         return float((model.logits(x).argmax(1) == target).double().mean())
 
-    def __call__(self, suspect: Any, trusted: LabelTensors, repaired: Any = None) -> Detection:
+    def __call__(self, suspect: Classifier, trusted: LabelTensors, repaired: Classifier | None = None) -> Detection:
         """Score ``suspect`` with ``trusted`` data (a repaired model may be passed in to reuse)."""
         if repaired is None:
             repaired = PivotalTuning(**{"seed": self.seed, "check_every": 0, **self.repair}).run(suspect, trusted).model
@@ -99,7 +99,7 @@ class CalibratedTriggerInversion:
         return Detection("cti", scores[best], self.threshold,
                          {"class_scores": scores, "suspected_target": best, "params": asdict(self)})
 
-    def class_scores(self, suspect: Any, repaired: Any, trusted: LabelTensors) -> list[float]:
+    def class_scores(self, suspect: Classifier, repaired: Any, trusted: LabelTensors) -> list[float]:
         """Per target class: the suspect's minus the calibration model's ASR of the inverted trigger."""
         scores = []
         for target in range(suspect.num_classes):

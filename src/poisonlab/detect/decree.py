@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.metrics.probe import encoder_fn
-from poisonlab.models.protocols import frozen
+from poisonlab.models.protocols import Classifier, ImageEncoder, frozen
 from poisonlab.train.data import LabelTensors
 from poisonlab.utils.seeding import make_generator
 
@@ -53,7 +53,7 @@ class Decree:
     threshold: float = 0.1
     seed: int = 0
 
-    def invert(self, model: Any, x: torch.Tensor) -> dict[str, Any]:
+    def invert(self, model: ImageEncoder, x: torch.Tensor) -> dict[str, Any]:
         """Mask, pattern, PL1 of the best mask meeting the constraint, and the similarity it reached."""
         encode = encoder_fn(model)
         _, c, h, w = x.shape
@@ -84,7 +84,7 @@ class Decree:
             best["similarity"] = float(sim.detach())
         return best
 
-    def __call__(self, model: Any, data: LabelTensors, repaired: Any = None) -> Detection:
+    def __call__(self, model: ImageEncoder, data: LabelTensors, repaired: Classifier | None = None) -> Detection:
         """Score an encoder (or a classifier's feature extractor) with a few clean images."""
         idx = torch.randperm(len(data), generator=make_generator("decree-images", self.seed))[: self.images]
         x = (data.images[idx].float() / 255.0).to(model.device)

@@ -27,7 +27,7 @@ import torch
 
 from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.errors import InputError
-from poisonlab.models.protocols import frozen
+from poisonlab.models.protocols import Classifier, frozen
 from poisonlab.utils.seeding import make_generator
 
 
@@ -75,7 +75,7 @@ class MaxMargin:
                 if c not in chosen]
         return sorted(chosen + rest[: self.max_classes - len(chosen)])
 
-    def margins(self, model: Any, classes: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    def margins(self, model: Classifier, classes: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
         """Each class's largest margin ``[len(classes)]`` over its random starts."""
         g = make_generator("max-margin", self.seed)
         z = torch.randn((len(classes) * self.starts, *shape), generator=g).to(model.device).requires_grad_(True)
@@ -95,7 +95,7 @@ class MaxMargin:
         with torch.no_grad():
             return margin().view(len(classes), self.starts).amax(1).cpu()
 
-    def __call__(self, model: Any, data: Any = None, candidates: Sequence[int] = ()) -> Detection:
+    def __call__(self, model: Classifier, data: Any = None, candidates: Sequence[int] = ()) -> Detection:
         """Score ``model`` (``data`` unused: MM-BD needs none; it only gives the image shape)."""
         shape = (3, model.image_size, model.image_size)
         classes = self.classes(model.num_classes, candidates)

@@ -46,6 +46,7 @@ from poisonlab.data import available, open_dataset
 from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.detect.decree import stamp
 from poisonlab.errors import InputError
+from poisonlab.models.protocols import Classifier
 from poisonlab.train.data import LabelTensors
 from poisonlab.utils.io import write_json
 
@@ -84,7 +85,7 @@ def feature(det: Detection) -> float:
 
 
 @torch.no_grad()
-def decree_target(model: Any, data: LabelTensors, det: Detection, limit: int = 256) -> int:
+def decree_target(model: Classifier, data: LabelTensors, det: Detection, limit: int = 256) -> int:
     """The class most of the clean images go to once stamped with DECREE's inverted trigger."""
     x = (data.images[:limit].float() / 255.0).to(model.device)
     preds = model.logits(stamp(x, det)).argmax(1)
@@ -110,7 +111,7 @@ def rendered(dataset: str, size: int) -> Any:
     return open_dataset(dataset, split="test", n=RENDERED_IMAGES, seed=RENDER_SEED, size=size)
 
 
-def gather(model: Any, data: LabelTensors, params: dict[str, dict[str, Any]] | None = None,
+def gather(model: Classifier, data: LabelTensors, params: dict[str, dict[str, Any]] | None = None,
            detectors: tuple[str, ...] = FEATURES) -> Evidence:
     """Run the scan's ``detectors`` on ``model`` (a zero-shot classifier) with clean images ``data``.
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.errors import InputError
-from poisonlab.models.protocols import frozen
+from poisonlab.models.protocols import Classifier, frozen
 from poisonlab.train.data import LabelTensors
 from poisonlab.triggers.base import paste_at, scaled_size
 from poisonlab.utils.seeding import make_generator
@@ -86,7 +86,7 @@ class TargetClassProbe:
         if self.images < 2 or self.steps < 0 or not self.locations:
             raise InputError("the probe needs at least 2 images, steps >= 0 and a location")
 
-    def optimise(self, model: Any, x: torch.Tensor, row: int, col: int, side: int) -> torch.Tensor:
+    def optimise(self, model: Classifier, x: torch.Tensor, row: int, col: int, side: int) -> torch.Tensor:
         """The patch ``[C, side, side]`` that pushes ``x`` away from its clean predictions."""
         with torch.no_grad():
             clean = model.logits(x).argmax(1)
@@ -102,7 +102,7 @@ class TargetClassProbe:
                 patch.clamp_(0, 1)
         return patch.detach()
 
-    def __call__(self, model: Any, data: LabelTensors) -> Detection:
+    def __call__(self, model: Classifier, data: LabelTensors) -> Detection:
         """Score ``model`` with clean images ``data`` (labels unused)."""
         g = make_generator("target-probe-images", self.seed)
         idx = torch.randperm(len(data), generator=g)[: self.images]

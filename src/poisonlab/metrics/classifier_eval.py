@@ -16,13 +16,14 @@ from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
 from poisonlab.metrics.classification import accuracy, attack_success_rate
 from poisonlab.models.finite import check_outputs
+from poisonlab.models.protocols import Classifier
 from poisonlab.train.data import dataset_images
 from poisonlab.triggers import Trigger
 from poisonlab.utils.seeding import make_generator
 
 
 @torch.no_grad()
-def predict(classifier: Any, images: torch.Tensor, trigger: Trigger | None = None, seed: int = 0,
+def predict(classifier: Classifier, images: torch.Tensor, trigger: Trigger | None = None, seed: int = 0,
             batch_size: int = 512) -> torch.Tensor:
     """Predicted classes of ``uint8`` (or float ``[0, 1]``) images, optionally triggered first."""
     classifier.module.eval()
@@ -40,14 +41,14 @@ def predict(classifier: Any, images: torch.Tensor, trigger: Trigger | None = Non
 class ClassifierEvaluator:
     """CA on a clean labelled test split, and ASR / ARR of triggers toward a target."""
 
-    def __init__(self, classifier: Any, dataset: ImageCaptionDataset) -> None:
+    def __init__(self, classifier: Classifier, dataset: ImageCaptionDataset) -> None:
         if dataset.classnames is not None and len(dataset.classnames) != classifier.num_classes:
             raise InputError(f"the test data has {len(dataset.classnames)} classes, the model {classifier.num_classes}")
         self.classifier, self.dataset = classifier, dataset
         self.images = dataset_images(dataset, classifier.image_size)
         self.labels = torch.tensor(dataset.labels(), dtype=torch.long)
 
-    def with_model(self, classifier: Any) -> ClassifierEvaluator:
+    def with_model(self, classifier: Classifier) -> ClassifierEvaluator:
         """The same test images (prepared once) scored with another classifier of the same shape."""
         other = copy.copy(self)
         other.classifier = classifier

@@ -17,29 +17,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from poisonlab.errors import InputError
+from poisonlab.models.protocols import ClipModel, ImageEncoder
 from poisonlab.triggers import Trigger
 from poisonlab.utils.seeding import make_generator
 
 
-def encoder_fn(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def encoder_fn(model: ImageEncoder | ClipModel) -> Callable[[torch.Tensor], torch.Tensor]:
     """``[0, 1]`` images -> features, for a poisonlab encoder/classifier or a CLIP bundle."""
     if model.family == "clip":
-        return lambda x: model.encode_image(x, normalize=False)
-    return model.features
+        clip = cast(ClipModel, model)
+        return lambda x: clip.encode_image(x, normalize=False)
+    return cast(ImageEncoder, model).features
 
 
-def _eval_mode(model: Any) -> None:
+def _eval_mode(model: ImageEncoder | ClipModel) -> None:
     model.module.eval()
 
 
 @torch.no_grad()
-def embed(model: Any, images: torch.Tensor, trigger: Trigger | None = None, seed: int = 0,
+def embed(model: ImageEncoder | ClipModel, images: torch.Tensor, trigger: Trigger | None = None, seed: int = 0,
           batch_size: int = 512) -> torch.Tensor:
     """Features ``[N, D]`` of ``uint8`` images (triggered first when ``trigger`` is given)."""
     _eval_mode(model)
@@ -99,7 +101,7 @@ class LinearProbe:
         return lambda f: head((F.normalize(f, dim=1) - mean) / std).argmax(1)
 
 
-def probe_report(model: Any, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
+def probe_report(model: ImageEncoder | ClipModel, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
                  test_labels: torch.Tensor, trigger: Trigger | None, target: int, num_classes: int,
                  probe: LinearProbe | None = None) -> dict[str, Any]:
     """Clean accuracy, patched accuracy, FP(target), ASR and RA (patched non-target images probed as

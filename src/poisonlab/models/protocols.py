@@ -26,8 +26,11 @@ from torch import nn
 class Model(Protocol):
     """Shared by every family."""
 
-    family: str
-    image_size: int
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def image_size(self) -> int: ...
 
     @property
     def module(self) -> nn.Module: ...
@@ -53,7 +56,8 @@ class ImageEncoder(Model, Protocol):
 class Classifier(ImageEncoder, Protocol):
     """An image encoder with a head over ``num_classes`` classes."""
 
-    num_classes: int
+    @property
+    def num_classes(self) -> int: ...
 
     def logits(self, images: torch.Tensor) -> torch.Tensor: ...
 
