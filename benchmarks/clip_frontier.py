@@ -26,7 +26,8 @@ from typing import Any
 
 from poisonlab import defenses, triggers
 from poisonlab.cli.clip import open_model
-from poisonlab.cli.common import load_data, parse_params
+from poisonlab.cli.common import load_data
+from poisonlab.cli.options import parse_params
 from poisonlab.metrics import ClipEvaluator, best_asr_within
 from poisonlab.report.figure import plt, save_png
 from poisonlab.utils.io import atomic_write

@@ -12,18 +12,14 @@ from poisonlab.cli.clip import model_options, train_group
 from poisonlab.cli.common import (
     at_model_size,
     budget_options,
-    emit,
-    force_option,
     generated_data_options,
-    json_option,
     load_data,
     method_help,
-    out_option,
-    parse_params,
     stream_options,
     training_out,
     training_run_options,
 )
+from poisonlab.cli.options import emit, force_option, json_option, out_option, parse_params
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.detect.population import (
     PopulationConfig,

@@ -12,15 +12,13 @@ import torch.nn.functional as F
 from poisonlab import defenses, triggers
 from poisonlab.cli.common import (
     budget_options,
-    emit,
-    json_option,
     load_data,
     method_help,
-    parse_params,
     stream_options,
     training_out,
     training_run_options,
 )
+from poisonlab.cli.options import emit, json_option, parse_params
 from poisonlab.data import apply_names
 from poisonlab.data.base import trusted_indices
 from poisonlab.errors import InputError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,10 @@ from typing import Any
 import click
 
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
+from poisonlab.cli.options import (
+    force_option,
+    out_option,
+)
 from poisonlab.data import open_dataset, shard_paths
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
@@ -19,37 +22,7 @@ from poisonlab.registry import Registry, parameters
 from poisonlab.train.dist import DistInfo, init_from_env
 from poisonlab.train.loop import RECIPES, TrainConfig
 from poisonlab.train.stream import MODES, DataConfig
-from poisonlab.utils.io import json_safe
 from poisonlab.utils.output import TRAIN_OUTPUTS, claim_output
-
-
-def parse_value(text: str) -> Any:
-    """``"3"`` -> 3, ``"0.2"`` -> 0.2, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2], else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_params(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
-    """``("alpha=0.2", "size=5")`` -> ``{"alpha": 0.2, "size": 5}``."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"{option} expects KEY=VALUE, got {pair!r}")
-        out[key.replace("-", "_")] = parse_value(value)
-    return out
-
-
-def emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    """Print the JSON summary (``--json``; always valid JSON: a non-finite number is ``null``) or
-    human-readable lines."""
-    if as_json:
-        click.echo(json.dumps(json_safe(summary), sort_keys=True, allow_nan=False))
-    else:
-        for line in lines:
-            click.echo(line)
 
 
 def data_options(f: Any) -> Any:
@@ -199,13 +172,6 @@ def caught_line(report: dict[str, Any]) -> str:
             f"recall {report['recall']:.3f}")
 
 
-def force_option(f: Any) -> Any:
-    """``--force`` for commands that write an ``--out`` folder (:func:`~poisonlab.utils.output.claim_output`)."""
-    return click.option("--force", is_flag=True,
-                        help="Write into a non-empty --out folder that poisonlab did not write (only poisonlab's own "
-                             "files are ever replaced; a file of yours with one of its names is refused).")(f)
-
-
 def training_out(out: Path, force: bool, inputs: tuple[str | None, ...] = (), extra: tuple[str, ...] = ()) -> DistInfo:
     """Join the torchrun process group (if any) and, on the main rank, claim ``out`` for a training
     run's files and the ``extra`` names (:func:`~poisonlab.utils.output.claim_output`; ``inputs``:
@@ -214,13 +180,6 @@ def training_out(out: Path, force: bool, inputs: tuple[str | None, ...] = (), ex
     if dist.is_main:
         claim_output(out, (*TRAIN_OUTPUTS, *extra), force=force, inputs=inputs)
     return dist
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of lines.")
-"""``--json``, declared once for every command."""
-out_option = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                          help="Output folder (created if missing; a folder of someone else's needs --force).")
-"""``--out`` for the commands that write a folder."""
 
 
 def training_run_options(f: Any) -> Any:

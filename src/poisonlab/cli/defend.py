@@ -21,15 +21,11 @@ from poisonlab.cli.common import (
     LiveEpilog,
     at_model_size,
     caught_line,
-    emit,
-    force_option,
-    json_option,
     load_data,
     method_help,
-    out_option,
-    parse_params,
     stream_options,
 )
+from poisonlab.cli.options import emit, force_option, json_option, out_option, parse_params
 from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator

@@ -8,12 +8,12 @@ are added from the registries once their packages are imported.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 
+from poisonlab.cli.options import emit, json_option
 from poisonlab.glossary import METRICS
 from poisonlab.registry import declared
 
@@ -39,7 +39,7 @@ def registered() -> dict[str, list[tuple[str, str | None, str | None]]]:
 
 @click.command("list")
 @click.option("--metrics", is_flag=True, help="List the metrics poisonlab reports and what each counts instead.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of lines.")
+@json_option
 def list_names(metrics: bool, as_json: bool) -> None:
     """List the registered triggers, attacks, datasets, defenses (with the model family each works
     on and its kind), detectors and study kinds (the parts a spec for `poisonlab run` may hold).
@@ -50,7 +50,7 @@ def list_names(metrics: bool, as_json: bool) -> None:
       poisonlab list --metrics     # CA, ASR, RA, DER, Hit@K, ... and what each counts
     """
     if metrics:
-        click.echo(json.dumps(METRICS) if as_json else "\n".join(f"{k}: {v}" for k, v in METRICS.items()))
+        emit(METRICS, as_json, [f"{k}: {v}" for k, v in METRICS.items()])
         return
     rows = registered()
     names: dict[str, Any] = {title: sorted({r[0] for r in rows[title]}) for title in ("triggers", "attacks", "datasets")}
@@ -60,4 +60,4 @@ def list_names(metrics: bool, as_json: bool) -> None:
         lines += [f"{title}:", *(f"  {n:<16} {f:<11} {k}" for n, f, k in rows[title])]
     names["studies"] = [{"name": n, "family": f} for n, f, _ in rows["studies"]]
     lines += ["studies:", *(f"  {n:<16} {f}" for n, f, _ in rows["studies"])]
-    click.echo(json.dumps(names, sort_keys=True) if as_json else "\n".join(lines))
+    emit(names, as_json, lines)

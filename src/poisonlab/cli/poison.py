@@ -14,16 +14,8 @@ from poisonlab import attacks, triggers
 from poisonlab.attacks.materialize import materialize as materialize_data
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.cli.clip import model_options, open_model
-from poisonlab.cli.common import (
-    data_options,
-    emit,
-    json_option,
-    load_data,
-    open_args,
-    open_plan,
-    parse_params,
-    relative_spec,
-)
+from poisonlab.cli.common import data_options, load_data, open_args, open_plan, relative_spec
+from poisonlab.cli.options import emit, force_option, json_option, out_option, parse_params
 from poisonlab.data import open_dataset
 from poisonlab.errors import InputError
 from poisonlab.models.checkpoint import save_tensors
@@ -55,12 +47,11 @@ MODEL_OUTPUTS = ("model.safetensors", "model.json", "triggered.png")
               help="The clean CLIP model an attack makes its trigger on (badclip): a checkpoint, or an "
                    "architecture with --pretrained.")
 @model_options
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@out_option
 @click.option("--materialize", is_flag=True,
               help="Also write the poisoned data: webdataset shards for shard input (clean samples copied "
                    "byte for byte), else every image and a data.csv.")
-@click.option("--force", is_flag=True,
-              help="Write into a non-empty --out folder that poisonlab did not write (only its own files are replaced).")
+@force_option
 @json_option
 @data_options
 def poison(dataset: str, attack: str, target: str | None, source: str | None, target_index: int | None,

@@ -8,7 +8,7 @@ import click
 
 from poisonlab.bench.spec import PRESETS
 from poisonlab.bench.store import ResultsStore
-from poisonlab.cli.common import emit, json_option
+from poisonlab.cli.options import emit, json_option
 from poisonlab.errors import InputError, RunOffError
 from poisonlab.report.check import as_dict, check, expected_file, load_expected, verdict_lines
 

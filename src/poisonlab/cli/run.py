@@ -16,6 +16,7 @@ from poisonlab.bench.grid import retrained
 from poisonlab.bench.parallel import configure_logging
 from poisonlab.bench.runner import Runner
 from poisonlab.bench.spec import GRID, PRESETS, load_spec, with_seeds
+from poisonlab.cli.options import force_option
 from poisonlab.data import open_dataset
 from poisonlab.report.check import check, load_expected, range_table
 from poisonlab.report.detectors import detector_figures, detector_sections
@@ -91,8 +92,7 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
 @click.option("--seeds", multiple=True, type=click.IntRange(0, 2**63 - 1), metavar="SEED",
               help="Another training seed for every trained cell (repeat for several); the report then shows "
                    "mean ± sd, the range, and only the orderings that hold on every seed.")
-@click.option("--force", is_flag=True,
-              help="Write into a non-empty --out folder that poisonlab did not write (only its own entries are replaced).")
+@force_option
 def run_cmd(spec_arg: str | None, spec_opt: str | None, out: Path, serial: bool, only: tuple[str, ...],
             seeds: tuple[int, ...], force: bool) -> None:
     """Run an experiment spec (default: the demo preset) and write its report.

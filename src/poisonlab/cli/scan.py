@@ -15,7 +15,8 @@ from torchvision.utils import make_grid
 from poisonlab import detect
 from poisonlab.cli.classifier import save_png
 from poisonlab.cli.clip import model_options
-from poisonlab.cli.common import emit, force_option, json_option, load_data
+from poisonlab.cli.common import load_data
+from poisonlab.cli.options import emit, force_option, json_option
 from poisonlab.data import open_dataset
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.data.zero_shot import classnames_from, templates_from

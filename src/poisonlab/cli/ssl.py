@@ -9,15 +9,13 @@ import click
 from poisonlab.cli.clip import train_group
 from poisonlab.cli.common import (
     budget_options,
-    emit,
     generated_data_options,
-    json_option,
     load_data,
-    parse_params,
     stream_options,
     training_out,
     training_run_options,
 )
+from poisonlab.cli.options import emit, json_option, parse_params
 from poisonlab.models.classifier import DEFAULT_CLASSIFIER, create_encoder
 from poisonlab.train import TrainConfig
 from poisonlab.train.fit import train_ssl
