@@ -238,6 +238,8 @@ CASES = {
                                               "--defense-param", "pool_size=8", "--out", "{out}"],
     "defend with a training-time defense": ["defend", "--method", "safeclip", "--model", "{clip}", "--dataset", "shapes",
                                             "--out", "{out}"],
+    "badclip made on a classifier": [*POISON, "--rate", "0.1", "--attack", "badclip", "--model", "{clf}",
+                                     "--out", "{out}"],
     "clean-encoder unknown defense": ["clean-encoder", "--defense", "nope", "--model", "{clf}", "--dataset", "shapes",
                                       "--n", "40", "--out", "{out}"],
 }
@@ -254,6 +256,12 @@ def test_bad_input_exits_2_with_one_line(case, files, tmp_path, capsys):
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert not any(p.name in ("model.safetensors", "plan.json", "kept.json", "x.png", "scores.csv") for p in written), \
         f"{case}: wrote {written}"
+
+
+def test_a_classifier_where_a_clip_is_needed_is_named_as_such(files, capsys):
+    """Its sidecar is poisonlab's, of another family: the line says so instead of 'not a sidecar'."""
+    assert main([*POISON, "--rate", "0.1", "--attack", "badclip", "--model", files["clf"], "--out", files["dir"] + "/o"]) == 2
+    assert "a poisonlab classifier checkpoint, where a CLIP model is needed" in capsys.readouterr().err
 
 
 def test_csv_with_a_huge_caption_reads(tmp_path):

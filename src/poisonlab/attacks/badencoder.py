@@ -86,7 +86,7 @@ class BadEncoderObjective(Objective):
 
     def __init__(self, model: Model, trigger: Trigger, references: torch.Tensor, lambda1: float = 1.0,
                  lambda2: float = 1.0) -> None:
-        self.target_model, self.trigger = model, trigger
+        self.trigger = trigger
         self.clean = model.copy()
         self.clean.module.eval().requires_grad_(False)
         self.encode, self.clean_encode = encoder_fn(model), encoder_fn(self.clean)

@@ -19,9 +19,8 @@ ATTACKS: Registry[Attack] = Registry("attack")
 
 
 class Attack:
-    """Base class: subclasses implement :meth:`select` and declare whether they use a trigger."""
+    """Base class: subclasses implement :meth:`select`."""
 
-    uses_trigger: bool = True
     needs_model: bool = False
     """Whether the attack makes its trigger on the clean model first (:meth:`prepare`)."""
 

@@ -155,9 +155,6 @@ class PoisonedDataset(ImageCaptionDataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def is_poisoned(self, index: int) -> bool:
-        return index in self.entries
-
     def poisoned_indices(self) -> list[int]:
         return self.plan.indices
 

@@ -44,8 +44,6 @@ def _label_goal(dataset: ImageCaptionDataset, source: str, target: str, n: int, 
 class TextAttack(Attack):
     """What the three attacks share: no trigger, and retrieval goals to measure them by."""
 
-    uses_trigger = False
-
     def retrieval_goals(self) -> list[tuple[str, str | None]]:
         """``(source class, target class)`` per goal; the target is ``None`` for one target image."""
         raise NotImplementedError

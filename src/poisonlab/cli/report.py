@@ -29,7 +29,7 @@ def report_cmd(run_dir: Path, do_check: bool, expected: Path | None, as_json: bo
     """
     db = run_dir / "results.db"
     if not db.is_file():
-        raise InputError(f"{run_dir}: no results.db (not the output folder of `python -m poisonlab.demo`)")
+        raise InputError(f"{run_dir}: no results.db (not the output folder of `poisonlab run`)")
     store = ResultsStore(db, read_only=True)
     try:
         summary: dict = {"report": str(run_dir / "report" / "index.html"), "experiments": store.experiments()}
