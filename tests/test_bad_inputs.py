@@ -10,7 +10,9 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from poisonlab.cli import main
 from poisonlab.models import create_clip
@@ -59,6 +61,12 @@ def files(tmp_path_factory):
     (d / "clip-badmean" / "model.safetensors").write_bytes((d / "clip" / "model.safetensors").read_bytes())
     (d / "clip-badmean" / "model.json").write_text(json.dumps(clip_side))
     f["clip_badmean"] = str(d / "clip-badmean" / "model.safetensors")
+    (d / "clip-int8").mkdir()
+    weights = load_file(d / "clip" / "model.safetensors")
+    save_file({k: v.to(torch.int8) if v.is_floating_point() else v for k, v in weights.items()},
+              d / "clip-int8" / "model.safetensors")
+    (d / "clip-int8" / "model.json").write_text((d / "clip" / "model.json").read_text())
+    f["clip_int8"] = str(d / "clip-int8" / "model.safetensors")
     (d / "notmodel.safetensors").write_bytes(b"this is not a safetensors file")
     f["garbage"] = str(d / "notmodel.safetensors")
     (d / "evil.pt").write_bytes(pickle.dumps({"state_dict": {"w": 1}, "f": print}))
@@ -238,6 +246,7 @@ CASES = {
                                               "--defense-param", "pool_size=8", "--out", "{out}"],
     "defend with a training-time defense": ["defend", "--method", "safeclip", "--model", "{clip}", "--dataset", "shapes",
                                             "--out", "{out}"],
+    "quantized (int8) CLIP weights": [*EVAL, "--model", "{clip_int8}"],
     "badclip made on a classifier": [*POISON, "--rate", "0.1", "--attack", "badclip", "--model", "{clf}",
                                      "--out", "{out}"],
     "clean-encoder unknown defense": ["clean-encoder", "--defense", "nope", "--model", "{clf}", "--dataset", "shapes",

@@ -91,6 +91,20 @@ def test_zero_shot_weights_template_ensemble():
             torch.testing.assert_close(row, F.normalize((embs[0] + embs[1]) / 2, dim=0))
 
 
+def test_a_collapsed_clip_measures_no_accuracy_no_attack_no_retrieval(tiny_data):
+    """Zero weights: every image and caption embeds the same. argmax would call every image class 0
+    (ASR 100% on that target) and every retrieval a hit; a tie is no prediction and no hit."""
+    bundle = create_clip("poisonlab-tiny-rn", seed=0)
+    with torch.no_grad():
+        for p in bundle.model.parameters():
+            p.zero_()
+    ev = ClipEvaluator(bundle, tiny_data, batch_size=16)
+    first = tiny_data.classnames[0]
+    assert ev.clean_accuracy() == 0.0
+    assert ev.backdoor(create_trigger("badnet", size=4), first)["asr"] == 0.0
+    assert set(ev.retrieval().values()) == {0.0}
+
+
 def test_evaluator_asr_matches_bruteforce(tiny_data):
     bundle = create_clip("poisonlab-tiny-rn", seed=0)
     ev = ClipEvaluator(bundle, tiny_data, batch_size=16)

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from poisonlab.metrics import attack_success_rate, best_target_rank, hit_and_min_rank, recall_at_k
+from poisonlab.models.zero_shot import top_class
 
 
 def test_asr_excludes_target_class():
@@ -79,6 +80,28 @@ def test_recall_at_k_against_loop():
     for k in (1, 5, 10):
         assert res[f"i2t_r@{k}"] == sum(r < k for r in i2t) / 12
         assert res[f"t2i_r@{k}"] == sum(r < k for r in t2i) / 12
+
+
+def test_ties_count_against_the_claim():
+    """A model that scores everything the same ranks the target last and predicts no class."""
+    flat = torch.zeros(3, 6)
+    mask = torch.tensor([False, True, False, False, True, False])
+    assert best_target_rank(flat, mask).tolist() == [4, 4, 4]  # the four non-targets tie with it
+    assert hit_and_min_rank(flat, mask)["hit@1"] == 0.0
+    scores = torch.tensor([[0.1, 0.9, 0.3], [0.5, 0.5, 0.2], [0.2, 0.2, 0.2]])
+    assert top_class(scores).tolist() == [1, -1, -1]  # argmax would say 1, 0, 0
+    preds = top_class(torch.zeros(4, 3))
+    assert attack_success_rate(preds, torch.tensor([1, 2, 1, 2]), target=0)["asr"] == 0.0
+
+
+def test_recall_at_k_counts_captions_of_the_same_words_and_not_ties():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    txt = torch.tensor([[0.9, 0.1], [1.0, 0.0], [0.0, 1.0]])  # image 0's best caption is caption 1
+    words = ["a star", "a star", "a ring"]
+    assert recall_at_k(img, txt, ks=(1,))["i2t_r@1"] == 1 / 3  # pairs only: just image 2 (image 1 ties 2 ways)
+    assert recall_at_k(img, txt, ks=(1,), captions=words)["i2t_r@1"] == 2 / 3  # image 0: caption 1 is its words
+    collapsed = recall_at_k(torch.ones(3, 2), torch.ones(3, 2), ks=(1,), captions=["x", "y", "z"])
+    assert collapsed == {"i2t_r@1": 0.0, "t2i_r@1": 0.0}
 
 
 def test_frontier_best_asr_within_and_pareto_front():

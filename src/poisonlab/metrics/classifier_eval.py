@@ -17,6 +17,7 @@ from poisonlab.errors import InputError
 from poisonlab.metrics.classification import accuracy, attack_success_rate
 from poisonlab.models.finite import check_outputs
 from poisonlab.models.protocols import Classifier
+from poisonlab.models.zero_shot import top_class
 from poisonlab.train.data import dataset_images
 from poisonlab.triggers import Trigger
 from poisonlab.utils.seeding import make_generator
@@ -34,7 +35,7 @@ def predict(classifier: Classifier, images: torch.Tensor, trigger: Trigger | Non
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if trigger is not None:
             x = trigger(x, generator=g)
-        out.append(check_outputs(classifier.logits(x.to(classifier.device)), "logits").argmax(1).cpu())
+        out.append(top_class(check_outputs(classifier.logits(x.to(classifier.device)), "logits")).cpu())
     return torch.cat(out)
 
 

@@ -131,7 +131,7 @@ class ClipEvaluator:
                 "target_images_skipped": len(self.labels) - len(preds)}
 
     def retrieval(self) -> dict[str, float]:
-        return recall_at_k(self.image_embeddings(), self.text_embeddings())
+        return recall_at_k(self.image_embeddings(), self.text_embeddings(), captions=self.dataset.captions())
 
     def text_attack(self, source: str, target: str | None = None, target_image: torch.Tensor | None = None,
                     seed: int = 0) -> dict[str, Any]:

@@ -138,7 +138,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(bundle: Any, path: str | Path) -> None:
-    """Load a checkpoint into ``bundle.model``; any missing/extra/mis-shaped key is an InputError."""
+    """Load a checkpoint into ``bundle.model``; any missing/extra/mis-shaped key is an InputError, and
+    so is an integer tensor where the model holds floating-point weights (a quantized checkpoint:
+    casting its integers would measure a different model). Other float types are cast."""
     state = read_state_dict(path)
     own = bundle.model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -149,6 +151,10 @@ def load_weights(bundle: Any, path: str | Path) -> None:
         why = "has another shape" if shaped else ("is missing" if missing else "is unexpected")
         raise InputError(f"{path} does not fit architecture {bundle.name!r}: key {first!r} {why} "
                          f"({len(shaped)} mis-shaped, {len(missing)} missing, {len(extra)} unexpected)")
+    typed = sorted(k for k in own if own[k].is_floating_point() != state[k].is_floating_point())
+    if typed:
+        raise InputError(f"{path}: key {typed[0]!r} is {state[typed[0]].dtype} where architecture {bundle.name!r} "
+                         f"holds {own[typed[0]].dtype} ({len(typed)} such keys; a quantized checkpoint is not read)")
     bundle.model.load_state_dict(state)
     meta = (sidecar_body(path) or {}).get("poisonlab")
     has = isinstance(meta, dict) and isinstance(meta.get("provenance"), dict)

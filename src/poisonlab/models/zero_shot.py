@@ -27,5 +27,15 @@ def zero_shot_weights(bundle: ClipBundle, classnames: Sequence[str], templates: 
 
 
 def zero_shot_predict(image_emb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Predicted classes ``[N]`` for unit image embeddings ``[N, D]``."""
-    return (image_emb @ weights.T).argmax(dim=1)
+    """Predicted classes ``[N]`` for unit image embeddings ``[N, D]`` (:func:`top_class`)."""
+    return top_class(image_emb @ weights.T)
+
+
+def top_class(scores: torch.Tensor) -> torch.Tensor:
+    """The class of highest score per row of ``[N, K]`` scores, or -1 where two or more share it.
+
+    ``argmax`` would break the tie toward class 0: a collapsed model, which scores every class
+    the same, would then measure as a perfect attack on class 0. A tie is no prediction: wrong
+    for clean accuracy, no success for an attack."""
+    top = scores.max(dim=1, keepdim=True).values
+    return torch.where((scores == top).sum(dim=1) > 1, -1, scores.argmax(dim=1))
