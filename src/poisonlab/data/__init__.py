@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ def available() -> list[str]:
 
 
 MAX_SHARDS = 1_000_000
+INT_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?\}")
+"""A brace pattern's integer range ``{a..b}`` or ``{a..b..step}``: ``braceexpand`` builds each
+one whole before yielding, so a range of 10^8 would take gigabytes before the count is checked."""
 
 
 def shard_paths(pattern: str) -> list[Path] | None:
@@ -45,6 +49,9 @@ def shard_paths(pattern: str) -> list[Path] | None:
     """
     if not pattern.endswith(".tar") or not ("{" in pattern or "::" in pattern):
         return None
+    for m in INT_RANGE.finditer(pattern):
+        if abs(int(m[2]) - int(m[1])) // max(1, int(m[3] or 1)) + 1 > MAX_SHARDS:
+            raise InputError(f"shard pattern {pattern!r}: the range {m[0]} names more than {MAX_SHARDS} shards")
     paths: list[Path] = []
     for part in pattern.split("::"):
         try:
