@@ -6,12 +6,15 @@ embedding is the normalised mean of the normalised embeddings of its templated n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from poisonlab.models.clip import ClipBundle
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -38,4 +41,8 @@ def top_class(scores: torch.Tensor) -> torch.Tensor:
     the same, would then measure as a perfect attack on class 0. A tie is no prediction: wrong
     for clean accuracy, no success for an attack."""
     top = scores.max(dim=1, keepdim=True).values
-    return torch.where((scores == top).sum(dim=1) > 1, -1, scores.argmax(dim=1))
+    tied = (scores == top).sum(dim=1) > 1
+    if tied.any():
+        log.warning("%d of %d images have no single top class (a tie, counted as no prediction): is the model "
+                    "collapsed?", int(tied.sum()), len(tied))
+    return torch.where(tied, -1, scores.argmax(dim=1))
