@@ -22,7 +22,7 @@ from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import load_clip
 from poisonlab.train.objectives.clip import ClipObjective
-from tests.test_bench import TINY
+from tests.test_bench import TINY, TINY_SSL
 
 
 @pytest.fixture
@@ -113,11 +113,31 @@ def test_study_blocks_names_and_fields_are_checked(toys, tmp_path):
            "unknown field": dict(TINY, toy={"defense": "toy-tune", "surprise": 1}),
            "name twice": dict(TINY, studies=[{"study": "toy", "name": "a", "defense": "d"}] * 2),
            "reserved name": dict(TINY, studies=[{"study": "toy", "name": "grid", "defense": "d"}]),
-           "not a mapping": dict(TINY, toy=3)}
+           "not a mapping": dict(TINY, toy=3),
+           "attack name twice": dict(TINY, attacks=TINY["attacks"] * 2),
+           "repair name twice": dict(TINY, classifier={"target": "star", "rate": 0.1, "n": 64, "epochs": 1, "lr": 0.01,
+                                                       "attacks": [], "repairs": [{"name": "r", "repair": "finetune"}] * 2})}
     for why, body in bad.items():
         with pytest.raises(InputError) as err:
             load_spec(_write(tmp_path, body))
         assert "\n" not in str(err.value), why
+
+
+def test_a_wrong_method_name_or_parameter_stops_the_run_before_any_stage(tmp_path, capsys):
+    """A typo in a spec costs nothing: every method the parts to run name is built before training."""
+    bad = {
+        "grid defense": (dict(TINY, defenses=[{"name": "d", "defense": "nope"}]), "grid: unknown defense 'nope'"),
+        "grid detector": (dict(TINY, detectors=[{"name": "k", "detector": "kdist", "params": {"nope": 1}}]),
+                          "grid: defense 'kdist' has no parameter nope"),
+        "trigger": (dict(TINY, attacks=[{"name": "a", "trigger": "badnet", "params": {"nope": 1}}]),
+                    "grid: trigger 'badnet' has no parameter nope"),
+        "ssl detector": (dict(TINY, attacks=[], ssl=dict(TINY_SSL, detectors={"nope": {}})), "ssl: unknown detector 'nope'"),
+    }
+    for why, (body, message) in bad.items():
+        out = tmp_path / why.replace(" ", "-")
+        assert main(["run", _write(tmp_path, body), "--out", str(out), "--serial"]) == 2, why
+        assert message in capsys.readouterr().err, why
+        assert not any((out / "cache").glob("*")), f"{why}: a stage ran first"
 
 
 def _write(tmp_path, body: dict) -> str:

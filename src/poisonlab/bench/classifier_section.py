@@ -25,6 +25,7 @@ from poisonlab.bench.config import (
     AttackSpec,
     Count,
     Name,
+    Named,
     RepairSpec,
     Seed,
     Strict,
@@ -75,10 +76,10 @@ class ClassifierSpec(TrainSpec):
     model: Name = "poisonlab-resnet-tiny"
     target: Name
     rate: float = Field(gt=0, le=1)
-    attacks: list[ClassifierAttackSpec]
+    attacks: Named[ClassifierAttackSpec]
     trusted_share: float = Field(default=0.01, gt=0, le=1)
     trusted_seed: Seed = 5
-    repairs: list[RepairSpec]
+    repairs: Named[RepairSpec]
     trace_every: int = Field(default=50, ge=0)
     detect: dict[Name, dict[str, Any]] = Field(default_factory=dict)
     population: PopulationSpec | None = None
@@ -91,6 +92,17 @@ class ClassifierSection(Study):
     rank = 1
     headline = ("ca", "asr", "arr", "score")
 
+
+    def check(self) -> None:
+        c = self.spec
+        for attack in c.attacks:
+            attack.build(c.target, attack.poison_rate(c.rate))
+            if attack.trigger is not None:
+                triggers.create(attack.trigger, **attack.params)
+        for repair in c.repairs:
+            defenses.create(repair.repair, family="classifier", kind="repair", **repair.params)
+        for name, params in {**c.detect, **(c.population.detectors if c.population else {})}.items():
+            detect.create(name, **params)
 
     def train(self, attack: AttackSpec | None, seed: int) -> Path:
         """The clean (``attack`` None) or poisoned classifier trained with ``seed``."""

@@ -6,9 +6,9 @@ are checked against :data:`Name`, numbers are bounded before anything is allocat
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from poisonlab import attacks
 from poisonlab.attacks import TextAttack
@@ -24,6 +24,20 @@ Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Count = Annotated[int, Field(gt=0, le=10_000_000)]
 """Items of generated data (the memory it needs is checked again when it is made)."""
 Dose = Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+def _unique_names(items: list[Any]) -> list[Any]:
+    names = [item.name for item in items]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise ValueError(f"the name {twice!r} is used twice (a name keys its stages and its results rows)")
+    return items
+
+
+T = TypeVar("T")
+Named = Annotated[list[T], AfterValidator(_unique_names)]
+"""A list of a spec's named parts (attacks, defenses, ...): two of one name would share stages and
+overwrite each other's results, so a name used twice is an error."""
 
 
 class Strict(BaseModel):

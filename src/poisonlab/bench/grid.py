@@ -62,6 +62,16 @@ class ClipGrid(Study):
     def kind(self) -> str:
         return GRID
 
+    def check(self) -> None:
+        for attack in self.spec.attacks:
+            self.attack(attack)
+            if attack.trigger is not None:
+                triggers.create(attack.trigger, **attack.params)
+        for d in self.spec.defenses:
+            defenses.create(d.defense, family="clip", kind="cleaning", **d.params)
+        for det in self.spec.detectors:
+            defenses.create(det.detector, family="clip", kind="filter", **det.params)
+
     def attack(self, attack: AttackSpec) -> attacks.Attack:
         """The registered attack ``attack`` names, toward the grid's target at its poison rate."""
         p = self.spec.poison

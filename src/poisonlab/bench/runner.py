@@ -59,6 +59,11 @@ class Runner:
         if missing:
             raise InputError(f"the spec has no part {missing[0]!r} (it has: {', '.join(have) or 'none'})")
         self.parts = frozenset(p for p in have if only is None or p in only)
+        for part in sorted(self.parts):
+            try:
+                self.studies[part].check()
+            except InputError as err:
+                raise InputError(f"{part}: {err}") from None
         self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
         marker = claim_output(self.out, RUN_OUTPUTS, force=force, legacy=("results.db",))
         if (self.out / "cache").is_dir() and run_id is None:

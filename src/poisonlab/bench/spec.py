@@ -25,6 +25,7 @@ from poisonlab.bench.config import (
     DataName,
     DefenseSpec,
     Name,
+    Named,
     Seed,
     Strict,
     TrainSpec,
@@ -111,11 +112,11 @@ class ExperimentSpec(Strict):
     image_size: int = Field(default=32, ge=8, le=1024)
     pretrain: PretrainSpec
     poison: PoisonSpec
-    attacks: list[AttackSpec]
+    attacks: Named[AttackSpec]
     cleaning: CleaningSpec
-    defenses: list[DefenseSpec]
+    defenses: Named[DefenseSpec]
     test: TestSpec = TestSpec()
-    detectors: list[DetectorSpec] = Field(default_factory=list)
+    detectors: Named[DetectorSpec] = Field(default_factory=list)
     studies: list[StudyEntry] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="before")

@@ -26,6 +26,7 @@ from poisonlab.bench.config import (
     DataName,
     DefenseSpec,
     Name,
+    Named,
     Seed,
     TrainSpec,
     seeded_params,
@@ -61,7 +62,7 @@ class SslSpec(TrainSpec):
     trigger_params: dict[str, Any] = Field(default_factory=dict)
     probe_share: float = Field(default=0.1, gt=0, le=1)
     probe_seed: Seed = 7
-    defenses: list[DefenseSpec] = Field(default_factory=list)
+    defenses: Named[DefenseSpec] = Field(default_factory=list)
     defense_n: Count = 2500
     detectors: dict[Name, dict[str, Any]] = Field(default_factory=dict)
 
@@ -77,6 +78,15 @@ class SslSection(Study):
     def test(self) -> Any:
         """The SSL dataset's test split (``test_n`` items of generated data; all of a fixed set)."""
         return self.runner.data(self.spec.dataset, self.spec.test_n, self.runner.spec.test.data_seed, "test")
+
+    def check(self) -> None:
+        s = self.spec
+        attacks.create(s.attack, target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
+        triggers.create(s.trigger, **s.trigger_params)
+        for d in s.defenses:
+            defenses.create(d.defense, family="encoder", **d.params)
+        for name, params in s.detectors.items():
+            detect.create(name, **params)
 
     def base_inputs(self, seed: int) -> dict[str, Any]:
         s = self.spec

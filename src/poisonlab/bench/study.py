@@ -74,6 +74,10 @@ class Study:
     def jobs(self) -> list[Job]:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Build once each method the study names (``InputError`` for an unknown name or a bad
+        parameter), so that a typo stops the run before hours of training rather than after."""
+
     def put(self, attack: str, row: str, metrics: dict[str, float], seed: int = 0) -> None:
         """One row of this study's results (``row``: the defense, repair or measurement)."""
         self.runner.store.put(self.experiment, attack, row, metrics, seed)

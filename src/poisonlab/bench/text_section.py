@@ -26,7 +26,7 @@ from pydantic import Field
 from poisonlab import attacks, defenses
 from poisonlab.attacks import PoisonedDataset, TextAttack
 from poisonlab.bench.cache import MODEL
-from poisonlab.bench.config import DefenseSpec, Dose, Name, Strict, TrainSpec
+from poisonlab.bench.config import DefenseSpec, Dose, Name, Named, Strict, TrainSpec
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.store import CLEAN_MODEL
 from poisonlab.bench.study import STUDIES, Study
@@ -65,12 +65,12 @@ class TextSpec(TrainSpec):
     clean model dropped) and the poisoned model is cleaned by each of ``defenses``.
     """
 
-    attacks: list[TextAttackSpec]
+    attacks: Named[TextAttackSpec]
     counts: list[Dose] = Field(min_length=1)
     seed_counts: list[Dose] = Field(default_factory=list)
     defend_count: Dose | None = None
     filter_fraction: float = Field(default=0.1, gt=0, lt=1)
-    defenses: list[DefenseSpec] = Field(default_factory=list)
+    defenses: Named[DefenseSpec] = Field(default_factory=list)
 
     def with_seeds(self, seeds: list[int]) -> TextSpec:
         """More training seeds; without ``seed_counts`` every dose is trained with each of them."""
@@ -113,6 +113,10 @@ class TextSection(Study):
                                  "(text-attack-1, text-attack-2, text-attack-3)")
             if self.defend_count(a) not in a.doses(spec.counts):
                 raise InputError(f"study {name!r}: defend_count {spec.defend_count} is not a count of {a.name!r}")
+
+    def check(self) -> None:
+        for d in self.spec.defenses:
+            defenses.create(d.defense, family="clip", kind="cleaning", **d.params)
 
     # -- data and stages -------------------------------------------------------------------
     def base(self) -> ImageCaptionDataset:

@@ -21,7 +21,7 @@ from pydantic import Field
 from poisonlab import attacks, defenses, triggers
 from poisonlab.attacks.plan import PoisonedDataset
 from poisonlab.bench.cache import MODEL
-from poisonlab.bench.config import AttackSpec, DefenseSpec, Name, TrainSpec
+from poisonlab.bench.config import AttackSpec, DefenseSpec, Name, Named, TrainSpec
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.study import STUDIES, Study
 from poisonlab.bench.text_section import FILTER_KEYS, GOAL_KEYS
@@ -45,9 +45,9 @@ class TrainingSpec(TrainSpec):
     """
 
     model: Name = "poisonlab-tiny-rn"
-    attacks: list[AttackSpec] = Field(min_length=1)
+    attacks: Named[AttackSpec] = Field(min_length=1)
     rate: float = Field(default=0.03, gt=0, le=1)
-    defenses: list[DefenseSpec] = Field(default_factory=list)
+    defenses: Named[DefenseSpec] = Field(default_factory=list)
     filter_fraction: float | None = Field(default=None, gt=0, lt=1)
 
 
@@ -61,6 +61,14 @@ class TrainingSection(Study):
     def __init__(self, runner: Any, name: str, spec: TrainingSpec) -> None:
         super().__init__(runner, name, spec)
         self.target = runner.spec.poison.target
+
+    def check(self) -> None:
+        for attack in self.spec.attacks:
+            self.attack(attack)
+            if attack.trigger is not None:
+                triggers.create(attack.trigger, **attack.params)
+        for d in self.spec.defenses:
+            defenses.create(d.defense, family="clip", kind="training", **d.params)
 
     def attack(self, attack: AttackSpec) -> attacks.Attack:
         """The registered attack ``attack`` names at its rate (a trigger attack or a text attack)."""
