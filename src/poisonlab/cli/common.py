@@ -11,10 +11,7 @@ from typing import Any
 import click
 
 from poisonlab.attacks.plan import PoisonedDataset, PoisonPlan
-from poisonlab.cli.options import (
-    force_option,
-    out_option,
-)
+from poisonlab.cli.options import force_option, out_option
 from poisonlab.data import open_dataset, shard_paths
 from poisonlab.data.base import ImageCaptionDataset
 from poisonlab.errors import InputError
