@@ -132,6 +132,8 @@ def test_a_wrong_method_name_or_parameter_stops_the_run_before_any_stage(tmp_pat
         "trigger": (dict(TINY, attacks=[{"name": "a", "trigger": "badnet", "params": {"nope": 1}}]),
                     "grid: trigger 'badnet' has no parameter nope"),
         "ssl detector": (dict(TINY, attacks=[], ssl=dict(TINY_SSL, detectors={"nope": {}})), "ssl: unknown detector 'nope'"),
+        "cleaning data": (dict(TINY, defenses=[{"name": "d", "defense": "par", "dataset": "shapes-outlin"}]),
+                          "grid: dataset 'shapes-outlin' is neither a known name"),
     }
     for why, (body, message) in bad.items():
         out = tmp_path / why.replace(" ", "-")

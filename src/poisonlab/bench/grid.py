@@ -33,6 +33,7 @@ from poisonlab.bench.spec import GRID, DetectorSpec, ExperimentSpec
 from poisonlab.bench.store import CLEAN_MODEL, UNDEFENDED
 from poisonlab.bench.study import Study
 from poisonlab.bench.text_section import goal_metrics
+from poisonlab.data import check_dataset
 from poisonlab.data.base import Subset
 from poisonlab.defenses import RunOptions
 from poisonlab.metrics import ClipEvaluator
@@ -63,6 +64,8 @@ class ClipGrid(Study):
         return GRID
 
     def check(self) -> None:
+        for d in self.spec.defenses:
+            check_dataset(d.dataset)
         for attack in self.spec.attacks:
             self.attack(attack)
             if attack.trigger is not None:

@@ -28,7 +28,7 @@ from poisonlab.bench.parallel import Job, jobs_beside
 from poisonlab.bench.spec import GRID, ExperimentSpec, study_specs
 from poisonlab.bench.store import ResultsStore
 from poisonlab.bench.study import STUDIES, Study
-from poisonlab.data import open_dataset
+from poisonlab.data import check_dataset, open_dataset
 from poisonlab.defenses import RunOptions
 from poisonlab.errors import InputError
 from poisonlab.models import create_clip, load_clip
@@ -59,6 +59,7 @@ class Runner:
         if missing:
             raise InputError(f"the spec has no part {missing[0]!r} (it has: {', '.join(have) or 'none'})")
         self.parts = frozenset(p for p in have if only is None or p in only)
+        check_dataset(spec.dataset)
         for part in sorted(self.parts):
             try:
                 self.studies[part].check()

@@ -33,6 +33,7 @@ from poisonlab.bench.config import (
 )
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.study import STUDIES, Study
+from poisonlab.data import check_dataset
 from poisonlab.metrics.probe import LinearProbe, probe_report
 from poisonlab.models.classifier import create_encoder, load_classifier
 from poisonlab.train.data import label_tensors
@@ -81,6 +82,7 @@ class SslSection(Study):
 
     def check(self) -> None:
         s = self.spec
+        check_dataset(s.dataset)
         attacks.create(s.attack, target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
         triggers.create(s.trigger, **s.trigger_params)
         for d in s.defenses:

@@ -30,7 +30,7 @@ from poisonlab.bench.config import DefenseSpec, Dose, Name, Named, Strict, Train
 from poisonlab.bench.parallel import Job
 from poisonlab.bench.store import CLEAN_MODEL
 from poisonlab.bench.study import STUDIES, Study
-from poisonlab.data import ImageCaptionDataset, Subset
+from poisonlab.data import ImageCaptionDataset, Subset, check_dataset
 from poisonlab.errors import InputError
 from poisonlab.metrics import ClipEvaluator
 from poisonlab.models import load_clip
@@ -116,6 +116,7 @@ class TextSection(Study):
 
     def check(self) -> None:
         for d in self.spec.defenses:
+            check_dataset(d.dataset)
             defenses.create(d.defense, family="clip", kind="cleaning", **d.params)
 
     # -- data and stages -------------------------------------------------------------------

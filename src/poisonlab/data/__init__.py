@@ -97,9 +97,8 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
         dataset: ImageCaptionDataset = WebDatasetShards(shards, size=size, skip_bad=skip_bad)
         discover(dataset, shards[0].parent)
         return dataset
+    check_dataset(spec)
     path = Path(spec)
-    if not path.exists():
-        raise InputError(f"dataset {spec!r} is neither a known name ({', '.join(available())}) nor an existing path")
     wds_split = path / split
     if path.is_dir() and wds_split.is_dir() and sorted(wds_split.glob("*.tar")) and not sorted(path.glob("*.tar")):
         # clip_benchmark's webdataset layout: DIR/<split>/N.tar, classnames.txt and templates in DIR
@@ -109,6 +108,13 @@ def open_dataset(spec: str, split: str = "train", size: int = 32, n: int | None 
     dataset = _open_path(path, split, size, skip_bad)
     discover(dataset, path if path.is_dir() else path.parent)
     return dataset
+
+
+def check_dataset(spec: str) -> None:
+    """``InputError`` unless ``spec`` names an embedded dataset, existing shards or an existing path
+    (nothing is opened: a spec's data are checked before its first stage)."""
+    if spec not in DATASETS and shard_paths(spec) is None and not Path(spec).exists():
+        raise InputError(f"dataset {spec!r} is neither a known name ({', '.join(available())}) nor an existing path")
 
 
 MAX_IMAGE_SIZE = 4096
