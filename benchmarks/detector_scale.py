@@ -21,8 +21,10 @@ its scores:
 queries in blocks of ``--block`` items (a multiple of the search's 4,096-row chunk, so each query
 meets the same arithmetic as in one whole run), each block its own child process whose neighbours,
 wall time and peak memory are saved in DIR; a run stopped part way resumes from the saved blocks.
-When every block is there it scores DAO from the assembled neighbours, prints the summed time and
-the largest peak, and runs the authors' batched computation on the same embeddings for the ratio:
+When every block is there it scores DAO from the assembled neighbours, prints the summed time (and
+the median block's time times the number of blocks, which a few blocks slowed by other work on the
+machine do not move) and the largest peak, and runs the authors' batched computation on the same
+embeddings for the ratio:
 
     python benchmarks/detector_scale.py --n 1000000 --exact-blocks runs/exact-1m [--block 49152]
 """
@@ -145,7 +147,10 @@ def exact_blocks(out: Path, n: int, dim: int, block: int) -> None:
     line = subprocess.run([sys.executable, __file__, "--child", "authors", str(path), str(n)], check=True,
                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
     authors = json.loads(line)
-    print(f"exact             n={n:>8}  {seconds:8.1f} s  peak {peak:7.0f} MiB  AUROC {auroc:.4f}  (sum of the blocks)")
+    times = sorted(float(b["seconds"]) for b in blocks)
+    median = times[len(times) // 2]
+    print(f"exact             n={n:>8}  {seconds:8.1f} s  peak {peak:7.0f} MiB  AUROC {auroc:.4f}  (sum of the blocks; "
+          f"blocks {times[0]:.0f}-{times[-1]:.0f} s, median x blocks {median * len(times):.0f} s)")
     print(f"authors           n={n:>8}  {authors['seconds']:8.1f} s  peak {authors['peak_mib']:7.0f} MiB  "
           f"AUROC {authors['auroc']:.4f}")
     print(f"ratio to the authors' batched computation: exact {seconds / authors['seconds']:.1f}x (measured)")
