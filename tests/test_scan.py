@@ -292,6 +292,22 @@ def test_scan_bad_inputs_are_one_line_and_exit_2(population, tmp_path, capsys):
     assert mine.read_text() == "{}" and not (tmp_path / "pop").exists()
 
 
+def test_a_collapsed_model_gets_no_verdict(tmp_path, capsys):
+    """Zero weights: every image gets the same scores. The detectors would find no trigger and the
+    calibration would call it clean (P 0.06, features 15 sd below the clean models); it is refused."""
+    from poisonlab.models import create_clip
+    from poisonlab.models.clip import save_clip
+
+    for name, model in (("clip", create_clip("poisonlab-tiny-rn")), ("encoder", create_encoder("poisonlab-resnet-tiny", 32))):
+        with torch.no_grad():
+            for p in model.module.parameters():
+                p.zero_()
+        path = save_clip(model, tmp_path / name / "model.safetensors") if name == "clip" else \
+            model.save(tmp_path / name / "model.safetensors")
+        assert main(["scan", "--model", str(path)]) == 2, name
+        assert "gives all 256 images the same output" in capsys.readouterr().err, name
+
+
 def test_scan_an_encoder_runs_decree_at_its_own_threshold(tmp_path, capsys):
     (tmp_path / "enc").mkdir()
     ckpt = create_encoder(seed=0).save(tmp_path / "enc" / "model.safetensors")

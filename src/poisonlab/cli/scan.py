@@ -128,6 +128,7 @@ def other_scan(model: str, images: str | None, family: str) -> tuple[dict[str, A
     if family == "classifier" and data.classnames and len(data.classnames) != bundle.num_classes:
         raise InputError(f"{model} has {bundle.num_classes} classes; the images have {len(data.classnames)}")
     tensors = label_tensors(data, bundle.image_size)
+    scan.check_responsive(bundle, tensors)
     methods = ("cti", "neural-cleanse") if family == "classifier" else ("decree",)
     detections = {m: detect.create(m)(bundle, tensors) for m in methods}
     found = {m: d.to_dict() for m, d in detections.items()}

@@ -46,7 +46,7 @@ from poisonlab.data import available, open_dataset
 from poisonlab.detect.base import DETECTORS, Detection
 from poisonlab.detect.decree import stamp
 from poisonlab.errors import InputError
-from poisonlab.models.protocols import Classifier
+from poisonlab.models.protocols import Classifier, ImageEncoder
 from poisonlab.train.data import LabelTensors
 from poisonlab.utils.io import write_json
 
@@ -92,6 +92,18 @@ def decree_target(model: Classifier, data: LabelTensors, det: Detection, limit: 
     return int(torch.bincount(preds, minlength=model.num_classes).argmax())
 
 
+@torch.no_grad()
+def check_responsive(model: ImageEncoder, data: LabelTensors, limit: int = 256) -> None:
+    """``InputError`` when ``model`` gives every one of the first ``limit`` clean images the same
+    output (its logits, or an encoder's features): a collapsed or broken model, which no detector
+    can read (they would all see "no trigger changes anything" and call it clean)."""
+    x = (data.images[:limit].float() / 255.0).to(model.device)
+    out = model.logits(x) if hasattr(model, "logits") else model.features(x)
+    if len(out) > 1 and bool((out == out[:1]).all()):
+        raise InputError(f"the model gives all {len(out)} images the same output (collapsed or broken weights): "
+                         "there is no verdict to give")
+
+
 def embedded_dataset(provenance: Any) -> str | None:
     """The embedded dataset a model was trained on, read from its provenance (its own data, a
     poisoned set's base, else its parent's); ``None`` when none of them is embedded."""
@@ -118,6 +130,7 @@ def gather(model: Classifier, data: LabelTensors, params: dict[str, dict[str, An
     MM-BD, on a model with more classes than it probes, starts from the probe's strongest classes
     (when the probe ran).
     """
+    check_responsive(model, data)
     params = {**DEFAULT_PARAMS, **(params or {})}
     dets: dict[str, Detection] = {}
     seconds: dict[str, float] = {}
