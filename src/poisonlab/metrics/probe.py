@@ -15,6 +15,7 @@ The same protocol serves any encoder: a timm backbone or a CLIP image tower (:fu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,6 +27,8 @@ from poisonlab.errors import InputError
 from poisonlab.models.protocols import ClipModel, ImageEncoder
 from poisonlab.triggers import Trigger
 from poisonlab.utils.seeding import make_generator
+
+log = logging.getLogger(__name__)
 
 
 def encoder_fn(model: ImageEncoder | ClipModel) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -82,6 +85,9 @@ class LinearProbe:
         if len(features) == 0:
             raise InputError("the labelled share for the linear probe is empty")
         z = F.normalize(features, dim=1)
+        if len(z) > 1 and bool((z == z[:1]).all()):
+            log.warning("the encoder gives all %d labelled images the same features (collapsed?): the probe can only "
+                        "learn the class shares, and its accuracy and FP measure nothing of the encoder", len(z))
         mean = z.mean(0)
         std = z.std(0).clamp_min(1e-6) if len(z) > 1 else torch.ones(z.shape[1])
         head = torch.nn.Linear(z.shape[1], num_classes)
