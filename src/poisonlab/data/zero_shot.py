@@ -108,7 +108,7 @@ def templates_from(spec: str) -> tuple[list[str], str]:
     for i, line in enumerate(lines):
         template = line.replace("{c}", "{}")
         if template.count("{}") != 1 or template.replace("{}", "").count("{") or template.count("}") != 1:
-            raise InputError(f"{Path(spec).name} line {i + 1}: a template needs exactly one {{c}}, got {line!r}")
+            raise InputError(f"{Path(spec).name} line {i + 1}: a template needs exactly one {{c}} or {{}} for the class name, got {line!r}")
         out.append(template)
     return out, Path(spec).name
 
