@@ -142,6 +142,19 @@ def test_a_wrong_method_name_or_parameter_stops_the_run_before_any_stage(tmp_pat
         assert not any((out / "cache").glob("*")), f"{why}: a stage ran first"
 
 
+def test_dry_run_checks_the_spec_lists_its_jobs_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    body = dict(TINY, attacks=[*TINY["attacks"], {"name": "blend", "trigger": "blended"}])
+    assert main(["run", _write(tmp_path, body), "--dry-run", "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    jobs = ["grid:clean model", "grid:stripes", "grid:stripes:seed3", "grid:blend", "grid:blend:seed3"]
+    assert out.splitlines() == ["grid: 5 jobs", *(f"  {j}" for j in jobs), "spec checked: 5 jobs in 1 part; nothing run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"], "nothing written (no demo-out)"
+    bad = dict(TINY, defenses=[{"name": "d", "defense": "nope"}])
+    assert main(["run", _write(tmp_path, bad), "--dry-run"]) == 2
+    assert "grid: unknown defense 'nope'" in capsys.readouterr().err
+
+
 def _write(tmp_path, body: dict) -> str:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(body))

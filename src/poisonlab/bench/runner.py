@@ -15,6 +15,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,7 @@ class Runner:
         part it has); ``force``: write into a non-empty ``out_dir`` that poisonlab did not write (only
         its own entries are replaced there). A killed run's temporary stage folders are swept."""
         self.spec, self.out, self.progress = spec, Path(out_dir), progress
-        self.studies: dict[str, Study] = {GRID: ClipGrid(self, spec)} if spec.attacks else {}
-        self.studies |= {s.name: STUDIES.get(s.kind)(self, s.name, s.spec)  # type: ignore[call-arg]
-                         for s in study_specs(spec)}
-        have = list(self.studies)
-        missing = [p for p in only or () if p not in have]
-        if missing:
-            raise InputError(f"the spec has no part {missing[0]!r} (it has: {', '.join(have) or 'none'})")
-        self.parts = frozenset(p for p in have if only is None or p in only)
-        check_dataset(spec.dataset)
-        for part in sorted(self.parts):
-            try:
-                self.studies[part].check()
-            except InputError as err:
-                raise InputError(f"{part}: {err}") from None
+        self.studies, self.parts = checked_parts(self, spec, only)
         self.run_id = run_id or uuid.uuid4().hex  # shared by the two processes of a parallel run
         marker = claim_output(self.out, RUN_OUTPUTS, force=force, legacy=("results.db",))
         if (self.out / "cache").is_dir() and run_id is None:
@@ -168,6 +156,39 @@ class Runner:
         if GRID not in self.studies:
             raise InputError("the spec has no CLIP grid (no attacks)")
         return self.studies[GRID]  # type: ignore[return-value]
+
+
+def checked_parts(runner: Any, spec: ExperimentSpec, only: Collection[str] | None) -> tuple[dict[str, Study], frozenset[str]]:
+    """Every part of ``spec`` built for ``runner`` and the names of those to run (``only``: these),
+    each checked (:meth:`Study.check`; ``InputError`` naming the part) before anything is written."""
+    studies: dict[str, Study] = {GRID: ClipGrid(runner, spec)} if spec.attacks else {}
+    studies |= {s.name: STUDIES.get(s.kind)(runner, s.name, s.spec)  # type: ignore[call-arg]
+                for s in study_specs(spec)}
+    missing = [p for p in only or () if p not in studies]
+    if missing:
+        raise InputError(f"the spec has no part {missing[0]!r} (it has: {', '.join(studies) or 'none'})")
+    parts = frozenset(p for p in studies if only is None or p in only)
+    check_dataset(spec.dataset)
+    for part in sorted(parts):
+        try:
+            studies[part].check()
+        except InputError as err:
+            raise InputError(f"{part}: {err}") from None
+    return studies, parts
+
+
+@dataclass(frozen=True)
+class Unopened:
+    """What a study reads of its runner before a run opens its folder: the spec."""
+
+    spec: ExperimentSpec
+
+
+def dry_run(spec: ExperimentSpec, only: Collection[str] | None = None) -> dict[str, list[str]]:
+    """The jobs each part of ``spec`` to run would run, every method, trigger and dataset checked
+    first; nothing is trained and nothing is written."""
+    studies, parts = checked_parts(Unopened(spec), spec, only)
+    return {name: [job for job, _ in studies[name].jobs()] for name in sorted(parts)}
 
 
 def shared_jobs(spec_json: str, out: str, run_id: str, parts: list[str]) -> None:

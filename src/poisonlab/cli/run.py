@@ -15,6 +15,7 @@ import click
 from poisonlab.bench.grid import retrained
 from poisonlab.bench.parallel import configure_logging
 from poisonlab.bench.runner import Runner
+from poisonlab.bench.runner import dry_run as runner_dry_run
 from poisonlab.bench.spec import GRID, PRESETS, load_spec, with_seeds
 from poisonlab.cli.options import force_option
 from poisonlab.data import open_dataset
@@ -93,17 +94,29 @@ def run(spec_name: str, out: Path, progress: bool = True, parallel: bool = False
               help="Another training seed for every trained cell (repeat for several); the report then shows "
                    "mean ± sd, the range, and only the orderings that hold on every seed.")
 @force_option
+@click.option("--dry-run", is_flag=True,
+              help="Check the whole spec (every method, trigger and dataset it names) and list the jobs each part "
+                   "would run; train nothing, write nothing.")
 def run_cmd(spec_arg: str | None, spec_opt: str | None, out: Path, serial: bool, only: tuple[str, ...],
-            seeds: tuple[int, ...], force: bool) -> None:
+            seeds: tuple[int, ...], force: bool, dry_run: bool) -> None:
     """Run an experiment spec (default: the demo preset) and write its report.
 
     \b
     Example:
       poisonlab run demo --out demo-out
       poisonlab run my-spec.yaml --out runs/mine --seeds 1 --seeds 2 --only grid
+      poisonlab run my-spec.yaml --dry-run     # check it whole and list its jobs first
     """
     if spec_arg and spec_opt and spec_arg != spec_opt:
         raise click.UsageError("give the spec once (SPEC or --spec)")
+    if dry_run:
+        planned = runner_dry_run(with_seeds(load_spec(spec_arg or spec_opt or "demo"), list(seeds)), list(only) or None)
+        for part, jobs in planned.items():
+            click.echo(f"{part}: {len(jobs)} job{'s' * (len(jobs) != 1)}")
+            click.echo("".join(f"  {job}\n" for job in jobs), nl=False)
+        parts = f"{len(planned)} part{'s' * (len(planned) != 1)}"
+        click.echo(f"spec checked: {sum(map(len, planned.values()))} jobs in {parts}; nothing run")
+        return
     configure_logging(logging.INFO)
     html = run(spec_arg or spec_opt or "demo", out, parallel=not serial, only=list(only) or None,
                seeds=list(seeds), force=force)
