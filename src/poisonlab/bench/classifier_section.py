@@ -96,9 +96,7 @@ class ClassifierSection(Study):
     def check(self) -> None:
         c = self.spec
         for attack in c.attacks:
-            attack.build(c.target, attack.poison_rate(c.rate))
-            if attack.trigger is not None:
-                triggers.create(attack.trigger, **attack.params)
+            attack.check(c.target, attack.poison_rate(c.rate))
         for repair in c.repairs:
             defenses.create(repair.repair, family="classifier", kind="repair", **repair.params)
         for name, params in {**c.detect, **(c.population.detectors if c.population else {})}.items():

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from poisonlab import attacks
+from poisonlab import attacks, triggers
 from poisonlab.attacks import TextAttack
 from poisonlab.errors import InputError
 from poisonlab.registry import parameters
@@ -120,6 +120,12 @@ class AttackSpec(Strict):
         else:
             params.update(trigger=self.trigger, trigger_params=self.params)
         return attacks.create(self.attack, **params)
+
+    def check(self, target: str, rate: float) -> None:
+        """Build the attack and its trigger once (``InputError`` for a wrong name or parameter)."""
+        self.build(target, rate)
+        if self.trigger is not None:
+            triggers.create(self.trigger, **self.params)
 
     def poison_rate(self, default: float) -> float:
         """This attack's poison rate: its own ``rate`` if set, else ``default`` (its part's)."""

@@ -67,9 +67,7 @@ class ClipGrid(Study):
         for d in self.spec.defenses:
             check_dataset(d.dataset)
         for attack in self.spec.attacks:
-            self.attack(attack)
-            if attack.trigger is not None:
-                triggers.create(attack.trigger, **attack.params)
+            attack.check(self.spec.poison.target, attack.poison_rate(self.spec.poison.rate))
         for d in self.spec.defenses:
             defenses.create(d.defense, family="clip", kind="cleaning", **d.params)
         for det in self.spec.detectors:

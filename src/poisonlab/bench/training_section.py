@@ -64,9 +64,7 @@ class TrainingSection(Study):
 
     def check(self) -> None:
         for attack in self.spec.attacks:
-            self.attack(attack)
-            if attack.trigger is not None:
-                triggers.create(attack.trigger, **attack.params)
+            attack.check(self.target, attack.poison_rate(self.spec.rate))
         for d in self.spec.defenses:
             defenses.create(d.defense, family="clip", kind="training", **d.params)
 
