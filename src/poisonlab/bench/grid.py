@@ -64,11 +64,10 @@ class ClipGrid(Study):
         return GRID
 
     def check(self) -> None:
-        for d in self.spec.defenses:
-            check_dataset(d.dataset)
         for attack in self.spec.attacks:
             attack.check(self.spec.poison.target, attack.poison_rate(self.spec.poison.rate))
         for d in self.spec.defenses:
+            check_dataset(d.dataset)
             defenses.create(d.defense, family="clip", kind="cleaning", **d.params)
         for det in self.spec.detectors:
             defenses.create(det.detector, family="clip", kind="filter", **det.params)

@@ -117,7 +117,7 @@ class ExperimentSpec(Strict):
     defenses: Named[DefenseSpec]
     test: TestSpec = TestSpec()
     detectors: Named[DetectorSpec] = Field(default_factory=list)
-    studies: list[StudyEntry] = Field(default_factory=list, max_length=64)
+    studies: Named[StudyEntry] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="before")
     @classmethod
@@ -136,11 +136,9 @@ class ExperimentSpec(Strict):
         return {**{k: v for k, v in data.items() if k not in blocks}, "studies": entries}
 
     @model_validator(mode="after")
-    def _unique(self) -> ExperimentSpec:
-        names = [s.name for s in self.studies]
-        for name in names:
-            if name == GRID or names.count(name) > 1:
-                raise ValueError(f"study name {name!r} is {'reserved' if name == GRID else 'used twice'}")
+    def _reserved(self) -> ExperimentSpec:
+        if any(s.name == GRID for s in self.studies):
+            raise ValueError(f"study name {GRID!r} is reserved for the CLIP grid")
         return self
 
 

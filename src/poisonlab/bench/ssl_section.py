@@ -83,7 +83,7 @@ class SslSection(Study):
     def check(self) -> None:
         s = self.spec
         check_dataset(s.dataset)
-        attacks.create(s.attack, target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
+        self.attack()
         triggers.create(s.trigger, **s.trigger_params)
         for d in s.defenses:
             defenses.create(d.defense, family="encoder", **d.params)
@@ -99,8 +99,12 @@ class SslSection(Study):
     def poisoned_data(self, seed: int) -> PoisonedDataset:
         s = self.spec
         data = self.runner.data(s.dataset, s.n, s.data_seed)
-        atk = attacks.create(s.attack, target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
-        return PoisonedDataset(data, atk(data, seed=seed))
+        return PoisonedDataset(data, self.attack()(data, seed=seed))
+
+    def attack(self) -> attacks.Attack:
+        """The registered attack that poisons the study's training set."""
+        s = self.spec
+        return attacks.create(s.attack, target=s.target, trigger=s.trigger, trigger_params=s.trigger_params, rate=s.rate)
 
     def _train(self, data: Any, tmp: Path, seed: int) -> None:
         s = self.spec

@@ -107,8 +107,9 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     if body is None:
         return None
     meta = body.get("poisonlab")
-    if isinstance(meta, dict) and meta.get("format") != SIDECAR_FORMAT and meta.get("kind") in ("classifier", "encoder"):
-        raise InputError(f"{path}: a poisonlab {meta['kind']} checkpoint, where a CLIP model is needed")
+    if isinstance(meta, dict) and meta.get("format") == CLASSIFIER_FORMAT:
+        kind = "encoder" if meta.get("kind") == "encoder" else "classifier"
+        raise InputError(f"{path}: a poisonlab {kind} checkpoint, where a CLIP model is needed")
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or "model_cfg" not in body:
         raise InputError(f"{side}: not a poisonlab checkpoint sidecar")
     pre = checked_preprocess(body, side)
